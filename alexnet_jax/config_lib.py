@@ -1,0 +1,153 @@
+"""Every knob of a run, with its default; recipes in configs/ start from ``base_config()`` and change a few.
+
+Also: validation (unknown keys, impossible values: errors that say what to do) and the comparison of a saved and a
+current config on resume.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any
+
+import ml_collections
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+
+# Keys that may differ between a checkpoint and the run resuming it: how long, how often, where, how laid out.
+# Everything else changes the computation, and a resume with it changed is refused unless --allow_config_change.
+SAFE_TO_CHANGE_ON_RESUME = (
+    "num_train_steps",
+    "num_epochs",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "eval_batch_size",
+    "data.dir",
+    "data.num_eval_examples",
+    "data.prefetch",
+    "mesh.",
+    "profile.",
+)
+
+DATA_SOURCES = ("synthetic",)
+DTYPES = ("float32", "bfloat16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The paper's recipe (Sec. 5) on ImageNet; every key the trainer reads is here."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 128  # global, over all devices and processes (the paper: 128)
+  c.eval_batch_size = 128  # global; the last batch is padded and masked, so any value works
+  c.num_epochs = 90.0  # "roughly 90 cycles through the training set"
+  c.num_train_steps = -1  # > 0 overrides num_epochs
+  c.log_every_steps = 100
+  c.eval_every_steps = -1  # -1: once an epoch (what the plateau rule watches); 0: only at the end
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "paper"  # 'paper' (Sec. 3) or 'owt' (torchvision's single-column variant)
+  c.model.num_classes = 1000
+  c.model.image_size = 0  # 0: the architecture's own (paper 227, owt 224)
+  c.model.width = 1.0  # < 1 scales every layer down (CPU demos and tests); 1.0 is the paper
+  c.model.dropout_rate = 0.5
+  c.model.lrn_alpha_over_n = False  # False: alpha as printed in Sec. 3.3; True: alpha/n as in cuda-convnet/Caffe
+  c.model.conv_impl = "split"  # grouped convs as two convs ('split') or feature_group_count ('grouped'): same math
+  c.model.init = ""  # '': the architecture's own ('paper': N(0, 0.01) and biases of 1; 'owt': PyTorch's default)
+  c.model.dtype = "float32"  # compute dtype; parameters stay float32; LRN, softmax and loss run in float32
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 0.01
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.weight_decay_mode = "coupled"  # 'coupled' (the paper), 'decoupled', 'none'
+  c.optimizer.decay_biases = True  # the paper's update applies to every weight it names; False spares biases
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.name = "paper"  # 'paper' (divide on plateau), 'step', 'cosine', 'constant'
+  c.schedule.factor = 0.1  # 'paper' and 'step': multiply the rate by this at each drop
+  c.schedule.patience = 3  # 'paper': evaluations without improvement before a drop
+  c.schedule.min_delta = 0.0  # 'paper': an improvement must beat the best error by more than this
+  c.schedule.max_drops = 3  # 'paper': "reduced three times prior to termination"
+  c.schedule.step_epochs = (30.0, 60.0, 80.0)  # 'step'
+  c.schedule.warmup_epochs = 0.0  # 'cosine'
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"
+  c.data.dir = ""
+  c.data.num_train_examples = 1_281_167  # synthetic only (ILSVRC-2012's count, for realistic epochs)
+  c.data.num_eval_examples = 50_000  # synthetic only
+  c.data.learnable = True  # synthetic: class-dependent patterns plus noise (False: pure noise, for speed tests)
+  c.data.prefetch = 2  # batches put on the devices ahead of the step
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.model = 1  # size of the 'model' axis: 2 = the paper's two-GPU split (Sec. 3.2)
+
+  c.profile = ml_collections.ConfigDict()
+  c.profile.enabled = False  # a jax.profiler trace of a few steps, viewable in TensorBoard's profile tab
+  c.profile.first_step = 10
+  c.profile.num_steps = 5
+  return c
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}; tuples become lists (their JSON form), so saved and live configs compare."""
+  d = d.to_dict() if isinstance(d, ml_collections.ConfigDict) else d
+  out: dict[str, Any] = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return json.loads(json.dumps(config.to_dict()))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raise ValueError naming what is wrong (and the valid choices) for unknown keys or impossible values."""
+  known = flatten(base_config())
+  given = flatten(config)
+  unknown = sorted(set(given) - set(known))
+  if unknown:
+    hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown]
+    raise ValueError(f"unknown config key(s): {', '.join(hints)}. Valid keys: {', '.join(sorted(known))}")
+  missing = sorted(set(known) - set(given))
+  if missing:
+    raise ValueError(f"config is missing key(s) {missing}: build it from alexnet_jax.config_lib.base_config()")
+
+  def choice(key: str, value: Any, options) -> None:
+    if value not in options:
+      raise ValueError(f"{key}={value!r} is not one of {tuple(options)}")
+
+  choice("model.name", config.model.name, model_lib.ARCHITECTURES)
+  choice("model.dtype", config.model.dtype, DTYPES)
+  choice("model.conv_impl", config.model.conv_impl, ("split", "grouped"))
+  choice("model.init", config.model.init, ("", *model_lib.INITS))
+  choice("optimizer.weight_decay_mode", config.optimizer.weight_decay_mode, optim.WEIGHT_DECAY_MODES)
+  choice("schedule.name", config.schedule.name, optim.SCHEDULES)
+  choice("data.source", config.data.source, DATA_SOURCES)
+  for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    if config[key] <= 0:
+      raise ValueError(f"{key} must be positive, got {config[key]}")
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ValueError("set num_epochs > 0 or num_train_steps > 0")
+  if not 0.0 <= config.model.dropout_rate < 1.0:
+    raise ValueError(f"model.dropout_rate must be in [0, 1), got {config.model.dropout_rate}")
+  if config.mesh.model < 1:
+    raise ValueError(f"mesh.model must be >= 1, got {config.mesh.model}")
+  if config.schedule.patience < 1:
+    raise ValueError(f"schedule.patience must be >= 1, got {config.schedule.patience}")
+
+
+def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """Keys whose values differ between two (JSON) configs and that matter for the computation."""
+  a, b = flatten(saved), flatten(current)
+  diff = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+  return [k for k in diff if not any(k == s or (s.endswith(".") and k.startswith(s)) for s in SAFE_TO_CHANGE_ON_RESUME)]

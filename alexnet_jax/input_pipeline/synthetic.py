@@ -1,0 +1,67 @@
+"""A synthetic source: images of the network's input shape, made from the example's index alone.
+
+With ``learnable=True`` each class has its own coarse colour pattern (8x8 cells, blown up to the image size) and
+each image is that pattern mixed with per-image noise, so a network can learn it and a loss that falls means the
+training loop works; with ``learnable=False`` the pixels are pure noise. No files, no TFDS metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax.input_pipeline import eval_index_batches
+
+_TRAIN, _EVAL, _PATTERN = 0, 1, 2
+_CELLS = 8
+
+
+class SyntheticSource:
+  mean_rgb = 127.5  # the mean of the pixel distribution: "subtract the mean activity" (Sec. 2)
+
+  def __init__(
+      self, *, num_classes: int, image_size: int, num_train_examples: int, num_eval_examples: int,
+      learnable: bool, seed: int
+  ):
+    self.num_classes, self.image_size = num_classes, image_size
+    self.num_train_examples, self.num_eval_examples = num_train_examples, num_eval_examples
+    self.learnable, self.seed = learnable, seed
+    rng = np.random.default_rng([seed, _PATTERN])
+    self._patterns = rng.integers(0, 256, (num_classes, _CELLS, _CELLS, 3), dtype=np.uint8)
+
+  def _example(self, split: int, index: int) -> tuple[np.ndarray, int]:
+    rng = np.random.default_rng([self.seed, split, int(index)])
+    label = int(rng.integers(self.num_classes))
+    size = self.image_size
+    noise = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    if not self.learnable:
+      return noise, label
+    reps = -(-size // _CELLS)
+    pattern = np.repeat(np.repeat(self._patterns[label], reps, 0), reps, 1)[:size, :size]
+    return ((pattern.astype(np.uint16) * 3 + noise) // 4).astype(np.uint8), label
+
+  def _batch(self, split: int, indices: np.ndarray) -> dict[str, np.ndarray]:
+    examples = [self._example(split, i) for i in indices]
+    return {
+        "image": np.stack([e[0] for e in examples]),
+        "label": np.asarray([e[1] for e in examples], np.int32),
+    }
+
+  def train_batches(self, start_step: int, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    local = global_batch // jax.process_count()
+    offset = jax.process_index() * local
+    step = start_step
+    while True:
+      first = step * global_batch + offset
+      yield self._batch(_TRAIN, np.arange(first, first + local) % self.num_train_examples)
+      step += 1
+
+  def eval_batches(self, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    for indices, mask in eval_index_batches(self.num_eval_examples, global_batch):
+      yield {**self._batch(_EVAL, indices), "mask": mask}
+
+  def preprocess(self, batch: dict[str, jax.Array]) -> jax.Array:
+    return batch["image"].astype(jnp.float32) - self.mean_rgb

@@ -1,0 +1,43 @@
+r"""Train AlexNet: ``python -m alexnet_jax.main --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE ...]``.
+
+A second call with the same ``--workdir`` resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "A config file from configs/ (e.g. configs/paper.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go; an existing one is resumed.")
+flags.DEFINE_bool("allow_config_change", False, "Resume even though config keys that change the run differ.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving; rerun to resume
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from alexnet_jax import distributed
+
+  distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
+  from alexnet_jax import train
+
+  try:
+    result = train.train_and_evaluate(
+        flags.FLAGS.config, flags.FLAGS.workdir, allow_config_change=flags.FLAGS.allow_config_change)
+  except (ValueError, train.NonFiniteError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return EXIT_PREEMPTED if result["status"] == "preempted" else 0
+
+
+if __name__ == "__main__":
+  app.run(main)

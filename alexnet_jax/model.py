@@ -1,0 +1,353 @@
+"""AlexNet (Krizhevsky, Sutskever & Hinton, 2012) as Flax NNX modules.
+
+Two architectures:
+  * ``paper``: the network of the paper (Sec. 3, Fig. 2): 96-256-384-384-256 convolutions, two groups in conv2,
+    conv4 and conv5 (the two-GPU layout), local response normalisation after conv1 and conv2, overlapping 3x3/2
+    max-pooling, fc 4096-4096-1000. 227x227 input. 60,965,224 parameters.
+  * ``owt``: torchvision's single-column "one weird trick" variant (64-192-384-256-256, no LRN, no groups,
+    224x224 input with padding 2 in conv1). 61,100,840 parameters.
+
+The modules hold parameters only; the training code uses them through ``nnx.split`` / ``nnx.merge`` (see
+``train.py``). Randomness (dropout) is passed in explicitly, so a step's dropout masks are a pure function of the
+step's key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """The shape of one AlexNet variant: everything that differs between ``paper`` and ``owt``."""
+
+  conv_channels: tuple[int, ...]
+  conv_kernels: tuple[int, ...]
+  conv_strides: tuple[int, ...]
+  conv_paddings: tuple[int, ...]
+  conv_groups: tuple[int, ...]  # 2 = the paper's two-GPU column split: each half sees only its own half
+  lrn_after: tuple[bool, ...]
+  pool_after: tuple[bool, ...]
+  fc_features: tuple[int, ...]
+  image_size: int
+  pooled_size: int | None  # torchvision's AdaptiveAvgPool2d((6, 6)); None: flatten what conv5 gives
+  bias_one: tuple[str, ...]  # layers whose bias starts at 1 (paper init, Sec. 5)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "paper": Architecture(
+        conv_channels=(96, 256, 384, 384, 256),
+        conv_kernels=(11, 5, 3, 3, 3),
+        conv_strides=(4, 1, 1, 1, 1),
+        conv_paddings=(0, 2, 1, 1, 1),
+        conv_groups=(1, 2, 1, 2, 2),
+        lrn_after=(True, True, False, False, False),
+        pool_after=(True, True, False, False, True),
+        fc_features=(4096, 4096),
+        image_size=227,
+        pooled_size=None,
+        bias_one=("conv2", "conv4", "conv5", "fc6", "fc7"),
+    ),
+    "owt": Architecture(
+        conv_channels=(64, 192, 384, 256, 256),
+        conv_kernels=(11, 5, 3, 3, 3),
+        conv_strides=(4, 1, 1, 1, 1),
+        conv_paddings=(2, 2, 1, 1, 1),
+        conv_groups=(1, 1, 1, 1, 1),
+        lrn_after=(False,) * 5,
+        pool_after=(True, True, False, False, True),
+        fc_features=(4096, 4096),
+        image_size=224,
+        pooled_size=6,
+        bias_one=(),
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The paper's building blocks, as plain functions.
+# ---------------------------------------------------------------------------------------------------------------
+def local_response_norm(
+    x: Array, *, k: float = 2.0, n: int = 5, alpha: float = 1e-4, beta: float = 0.75, alpha_over_n: bool = False
+) -> Array:
+  """Sec. 3.3: b_i = a_i / (k + alpha * sum_{j=i-n/2}^{i+n/2} a_j^2)^beta over channels (the last axis).
+
+  ``alpha_over_n=False`` is the formula as printed; ``True`` divides alpha by n, as the authors' cuda-convnet,
+  Caffe and PyTorch do. Computed in float32 whatever the input dtype; the windowed sum is n shifted slices of the
+  zero-padded squares, which XLA fuses into one pass.
+  """
+  a = x.astype(jnp.float32)
+  half = n // 2
+  sq = jnp.pad(jnp.square(a), [(0, 0)] * (a.ndim - 1) + [(half, half)])
+  channels = a.shape[-1]
+  window_sum = sum(sq[..., i : i + channels] for i in range(n))
+  scale = alpha / n if alpha_over_n else alpha
+  return (a * jax.lax.pow(k + scale * window_sum, -beta)).astype(x.dtype)
+
+
+def overlapping_max_pool(x: Array, window: int = 3, stride: int = 2) -> Array:
+  """Sec. 3.4: max-pooling over NHWC with window 3, stride 2, no padding.
+
+  Written as the maximum of window*window strided slices rather than ``lax.reduce_window``: the gradient is then
+  elementwise selects, not ``select_and_scatter`` (which XLA's deterministic GPU mode refuses), and on CPU it is no
+  slower.
+  """
+  _, h, w, _ = x.shape
+  out_h = (h - window) // stride + 1
+  out_w = (w - window) // stride + 1
+  out = None
+  for i in range(window):
+    for j in range(window):
+      s = x[:, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride, :]
+      out = s if out is None else jnp.maximum(out, s)
+  return out
+
+
+def adaptive_avg_pool(x: Array, size: int) -> Array:
+  """torchvision's ``AdaptiveAvgPool2d((size, size))`` over NHWC (identity when the input is already size x size)."""
+  _, h, w, _ = x.shape
+  if (h, w) == (size, size):
+    return x
+
+  def cells(length: int) -> list[tuple[int, int]]:
+    return [((i * length) // size, -(-((i + 1) * length) // size)) for i in range(size)]
+
+  rows = [
+      jnp.stack([x[:, r0:r1, c0:c1, :].mean(axis=(1, 2)) for c0, c1 in cells(w)], axis=1) for r0, r1 in cells(h)
+  ]
+  return jnp.stack(rows, axis=1)
+
+
+def grouped_conv(
+    x: Array, kernel: Array, *, groups: int, stride: int, padding: int, impl: str = "split"
+) -> Array:
+  """A convolution whose input and output channels are cut into ``groups`` independent columns.
+
+  ``kernel`` has shape (kh, kw, in_channels // groups, out_channels), as ``feature_group_count`` expects: output
+  channels [g*out/G, (g+1)*out/G) see only input channels [g*in/G, (g+1)*in/G).
+  ``impl='grouped'`` uses XLA's ``feature_group_count``; ``impl='split'`` runs one convolution per group and
+  concatenates, which computes the same function and is about 2x faster on CPU (see benchmarks/RESULTS.md).
+  """
+  conv = lambda inp, ker, g: jax.lax.conv_general_dilated(  # noqa: E731
+      inp,
+      ker,
+      window_strides=(stride, stride),
+      padding=[(padding, padding), (padding, padding)],
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=g,
+  )
+  if groups == 1 or impl == "grouped":
+    return conv(x, kernel, groups)
+  if impl != "split":
+    raise ValueError(f"conv_impl must be 'split' or 'grouped', got {impl!r}")
+  xs = jnp.split(x, groups, axis=-1)
+  ks = jnp.split(kernel, groups, axis=-1)
+  return jnp.concatenate([conv(xi, ki, 1) for xi, ki in zip(xs, ks, strict=True)], axis=-1)
+
+
+def dropout(x: Array, rate: float, rng: Array | None) -> Array:
+  """Inverted dropout: keep with probability 1-rate and scale by 1/(1-rate); identity when ``rng`` is None.
+
+  The paper multiplies by 0.5 at test time instead; in expectation the two are the same network.
+  """
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Initialisers.
+# ---------------------------------------------------------------------------------------------------------------
+Init = Callable[[Array, Sequence[int], int], Array]
+
+
+def paper_normal(key: Array, shape: Sequence[int], fan_in: int) -> Array:
+  """Sec. 5: every weight ~ N(0, 0.01^2)."""
+  del fan_in
+  return 0.01 * jax.random.normal(key, shape, jnp.float32)
+
+
+def torch_uniform(key: Array, shape: Sequence[int], fan_in: int) -> Array:
+  """PyTorch's default for conv and linear layers (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), +)."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+INITS: dict[str, Init] = {"paper": paper_normal, "torch": torch_uniform}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers and the network.
+# ---------------------------------------------------------------------------------------------------------------
+class Conv(nnx.Module):
+  """A (possibly grouped) convolution with float32 parameters, computed in ``dtype``."""
+
+  def __init__(
+      self,
+      in_channels: int,
+      out_channels: int,
+      kernel_size: int,
+      *,
+      stride: int,
+      padding: int,
+      groups: int,
+      init: str,
+      bias_value: float,
+      impl: str,
+      dtype: jnp.dtype,
+      rngs: nnx.Rngs,
+  ):
+    if in_channels % groups or out_channels % groups:
+      raise ValueError(f"channels {in_channels}->{out_channels} do not divide into {groups} groups")
+    fan_in = kernel_size * kernel_size * in_channels // groups
+    shape = (kernel_size, kernel_size, in_channels // groups, out_channels)
+    self.kernel = nnx.Param(INITS[init](rngs.params(), shape, fan_in))
+    bias = INITS[init](rngs.params(), (out_channels,), fan_in) if init == "torch" else jnp.zeros((out_channels,))
+    self.bias = nnx.Param(jnp.full((out_channels,), bias_value, jnp.float32) if bias_value else bias)
+    self.stride, self.padding, self.groups, self.impl, self.dtype = stride, padding, groups, impl, dtype
+
+  def __call__(self, x: Array) -> Array:
+    y = grouped_conv(
+        x.astype(self.dtype),
+        self.kernel[...].astype(self.dtype),
+        groups=self.groups,
+        stride=self.stride,
+        padding=self.padding,
+        impl=self.impl,
+    )
+    return y + self.bias[...].astype(self.dtype)
+
+
+class Dense(nnx.Module):
+  """A fully connected layer with float32 parameters, computed in ``dtype``."""
+
+  def __init__(
+      self, in_features: int, out_features: int, *, init: str, bias_value: float, dtype: jnp.dtype, rngs: nnx.Rngs
+  ):
+    self.kernel = nnx.Param(INITS[init](rngs.params(), (in_features, out_features), in_features))
+    bias = INITS[init](rngs.params(), (out_features,), in_features) if init == "torch" else jnp.zeros((out_features,))
+    self.bias = nnx.Param(jnp.full((out_features,), bias_value, jnp.float32) if bias_value else bias)
+    self.dtype = dtype
+
+  def __call__(self, x: Array) -> Array:
+    return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+  return (size + 2 * padding - kernel) // stride + 1
+
+
+def _scaled(channels: int, width: float) -> int:
+  """Channels times ``width``, kept even so that both groups (and both model-axis halves) get equal shares."""
+  return channels if width == 1.0 else max(2, 2 * round(channels * width / 2))
+
+
+class AlexNet(nnx.Module):
+  """AlexNet. ``width`` < 1 scales every conv and hidden FC layer (for CPU tests and demos); 1 is the paper."""
+
+  def __init__(
+      self,
+      name: str = "paper",
+      *,
+      num_classes: int = 1000,
+      image_size: int | None = None,
+      width: float = 1.0,
+      dropout_rate: float = 0.5,
+      lrn_alpha_over_n: bool = False,
+      conv_impl: str = "split",
+      init: str | None = None,
+      dtype: str | jnp.dtype = "float32",
+      rngs: nnx.Rngs,
+  ):
+    if name not in ARCHITECTURES:
+      raise ValueError(f"model.name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
+    arch = ARCHITECTURES[name]
+    self.arch = arch
+    self.image_size = image_size or arch.image_size
+    self.dropout_rate = dropout_rate
+    self.lrn_alpha_over_n = lrn_alpha_over_n
+    dtype = jnp.dtype(dtype)
+    init = init or ("paper" if name == "paper" else "torch")
+    if init not in INITS:
+      raise ValueError(f"model.init must be one of {sorted(INITS)}, got {init!r}")
+
+    size, in_ch = self.image_size, 3
+    convs = []
+    for i in range(5):
+      layer = f"conv{i + 1}"
+      out_ch = _scaled(arch.conv_channels[i], width)
+      convs.append(
+          Conv(
+              in_ch,
+              out_ch,
+              arch.conv_kernels[i],
+              stride=arch.conv_strides[i],
+              padding=arch.conv_paddings[i],
+              groups=arch.conv_groups[i],
+              init=init,
+              bias_value=1.0 if layer in arch.bias_one else 0.0,
+              impl=conv_impl,
+              dtype=dtype,
+              rngs=rngs,
+          )
+      )
+      size = _conv_out(size, arch.conv_kernels[i], arch.conv_strides[i], arch.conv_paddings[i])
+      if arch.pool_after[i]:
+        size = (size - 3) // 2 + 1
+      if size < 1:
+        raise ValueError(f"image_size {self.image_size} is too small for {name}: nothing is left after {layer}")
+      in_ch = out_ch
+    self.conv1, self.conv2, self.conv3, self.conv4, self.conv5 = convs
+
+    spatial = arch.pooled_size or size
+    in_features = spatial * spatial * in_ch
+    fcs = []
+    for j, features in enumerate([*[_scaled(f, width) for f in arch.fc_features], num_classes]):
+      layer = f"fc{j + 6}"
+      fcs.append(
+          Dense(in_features, features, init=init, bias_value=1.0 if layer in arch.bias_one else 0.0,
+                dtype=dtype, rngs=rngs)
+      )
+      in_features = features
+    self.fc6, self.fc7, self.fc8 = fcs
+
+  def __call__(
+      self, x: Array, *, dropout_rng: Array | None = None, return_activations: bool = False
+  ) -> Array | tuple[Array, dict[str, Array]]:
+    """Logits (float32) for NHWC images; dropout is applied only when ``dropout_rng`` is given (training)."""
+    acts: dict[str, Array] = {}
+    arch = self.arch
+    for i, conv in enumerate((self.conv1, self.conv2, self.conv3, self.conv4, self.conv5)):
+      x = jax.nn.relu(conv(x))
+      if arch.lrn_after[i]:
+        x = local_response_norm(x, alpha_over_n=self.lrn_alpha_over_n)
+      acts[f"conv{i + 1}"] = x
+      if arch.pool_after[i]:
+        x = overlapping_max_pool(x)
+        acts[f"pool{i + 1}"] = x
+    if arch.pooled_size:
+      x = adaptive_avg_pool(x, arch.pooled_size)
+    x = x.reshape(x.shape[0], -1)
+    rngs = jax.random.split(dropout_rng, 2) if dropout_rng is not None else (None, None)
+    for fc, rng, name in ((self.fc6, rngs[0], "fc6"), (self.fc7, rngs[1], "fc7")):
+      x = jax.nn.relu(fc(x))
+      acts[name] = x  # fc7 before dropout is the paper's 4096-d feature (Fig. 4)
+      x = dropout(x, self.dropout_rate, rng)
+    logits = self.fc8(x).astype(jnp.float32)
+    acts["fc8"] = logits
+    return (logits, acts) if return_activations else logits
+
+
+def count_params(tree) -> int:
+  """Number of scalars in a pytree of arrays or shape structs."""
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))

@@ -1,0 +1,96 @@
+"""One device mesh with axes ('data', 'model'), and where every array of the train state and the batch lives.
+
+``data``  : data parallelism, across every device of every process.
+``model`` : the paper's two-GPU split (Sec. 3.2), size 1 or 2. With size 2 each device holds one half of every
+            conv layer's kernels (for conv2, conv4, conv5 exactly one of the two groups), the columns of fc6 and
+            fc8 and the rows of fc7, so each device holds about half of the parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+# Which axis of each parameter is split over 'model' (kernel shapes: conv HWIO, dense IO).
+_MODEL_SPLIT = {
+    "conv": {"kernel": P(None, None, None, "model"), "bias": P("model")},
+    "fc6": {"kernel": P(None, "model"), "bias": P("model")},  # column-parallel
+    "fc7": {"kernel": P("model", None), "bias": P()},  # row-parallel: consumes fc6's halves
+    "fc8": {"kernel": P(None, "model"), "bias": P("model")},  # column-parallel: 500 classes each
+}
+
+
+def create_mesh(model_axis: int = 1, devices: list[jax.Device] | None = None) -> Mesh:
+  """A ('data', 'model') mesh over ``devices`` (default: every device of every process)."""
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if model_axis < 1 or n % model_axis:
+    raise ValueError(
+        f"mesh.model={model_axis} does not divide the {n} devices; use a divisor of {n} (1 = data parallel only, "
+        "2 = the paper's two-GPU split)."
+    )
+  shape = (n // model_axis, model_axis)
+  try:  # topology-aware order on TPU/GPU slices; plain order elsewhere
+    from jax.experimental import mesh_utils
+
+    grid = mesh_utils.create_device_mesh(shape, devices)
+  except Exception:  # noqa: BLE001 - any topology the helper does not know: fall back to the given order
+    grid = np.asarray(devices).reshape(shape)
+  return Mesh(grid, ("data", "model"))
+
+
+def _leaf_spec(path: tuple[Any, ...], leaf: Any) -> P:
+  names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+  layer = next((n for n in names if n.startswith(("conv", "fc"))), None)
+  kind = names[-1] if names else ""
+  if layer is None or kind not in ("kernel", "bias") or not getattr(leaf, "ndim", 0):
+    return P()
+  return _MODEL_SPLIT["conv" if layer.startswith("conv") else layer][kind]
+
+
+def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
+  """NamedShardings for a train state (or params): parameters and their velocities split over 'model' by the
+  rules above, everything else replicated. With mesh.model = 1 everything is replicated."""
+  model = mesh.shape["model"]
+
+  def sharding(path, leaf):
+    spec = _leaf_spec(path, leaf) if model > 1 else P()
+    for dim, axis in zip(getattr(leaf, "shape", ()), spec, strict=False):
+      if axis == "model" and dim % model:
+        raise ValueError(
+            f"mesh.model={model} does not divide dimension {dim} of {jax.tree_util.keystr(path)}: choose a width "
+            "whose channels split evenly, or mesh.model=1."
+        )
+    return NamedSharding(mesh, spec)
+
+  return jax.tree_util.tree_map_with_path(sharding, abstract_state)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches are split over 'data' on their leading axis (and replicated over 'model')."""
+  return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(global_batch: int, mesh: Mesh, what: str = "batch_size") -> int:
+  """The per-process batch; a clear error when the global batch does not divide the data-parallel devices."""
+  data = mesh.shape["data"]
+  if global_batch % data:
+    lower, upper = (global_batch // data) * data, -(-global_batch // data) * data
+    raise ValueError(
+        f"{what}={global_batch} does not divide the {data} data-parallel devices (mesh 'data' axis); "
+        f"use a multiple of {data}, e.g. {lower or upper} or {upper}."
+    )
+  return global_batch // jax.process_count()
+
+
+def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """This process's slice of a global batch -> one global array per key, already sharded over 'data'."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

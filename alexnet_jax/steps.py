@@ -1,0 +1,133 @@
+"""The pure functions that run on the devices: loss, train step, eval step.
+
+They depend on jax, flax and optax only (no TensorFlow, clu or ml_collections), so the benchmark runs them on
+machines that have nothing else. The train state is a plain pytree:
+    {"step": int32, "params": nested dict, "opt_state": PaperSgdState, "rng": uint32 key data,
+     "plateau": dict of scalars}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from alexnet_jax import optim
+
+State = dict[str, Any]
+Batch = dict[str, jax.Array]
+
+
+def topk_errors(logits: jax.Array, labels: jax.Array, ks: tuple[int, ...] = (1, 5)) -> dict[int, jax.Array]:
+  """Per-example top-k errors (1.0 when the label is not among the k highest logits; ties count against)."""
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  rank = jnp.sum(logits > label_logit, axis=-1)  # how many classes score strictly higher than the label
+  return {k: (rank >= k).astype(jnp.float32) for k in ks}
+
+
+def global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformationExtraArgs,
+    lr_schedule: optax.Schedule,
+    preprocess: Callable[[Batch], jax.Array],
+) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
+  """A pure ``train_step(state, batch) -> (state, outputs)``; jit it with the shardings you want.
+
+  ``outputs`` holds per-example ``loss``, ``top1_error``, ``top5_error`` and scalars ``grad_norm``,
+  ``param_norm``, ``learning_rate`` and ``finite``. When the loss or the gradient norm is not finite the state is
+  returned unchanged (``finite`` = 0): a bad batch can never reach the parameters or a checkpoint.
+  """
+
+  def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
+    step = state["step"]
+    # The step's randomness is a function of the run's key and the step alone: resuming draws the same masks.
+    dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+    images, labels = preprocess(batch), batch["label"]
+
+    def loss_fn(params):
+      logits = nnx.merge(graphdef, params)(images, dropout_rng=dropout_rng)
+      per_example = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+      return per_example.mean(), (per_example, logits)
+
+    (_, (per_example, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    lr = lr_schedule(step) * state["plateau"]["scale"]
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"], learning_rate=lr)
+    params = optax.apply_updates(state["params"], updates)
+
+    grad_norm = global_norm(grads)
+    finite = jnp.isfinite(per_example.mean()) & jnp.isfinite(grad_norm)
+    new_state = {**state, "step": step + 1, "params": params, "opt_state": opt_state}
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    errors = topk_errors(logits, labels)
+    outputs = {
+        "loss": per_example,
+        "top1_error": errors[1],
+        "top5_error": errors[5],
+        "grad_norm": grad_norm,
+        "param_norm": global_norm(params),
+        "learning_rate": lr,
+        "finite": finite.astype(jnp.float32),
+    }
+    return new_state, outputs
+
+  return train_step
+
+
+def make_eval_step(
+    graphdef: nnx.GraphDef, preprocess: Callable[[Batch], jax.Array]
+) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+  """A pure ``eval_step(params, batch) -> outputs`` with per-example loss and errors and the batch's ``mask``.
+
+  A batch may carry several views of each image (``image`` of shape [batch, views, H, W, C], e.g. the paper's
+  10 crops): the softmax is averaged over the views, as in Sec. 4.1.
+  """
+
+  def eval_step(params, batch: Batch) -> dict[str, jax.Array]:
+    model = nnx.merge(graphdef, params)
+    images, labels = preprocess(batch), batch["label"]
+    if images.ndim == 5:
+      b, v = images.shape[:2]
+      logits = model(images.reshape(b * v, *images.shape[2:])).astype(jnp.float32)
+      probs = jax.nn.softmax(logits).reshape(b, v, -1).mean(axis=1)
+    else:
+      probs = jax.nn.softmax(model(images).astype(jnp.float32))
+    log_probs = jnp.log(jnp.maximum(probs, 1e-30))
+    per_example = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+    errors = topk_errors(probs, labels)
+    mask = batch.get("mask", jnp.ones_like(labels, dtype=jnp.float32))
+    return {"loss": per_example, "top1_error": errors[1], "top5_error": errors[5], "mask": mask}
+
+  return eval_step
+
+
+def init_train_state(
+    make_model: Callable[..., nnx.Module], tx: optax.GradientTransformationExtraArgs, seed: int
+) -> tuple[nnx.GraphDef, Callable[[], State]]:
+  """The model's graphdef, and a pure ``init()`` that builds the whole train state from ``seed``.
+
+  Jit ``init`` with ``out_shardings`` to create the state directly where it lives (nothing is built on one device
+  first); ``jax.eval_shape(init)`` gives its shapes for free.
+  """
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(rngs=nnx.Rngs(0))), nnx.Param)
+
+  def init() -> State:
+    params_key, dropout_key = jax.random.split(jax.random.key(seed))
+    model = make_model(rngs=nnx.Rngs(params=params_key))
+    params = nnx.split(model, nnx.Param)[1].to_pure_dict()
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": tx.init(params),
+        "rng": jax.random.key_data(dropout_key),
+        "plateau": optim.plateau_init(),
+    }
+
+  return graphdef, init

@@ -1,0 +1,19 @@
+"""TensorFlow, imported only where it is needed (input pipeline, data tools, clu's TensorBoard writer)."""
+
+from __future__ import annotations
+
+import os
+
+
+def hide_accelerators_from_tensorflow() -> None:
+  """TensorFlow must never take GPU/TPU memory that JAX needs: make it CPU-only, if it is installed at all."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  try:
+    import tensorflow as tf
+  except ImportError:
+    return
+  tf.config.set_visible_devices([], "GPU")
+  try:
+    tf.config.set_visible_devices([], "TPU")
+  except (ValueError, RuntimeError):  # no TPU devices known to this TF build / already initialised
+    pass

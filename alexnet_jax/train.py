@@ -1,0 +1,407 @@
+"""Training and evaluation, told top to bottom: ``train_and_evaluate(config, workdir)``.
+
+Importable from a notebook, a test or a benchmark; ``main.py`` only parses flags and calls it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import os
+import platform
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import config_lib, input_pipeline, optim, parallel, steps
+from alexnet_jax import metrics as metrics_lib
+from alexnet_jax import model as model_lib
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or the gradient norm became NaN or infinite."""
+
+
+class ConfigChangedError(ValueError):
+  """A resume would change keys that alter the computation."""
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Pieces built from the config (also used by evaluate.py and the tests).
+# -----------------------------------------------------------------------------------------------------------------
+def make_model_fn(config: ml_collections.ConfigDict) -> Callable[..., model_lib.AlexNet]:
+  m = config.model
+  return functools.partial(
+      model_lib.AlexNet,
+      m.name,
+      num_classes=m.num_classes,
+      image_size=m.image_size or None,
+      width=m.width,
+      dropout_rate=m.dropout_rate,
+      lrn_alpha_over_n=m.lrn_alpha_over_n,
+      conv_impl=m.conv_impl,
+      init=m.init or None,
+      dtype=m.dtype,
+  )
+
+
+def make_optimizer(config: ml_collections.ConfigDict):
+  o = config.optimizer
+  decay_mask = None
+  if not o.decay_biases:
+    decay_mask = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda path, _: getattr(path[-1], "key", None) != "bias", params
+    )
+  return optim.paper_sgd(o.momentum, o.weight_decay, o.weight_decay_mode, decay_mask)
+
+
+def schedule_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int, int]:
+  """(steps_per_epoch, num_train_steps, eval_every_steps) for this config and dataset size."""
+  steps_per_epoch = max(1, num_train_examples // config.batch_size)
+  total = config.num_train_steps if config.num_train_steps > 0 else int(round(config.num_epochs * steps_per_epoch))
+  eval_every = {-1: steps_per_epoch, 0: total}.get(config.eval_every_steps, config.eval_every_steps)
+  return steps_per_epoch, total, max(1, eval_every)
+
+
+def make_lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int):
+  s = config.schedule
+  return optim.base_schedule(
+      s.name,
+      learning_rate=config.optimizer.learning_rate,
+      steps_per_epoch=steps_per_epoch,
+      total_steps=total_steps,
+      step_epochs=tuple(s.step_epochs),
+      factor=s.factor,
+      warmup_epochs=s.warmup_epochs,
+  )
+
+
+def evaluate(eval_step, params, batches: Iterator[dict[str, np.ndarray]], sharding) -> dict[str, float]:
+  """Run ``eval_step`` over every batch; averages over real (unmasked) examples only."""
+  total = None
+  for batch in batches:
+    out = eval_step(params, parallel.to_global(batch, sharding))
+    total = out if total is None else total.merge(out)
+  if total is None:
+    raise ValueError("the evaluation split is empty")
+  return metrics_lib.eval_results(total)
+
+
+def jit_eval_step(graphdef, preprocess, mesh, params_shardings):
+  def eval_step(params, batch):
+    return metrics_lib.EvalMetrics.single_from_model_output(**steps.make_eval_step(graphdef, preprocess)(params, batch))
+
+  return jax.jit(
+      eval_step,
+      in_shardings=(params_shardings, parallel.batch_sharding(mesh)),
+      out_shardings=parallel.replicated(mesh),
+  )
+
+
+def prefetch(iterator: Iterator[dict[str, np.ndarray]], size: int, sharding) -> Iterator[dict[str, jax.Array]]:
+  """Make batches and put them on the devices in a background thread, ``size`` batches ahead of the step."""
+  q: queue.Queue = queue.Queue(maxsize=max(1, size))
+  stop = threading.Event()
+  done = object()
+
+  def producer():
+    try:
+      for batch in iterator:
+        item = parallel.to_global(batch, sharding)
+        while not stop.is_set():
+          try:
+            q.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+    except BaseException as e:  # noqa: BLE001 - handed to the consumer, who re-raises it
+      q.put(e)
+    q.put(done)
+
+  thread = threading.Thread(target=producer, daemon=True, name="prefetch")
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Workdir, manifest and preemption.
+# -----------------------------------------------------------------------------------------------------------------
+def prepare_workdir(workdir: str) -> str:
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(
+        f"workdir {workdir!r} is not writable ({e.strerror or e}); choose a directory you can write to "
+        "with --workdir=DIR."
+    ) from e
+  return workdir
+
+
+def _git_sha() -> str | None:
+  try:
+    out = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,
+        text=True, timeout=10, check=True)
+    return out.stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def write_manifest(workdir: str, config: ml_collections.ConfigDict, **extra: Any) -> None:
+  """WORKDIR/run.json: what ran, on what, with which versions (rewritten at every start)."""
+  if jax.process_index() != 0:
+    return
+  versions = {}
+  for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "clu", "ml-collections", "numpy",
+              "tensorflow", "tensorflow-cpu", "tensorflow-datasets"):
+    try:
+      versions[pkg] = importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  manifest = {
+      "config": config_lib.to_json(config),
+      **extra,
+      "versions": versions,
+      "python": platform.python_version(),
+      "devices": [str(d) for d in jax.devices()],
+      "device_kind": jax.devices()[0].device_kind,
+      "num_devices": jax.device_count(),
+      "process_count": jax.process_count(),
+      "git_sha": _git_sha(),
+      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+  }
+  with open(os.path.join(workdir, "run.json"), "w") as f:
+    json.dump(manifest, f, indent=2)
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM (what schedulers send before they take a machine); the loop saves and exits cleanly."""
+
+  def __init__(self):
+    self.set = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint at the end of this step, then stopping.")
+    self.set = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def reached(self) -> bool:
+    if jax.process_count() == 1:
+      return self.set
+    from jax.experimental import multihost_utils  # every process must agree to stop at the same step
+
+    return bool(multihost_utils.process_allgather(np.asarray(self.set)).any())
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# The run.
+# -----------------------------------------------------------------------------------------------------------------
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> dict[str, Any]:
+  """Train (resuming from ``workdir`` if it holds a checkpoint) and evaluate; returns the final metrics.
+
+  The returned dict has ``step``, ``status`` ('completed' or 'preempted') and the last ``eval_*`` values.
+  """
+  # ---- Config and workdir -------------------------------------------------------------------------------------
+  config_lib.validate(config)
+  workdir = prepare_workdir(workdir)
+  from alexnet_jax import tf_util  # clu's writers import TensorFlow: keep it off the accelerators first
+
+  tf_util.hide_accelerators_from_tensorflow()
+  from clu import periodic_actions
+
+  # ---- Mesh -----------------------------------------------------------------------------------------------------
+  mesh = parallel.create_mesh(config.mesh.model)
+  parallel.check_batch_size(config.batch_size, mesh, "batch_size")
+  parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  batch_sharding = parallel.batch_sharding(mesh)
+  logging.info("Mesh %s over %d devices in %d process(es)", dict(mesh.shape), jax.device_count(), jax.process_count())
+
+  # ---- Input ----------------------------------------------------------------------------------------------------
+  source = input_pipeline.create_source(config)
+  steps_per_epoch, num_train_steps, eval_every = schedule_steps(config, source.num_train_examples)
+
+  # ---- Model and optimiser: shapes first, then the state created where it lives --------------------------------
+  make_model = make_model_fn(config)
+  tx = make_optimizer(config)
+  lr_schedule = make_lr_schedule(config, steps_per_epoch, num_train_steps)
+  graphdef, init = steps.init_train_state(make_model, tx, config.seed)
+  abstract = jax.eval_shape(init)
+  shardings = parallel.state_shardings(mesh, abstract)
+  num_params = model_lib.count_params(abstract["params"])
+  logging.info("Model %s: %d parameters", config.model.name, num_params)
+
+  # ---- Checkpoint: resume, or start afresh ----------------------------------------------------------------------
+  config_json = config_lib.to_json(config)
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+  restored = ckpt.restore_latest(checkpoint_lib.abstract_with_shardings(abstract, shardings))
+  if restored is not None:
+    restored_step, state, saved_config = restored
+    changed = config_lib.changed_keys(saved_config, config_json)
+    if changed and not allow_config_change:
+      ckpt.close()
+      details = "; ".join(
+          f"{k}: {config_lib.flatten(saved_config).get(k)!r} -> {config_lib.flatten(config_json).get(k)!r}"
+          for k in changed)
+      raise ConfigChangedError(
+          f"{workdir} holds a run with a different config ({details}). Use a new --workdir, restore the old "
+          "values, or pass --allow_config_change to resume anyway.")
+    if changed:
+      logging.warning("Resuming with changed config keys (allowed): %s", changed)
+    logging.info("Resuming from the checkpoint at step %d (next step: %d)", restored_step, restored_step + 1)
+  else:
+    state = jax.jit(init, out_shardings=shardings)()
+    logging.info("No checkpoint in %s: starting from step 0", ckpt.directory)
+  step = int(state["step"])
+
+  # ---- Update and eval steps ------------------------------------------------------------------------------------
+  pure_train_step = steps.make_train_step(graphdef, tx, lr_schedule, source.preprocess)
+
+  def train_step(state, batch):
+    state, outputs = pure_train_step(state, batch)
+    return state, metrics_lib.TrainMetrics.single_from_model_output(**outputs)
+
+  train_step = jax.jit(
+      train_step,
+      in_shardings=(shardings, batch_sharding),
+      out_shardings=(shardings, parallel.replicated(mesh)),
+      donate_argnums=0,
+  )
+  eval_step = jit_eval_step(graphdef, source.preprocess, mesh, shardings["params"])
+
+  def run_eval() -> dict[str, float]:
+    return evaluate(eval_step, state["params"], source.eval_batches(config.eval_batch_size), batch_sharding)
+
+  # ---- Writers --------------------------------------------------------------------------------------------------
+  writer = metrics_lib.create_writer(workdir)
+  write_manifest(workdir, config, num_params=num_params, num_train_steps=num_train_steps,
+                 steps_per_epoch=steps_per_epoch, resumed_from_step=step if restored else None)
+  hooks: list[Any] = [periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
+                                                      every_steps=config.log_every_steps, every_secs=None)]
+  if config.profile.enabled and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, first_profile=config.profile.first_step,
+                                          num_profile_steps=config.profile.num_steps, every_secs=None))
+
+  # ---- Loop -----------------------------------------------------------------------------------------------------
+  result: dict[str, Any] = {"step": step, "status": "completed"}
+  if step >= num_train_steps:
+    logging.info("Already trained to step %d >= num_train_steps=%d: nothing to do.", step, num_train_steps)
+    ckpt.close()
+    writer.close()
+    return result
+
+  train_metrics = None
+  last_good_ckpt = ckpt.all_steps()[-1] if ckpt.all_steps() else None
+  window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
+
+  def check_finite(values: dict[str, Any]) -> None:
+    if float(values["finite"]) < 1.0:
+      ckpt.wait()
+      where = f"the last good checkpoint (step {last_good_ckpt}) is intact" if last_good_ckpt is not None else (
+          "no checkpoint had been written yet")
+      raise NonFiniteError(
+          f"The loss or the gradient norm became NaN/inf at or before step {step} (learning rate "
+          f"{float(values['learning_rate']):.3g}); the update was not applied and nothing was saved after it: "
+          f"{where}. Lower optimizer.learning_rate or check the input data, then rerun the same command to resume.")
+
+  batches = prefetch(source.train_batches(step, config.batch_size), config.data.prefetch, batch_sharding)
+  with _PreemptionFlag() as preemption:
+    while step < num_train_steps:
+      t0 = time.perf_counter()
+      batch = next(batches)
+      input_wait += time.perf_counter() - t0
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, step_metrics = train_step(state, batch)
+      step += 1
+      window_steps += 1
+      train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
+      for hook in hooks:
+        hook(step)
+
+      last = step == num_train_steps
+      if step % config.log_every_steps == 0 or last:
+        values = train_metrics.compute()
+        check_finite(values)
+        elapsed = time.perf_counter() - window_start
+        scalars = {f"train_{k}": v for k, v in values.items() if k not in ("learning_rate", "finite")}
+        scalars.update(
+            learning_rate=values["learning_rate"],
+            images_per_sec=window_steps * config.batch_size / elapsed,
+            input_wait_fraction=input_wait / elapsed,
+            epoch=step / steps_per_epoch,
+        )
+        writer.write_scalars(step, scalars)
+        train_metrics, window_start, window_steps, input_wait = None, time.perf_counter(), 0, 0.0
+
+      if step % eval_every == 0 or last:
+        eval_values = run_eval()
+        writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_values.items()})
+        result.update({f"eval_{k}": v for k, v in eval_values.items()})
+        if config.schedule.name == "paper":
+          s = config.schedule
+          plateau = optim.plateau_update(jax.device_get(state["plateau"]), eval_values["top1_error"],
+                                         patience=s.patience, factor=s.factor, max_drops=s.max_drops,
+                                         min_delta=s.min_delta)
+          if plateau["num_drops"] > int(state["plateau"]["num_drops"]):
+            logging.info("Validation error has not improved for %d evaluations: learning rate x%g (drop %d of %d)",
+                         s.patience, s.factor, plateau["num_drops"], s.max_drops)
+          state = {**state, "plateau": jax.device_put(plateau, shardings["plateau"])}
+
+      preempted = preemption.reached()
+      if step % config.checkpoint_every_steps == 0 or last or preempted:
+        if train_metrics is not None:  # never save a state that followed a non-finite step
+          check_finite(train_metrics.compute())
+        ckpt.save(step, state, config_json)
+        last_good_ckpt = step
+      if preempted:
+        result["status"] = "preempted"
+        logging.warning("Stopped at step %d after SIGTERM; the checkpoint is being committed. Rerun the same "
+                        "command to resume.", step)
+        break
+
+  batches.close()
+  ckpt.close()
+  writer.flush()
+  writer.close()
+  result["step"] = step
+  logging.info("Finished at step %d: %s", step, {k: v for k, v in result.items() if k.startswith("eval_")})
+  return result
