@@ -23,7 +23,7 @@ class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     self._options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
     )
     self._manager = self._open()
 
@@ -38,9 +38,9 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return
     self._manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json)),
-        force=True,
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json)),
+      force=True,
     )
 
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
@@ -52,14 +52,18 @@ class Checkpointer:
     for step in reversed(self.all_steps()):
       try:
         restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()),
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()),
         )
         return step, restored["state"], dict(restored["config"])
-      except Exception as e:  # noqa: BLE001 - any failure to read means this step is unusable
+      except Exception as e:
         logging.warning(
-            "Checkpoint at step %d in %s cannot be read (%s: %s); moving it aside and falling back to the previous "
-            "step.", step, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+          "Checkpoint at step %d in %s cannot be read (%s: %s); moving it aside and falling back to the previous step.",
+          step,
+          self.directory,
+          type(e).__name__,
+          str(e).splitlines()[0] if str(e) else "",
+        )
         self._quarantine(step)
     return None
 
@@ -88,6 +92,4 @@ class Checkpointer:
 
 
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
-  return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
-  )
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)

@@ -18,18 +18,18 @@ from alexnet_jax import optim
 # Keys that may differ between a checkpoint and the run resuming it: how long, how often, where, how laid out.
 # Everything else changes the computation, and a resume with it changed is refused unless --allow_config_change.
 SAFE_TO_CHANGE_ON_RESUME = (
-    "num_train_steps",
-    "num_epochs",
-    "log_every_steps",
-    "eval_every_steps",
-    "checkpoint_every_steps",
-    "keep_checkpoints",
-    "eval_batch_size",
-    "data.dir",
-    "data.num_eval_examples",
-    "data.prefetch",
-    "mesh.",
-    "profile.",
+  "num_train_steps",
+  "num_epochs",
+  "log_every_steps",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "eval_batch_size",
+  "data.dir",
+  "data.num_eval_examples",
+  "data.prefetch",
+  "mesh.",
+  "profile.",
 )
 
 DATA_SOURCES = ("synthetic",)
@@ -94,6 +94,18 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of a config file, as ``--config=PATH`` would load it (for notebooks and tools)."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+  if spec is None or spec.loader is None:
+    raise ValueError(f"cannot load config file {path!r}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
   """{'a': {'b': 1}} -> {'a.b': 1}; tuples become lists (their JSON form), so saved and live configs compare."""
   d = d.to_dict() if isinstance(d, ml_collections.ConfigDict) else d
@@ -110,14 +122,18 @@ def to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(json.dumps(config.to_dict()))
 
 
+def unknown_keys_message(unknown: list[str], known) -> str:
+  hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown]
+  return f"unknown config key(s): {', '.join(hints)}. Valid keys: {', '.join(sorted(known))}"
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raise ValueError naming what is wrong (and the valid choices) for unknown keys or impossible values."""
   known = flatten(base_config())
   given = flatten(config)
   unknown = sorted(set(given) - set(known))
   if unknown:
-    hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown]
-    raise ValueError(f"unknown config key(s): {', '.join(hints)}. Valid keys: {', '.join(sorted(known))}")
+    raise ValueError(unknown_keys_message(unknown, known))
   missing = sorted(set(known) - set(given))
   if missing:
     raise ValueError(f"config is missing key(s) {missing}: build it from alexnet_jax.config_lib.base_config()")

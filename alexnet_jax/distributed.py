@@ -22,15 +22,22 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
     jax.distributed.initialize()
   else:
     return
-  logging.info("Process %d of %d: %d local / %d global devices", jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  logging.info(
+    "Process %d of %d: %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 def _in_cluster() -> bool:
   env = os.environ
   return bool(
-      env.get("SLURM_NTASKS", "1") not in ("", "1") and "SLURM_JOB_ID" in env
-      or "OMPI_COMM_WORLD_SIZE" in env and env["OMPI_COMM_WORLD_SIZE"] != "1"
-      or "JAX_COORDINATOR_ADDRESS" in env
-      or env.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
+    (env.get("SLURM_NTASKS", "1") not in ("", "1")
+    and "SLURM_JOB_ID" in env)
+    or ("OMPI_COMM_WORLD_SIZE" in env
+    and env["OMPI_COMM_WORLD_SIZE"] != "1")
+    or "JAX_COORDINATOR_ADDRESS" in env
+    or env.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
   )

@@ -10,7 +10,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "A config file from configs/ (e.g. configs/paper.py).", lock_config=True)
+config_flags.DEFINE_config_file(
+  "config", None, "A config file from configs/ (e.g. configs/paper.py).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go; an existing one is resumed.")
 flags.DEFINE_bool("allow_config_change", False, "Resume even though config keys that change the run differ.")
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs.")
@@ -29,9 +31,11 @@ def main(argv: list[str]) -> int:
   distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
   from alexnet_jax import train
 
+  train.quiet_orbax_logs()
   try:
     result = train.train_and_evaluate(
-        flags.FLAGS.config, flags.FLAGS.workdir, allow_config_change=flags.FLAGS.allow_config_change)
+      flags.FLAGS.config, flags.FLAGS.workdir, allow_config_change=flags.FLAGS.allow_config_change
+    )
   except (ValueError, train.NonFiniteError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
@@ -39,5 +43,24 @@ def main(argv: list[str]) -> int:
   return EXIT_PREEMPTED if result["status"] == "preempted" else 0
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with an unknown ``--config.KEY`` reported as a one-line error listing the valid keys."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    from alexnet_jax import config_lib
+
+    known = config_lib.flatten(config_lib.base_config())
+    given = [a[len("--config.") :].split("=")[0] for a in argv if a.startswith("--config.")]
+    unknown = [k for k in given if k not in known] or [str(e)]
+    print(f"error: {config_lib.unknown_keys_message(unknown, known)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run() -> None:
+  """Console-script entry point (``alexnet-train``)."""
+  app.run(main, flags_parser=parse_flags)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -3,7 +3,6 @@
 (No ``from __future__ import annotations`` here: clu reads the metric classes from the annotations at runtime.)
 """
 
-
 import json
 import os
 from collections.abc import Mapping
@@ -54,7 +53,7 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
     row = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
     self._file.write(json.dumps(row) + "\n")
 
-  def write_summaries(self, step, values, metadata=None):  # noqa: D102 - nothing but scalars goes to JSON lines
+  def write_summaries(self, step, values, metadata=None):
     pass
 
   def write_images(self, step, images):
@@ -87,9 +86,9 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
   if jax.process_index() > 0:
     return metric_writers.LoggingWriter()
   return metric_writers.MultiWriter(
-      [
-          metric_writers.LoggingWriter(),
-          metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")),
-          JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
-      ]
+    [
+      metric_writers.LoggingWriter(),
+      metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")),
+      JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
+    ]
   )

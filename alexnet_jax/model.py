@@ -44,32 +44,32 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "paper": Architecture(
-        conv_channels=(96, 256, 384, 384, 256),
-        conv_kernels=(11, 5, 3, 3, 3),
-        conv_strides=(4, 1, 1, 1, 1),
-        conv_paddings=(0, 2, 1, 1, 1),
-        conv_groups=(1, 2, 1, 2, 2),
-        lrn_after=(True, True, False, False, False),
-        pool_after=(True, True, False, False, True),
-        fc_features=(4096, 4096),
-        image_size=227,
-        pooled_size=None,
-        bias_one=("conv2", "conv4", "conv5", "fc6", "fc7"),
-    ),
-    "owt": Architecture(
-        conv_channels=(64, 192, 384, 256, 256),
-        conv_kernels=(11, 5, 3, 3, 3),
-        conv_strides=(4, 1, 1, 1, 1),
-        conv_paddings=(2, 2, 1, 1, 1),
-        conv_groups=(1, 1, 1, 1, 1),
-        lrn_after=(False,) * 5,
-        pool_after=(True, True, False, False, True),
-        fc_features=(4096, 4096),
-        image_size=224,
-        pooled_size=6,
-        bias_one=(),
-    ),
+  "paper": Architecture(
+    conv_channels=(96, 256, 384, 384, 256),
+    conv_kernels=(11, 5, 3, 3, 3),
+    conv_strides=(4, 1, 1, 1, 1),
+    conv_paddings=(0, 2, 1, 1, 1),
+    conv_groups=(1, 2, 1, 2, 2),
+    lrn_after=(True, True, False, False, False),
+    pool_after=(True, True, False, False, True),
+    fc_features=(4096, 4096),
+    image_size=227,
+    pooled_size=None,
+    bias_one=("conv2", "conv4", "conv5", "fc6", "fc7"),
+  ),
+  "owt": Architecture(
+    conv_channels=(64, 192, 384, 256, 256),
+    conv_kernels=(11, 5, 3, 3, 3),
+    conv_strides=(4, 1, 1, 1, 1),
+    conv_paddings=(2, 2, 1, 1, 1),
+    conv_groups=(1, 1, 1, 1, 1),
+    lrn_after=(False,) * 5,
+    pool_after=(True, True, False, False, True),
+    fc_features=(4096, 4096),
+    image_size=224,
+    pooled_size=6,
+    bias_one=(),
+  ),
 }
 
 
@@ -77,7 +77,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 # The paper's building blocks, as plain functions.
 # ---------------------------------------------------------------------------------------------------------------
 def local_response_norm(
-    x: Array, *, k: float = 2.0, n: int = 5, alpha: float = 1e-4, beta: float = 0.75, alpha_over_n: bool = False
+  x: Array, *, k: float = 2.0, n: int = 5, alpha: float = 1e-4, beta: float = 0.75, alpha_over_n: bool = False
 ) -> Array:
   """Sec. 3.3: b_i = a_i / (k + alpha * sum_{j=i-n/2}^{i+n/2} a_j^2)^beta over channels (the last axis).
 
@@ -121,15 +121,11 @@ def adaptive_avg_pool(x: Array, size: int) -> Array:
   def cells(length: int) -> list[tuple[int, int]]:
     return [((i * length) // size, -(-((i + 1) * length) // size)) for i in range(size)]
 
-  rows = [
-      jnp.stack([x[:, r0:r1, c0:c1, :].mean(axis=(1, 2)) for c0, c1 in cells(w)], axis=1) for r0, r1 in cells(h)
-  ]
+  rows = [jnp.stack([x[:, r0:r1, c0:c1, :].mean(axis=(1, 2)) for c0, c1 in cells(w)], axis=1) for r0, r1 in cells(h)]
   return jnp.stack(rows, axis=1)
 
 
-def grouped_conv(
-    x: Array, kernel: Array, *, groups: int, stride: int, padding: int, impl: str = "split"
-) -> Array:
+def grouped_conv(x: Array, kernel: Array, *, groups: int, stride: int, padding: int, impl: str = "split") -> Array:
   """A convolution whose input and output channels are cut into ``groups`` independent columns.
 
   ``kernel`` has shape (kh, kw, in_channels // groups, out_channels), as ``feature_group_count`` expects: output
@@ -137,13 +133,13 @@ def grouped_conv(
   ``impl='grouped'`` uses XLA's ``feature_group_count``; ``impl='split'`` runs one convolution per group and
   concatenates, which computes the same function and is about 2x faster on CPU (see benchmarks/RESULTS.md).
   """
-  conv = lambda inp, ker, g: jax.lax.conv_general_dilated(  # noqa: E731
-      inp,
-      ker,
-      window_strides=(stride, stride),
-      padding=[(padding, padding), (padding, padding)],
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=g,
+  conv = lambda inp, ker, g: jax.lax.conv_general_dilated(
+    inp,
+    ker,
+    window_strides=(stride, stride),
+    padding=[(padding, padding), (padding, padding)],
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=g,
   )
   if groups == 1 or impl == "grouped":
     return conv(x, kernel, groups)
@@ -193,19 +189,19 @@ class Conv(nnx.Module):
   """A (possibly grouped) convolution with float32 parameters, computed in ``dtype``."""
 
   def __init__(
-      self,
-      in_channels: int,
-      out_channels: int,
-      kernel_size: int,
-      *,
-      stride: int,
-      padding: int,
-      groups: int,
-      init: str,
-      bias_value: float,
-      impl: str,
-      dtype: jnp.dtype,
-      rngs: nnx.Rngs,
+    self,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    stride: int,
+    padding: int,
+    groups: int,
+    init: str,
+    bias_value: float,
+    impl: str,
+    dtype: jnp.dtype,
+    rngs: nnx.Rngs,
   ):
     if in_channels % groups or out_channels % groups:
       raise ValueError(f"channels {in_channels}->{out_channels} do not divide into {groups} groups")
@@ -218,12 +214,12 @@ class Conv(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     y = grouped_conv(
-        x.astype(self.dtype),
-        self.kernel[...].astype(self.dtype),
-        groups=self.groups,
-        stride=self.stride,
-        padding=self.padding,
-        impl=self.impl,
+      x.astype(self.dtype),
+      self.kernel[...].astype(self.dtype),
+      groups=self.groups,
+      stride=self.stride,
+      padding=self.padding,
+      impl=self.impl,
     )
     return y + self.bias[...].astype(self.dtype)
 
@@ -232,7 +228,7 @@ class Dense(nnx.Module):
   """A fully connected layer with float32 parameters, computed in ``dtype``."""
 
   def __init__(
-      self, in_features: int, out_features: int, *, init: str, bias_value: float, dtype: jnp.dtype, rngs: nnx.Rngs
+    self, in_features: int, out_features: int, *, init: str, bias_value: float, dtype: jnp.dtype, rngs: nnx.Rngs
   ):
     self.kernel = nnx.Param(INITS[init](rngs.params(), (in_features, out_features), in_features))
     bias = INITS[init](rngs.params(), (out_features,), in_features) if init == "torch" else jnp.zeros((out_features,))
@@ -256,18 +252,18 @@ class AlexNet(nnx.Module):
   """AlexNet. ``width`` < 1 scales every conv and hidden FC layer (for CPU tests and demos); 1 is the paper."""
 
   def __init__(
-      self,
-      name: str = "paper",
-      *,
-      num_classes: int = 1000,
-      image_size: int | None = None,
-      width: float = 1.0,
-      dropout_rate: float = 0.5,
-      lrn_alpha_over_n: bool = False,
-      conv_impl: str = "split",
-      init: str | None = None,
-      dtype: str | jnp.dtype = "float32",
-      rngs: nnx.Rngs,
+    self,
+    name: str = "paper",
+    *,
+    num_classes: int = 1000,
+    image_size: int | None = None,
+    width: float = 1.0,
+    dropout_rate: float = 0.5,
+    lrn_alpha_over_n: bool = False,
+    conv_impl: str = "split",
+    init: str | None = None,
+    dtype: str | jnp.dtype = "float32",
+    rngs: nnx.Rngs,
   ):
     if name not in ARCHITECTURES:
       raise ValueError(f"model.name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
@@ -287,19 +283,19 @@ class AlexNet(nnx.Module):
       layer = f"conv{i + 1}"
       out_ch = _scaled(arch.conv_channels[i], width)
       convs.append(
-          Conv(
-              in_ch,
-              out_ch,
-              arch.conv_kernels[i],
-              stride=arch.conv_strides[i],
-              padding=arch.conv_paddings[i],
-              groups=arch.conv_groups[i],
-              init=init,
-              bias_value=1.0 if layer in arch.bias_one else 0.0,
-              impl=conv_impl,
-              dtype=dtype,
-              rngs=rngs,
-          )
+        Conv(
+          in_ch,
+          out_ch,
+          arch.conv_kernels[i],
+          stride=arch.conv_strides[i],
+          padding=arch.conv_paddings[i],
+          groups=arch.conv_groups[i],
+          init=init,
+          bias_value=1.0 if layer in arch.bias_one else 0.0,
+          impl=conv_impl,
+          dtype=dtype,
+          rngs=rngs,
+        )
       )
       size = _conv_out(size, arch.conv_kernels[i], arch.conv_strides[i], arch.conv_paddings[i])
       if arch.pool_after[i]:
@@ -315,14 +311,15 @@ class AlexNet(nnx.Module):
     for j, features in enumerate([*[_scaled(f, width) for f in arch.fc_features], num_classes]):
       layer = f"fc{j + 6}"
       fcs.append(
-          Dense(in_features, features, init=init, bias_value=1.0 if layer in arch.bias_one else 0.0,
-                dtype=dtype, rngs=rngs)
+        Dense(
+          in_features, features, init=init, bias_value=1.0 if layer in arch.bias_one else 0.0, dtype=dtype, rngs=rngs
+        )
       )
       in_features = features
     self.fc6, self.fc7, self.fc8 = fcs
 
   def __call__(
-      self, x: Array, *, dropout_rng: Array | None = None, return_activations: bool = False
+    self, x: Array, *, dropout_rng: Array | None = None, return_activations: bool = False
   ) -> Array | tuple[Array, dict[str, Array]]:
     """Logits (float32) for NHWC images; dropout is applied only when ``dropout_rng`` is given (training)."""
     acts: dict[str, Array] = {}

@@ -30,10 +30,10 @@ class PaperSgdState(NamedTuple):
 
 
 def paper_sgd(
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    weight_decay_mode: str = "coupled",
-    decay_mask: Any = None,
+  momentum: float = 0.9,
+  weight_decay: float = 5e-4,
+  weight_decay_mode: str = "coupled",
+  decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """SGD with momentum and weight decay as in the paper; ``update(..., learning_rate=eps)``.
 
@@ -74,14 +74,14 @@ def paper_sgd(
 # Schedules.
 # ---------------------------------------------------------------------------------------------------------------
 def base_schedule(
-    name: str,
-    *,
-    learning_rate: float,
-    steps_per_epoch: int,
-    total_steps: int,
-    step_epochs: tuple[float, ...] = (),
-    factor: float = 0.1,
-    warmup_epochs: float = 0.0,
+  name: str,
+  *,
+  learning_rate: float,
+  steps_per_epoch: int,
+  total_steps: int,
+  step_epochs: tuple[float, ...] = (),
+  factor: float = 0.1,
+  warmup_epochs: float = 0.0,
 ) -> optax.Schedule:
   """The step-dependent part of the learning rate; the plateau scale multiplies it (1 unless ``paper``)."""
   if name in ("paper", "constant"):
@@ -99,16 +99,15 @@ def plateau_init() -> dict[str, jax.Array]:
   """State of the divide-on-plateau rule: the current scale, the best error so far, evaluations without
   improvement and the number of drops taken."""
   return {
-      "scale": jnp.ones((), jnp.float32),
-      "best_error": jnp.full((), np.inf, jnp.float32),
-      "bad_evals": jnp.zeros((), jnp.int32),
-      "num_drops": jnp.zeros((), jnp.int32),
+    "scale": jnp.ones((), jnp.float32),
+    "best_error": jnp.full((), np.inf, jnp.float32),
+    "bad_evals": jnp.zeros((), jnp.int32),
+    "num_drops": jnp.zeros((), jnp.int32),
   }
 
 
 def plateau_update(
-    state: dict[str, Any], error: float, *, patience: int, factor: float = 0.1, max_drops: int = 3,
-    min_delta: float = 0.0
+  state: dict[str, Any], error: float, *, patience: int, factor: float = 0.1, max_drops: int = 3, min_delta: float = 0.0
 ) -> dict[str, np.ndarray]:
   """One decision of the paper's rule after an evaluation with validation ``error``.
 
@@ -116,6 +115,7 @@ def plateau_update(
   improvement the scale is multiplied by ``factor`` (at most ``max_drops`` times) and the count starts again.
   Pure: the same inputs give the same state, so a resumed run makes the same decisions.
   """
+  error = float(np.float32(error))  # compare at the precision the state keeps, or an equal error looks better
   best = float(state["best_error"])
   bad = int(state["bad_evals"])
   drops = int(state["num_drops"])
@@ -127,8 +127,8 @@ def plateau_update(
     if bad >= patience and drops < max_drops:
       scale, drops, bad = scale * factor, drops + 1, 0
   return {
-      "scale": np.float32(scale),
-      "best_error": np.float32(best),
-      "bad_evals": np.int32(bad),
-      "num_drops": np.int32(drops),
+    "scale": np.float32(scale),
+    "best_error": np.float32(best),
+    "bad_evals": np.int32(bad),
+    "num_drops": np.int32(drops),
   }

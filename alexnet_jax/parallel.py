@@ -17,10 +17,10 @@ from jax.sharding import PartitionSpec as P
 
 # Which axis of each parameter is split over 'model' (kernel shapes: conv HWIO, dense IO).
 _MODEL_SPLIT = {
-    "conv": {"kernel": P(None, None, None, "model"), "bias": P("model")},
-    "fc6": {"kernel": P(None, "model"), "bias": P("model")},  # column-parallel
-    "fc7": {"kernel": P("model", None), "bias": P()},  # row-parallel: consumes fc6's halves
-    "fc8": {"kernel": P(None, "model"), "bias": P("model")},  # column-parallel: 500 classes each
+  "conv": {"kernel": P(None, None, None, "model"), "bias": P("model")},
+  "fc6": {"kernel": P(None, "model"), "bias": P("model")},  # column-parallel
+  "fc7": {"kernel": P("model", None), "bias": P()},  # row-parallel: consumes fc6's halves
+  "fc8": {"kernel": P(None, "model"), "bias": P("model")},  # column-parallel: 500 classes each
 }
 
 
@@ -30,15 +30,15 @@ def create_mesh(model_axis: int = 1, devices: list[jax.Device] | None = None) ->
   n = len(devices)
   if model_axis < 1 or n % model_axis:
     raise ValueError(
-        f"mesh.model={model_axis} does not divide the {n} devices; use a divisor of {n} (1 = data parallel only, "
-        "2 = the paper's two-GPU split)."
+      f"mesh.model={model_axis} does not divide the {n} devices; use a divisor of {n} (1 = data parallel only, "
+      "2 = the paper's two-GPU split)."
     )
   shape = (n // model_axis, model_axis)
   try:  # topology-aware order on TPU/GPU slices; plain order elsewhere
     from jax.experimental import mesh_utils
 
     grid = mesh_utils.create_device_mesh(shape, devices)
-  except Exception:  # noqa: BLE001 - any topology the helper does not know: fall back to the given order
+  except Exception:
     grid = np.asarray(devices).reshape(shape)
   return Mesh(grid, ("data", "model"))
 
@@ -62,8 +62,8 @@ def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
     for dim, axis in zip(getattr(leaf, "shape", ()), spec, strict=False):
       if axis == "model" and dim % model:
         raise ValueError(
-            f"mesh.model={model} does not divide dimension {dim} of {jax.tree_util.keystr(path)}: choose a width "
-            "whose channels split evenly, or mesh.model=1."
+          f"mesh.model={model} does not divide dimension {dim} of {jax.tree_util.keystr(path)}: choose a width "
+          "whose channels split evenly, or mesh.model=1."
         )
     return NamedSharding(mesh, spec)
 
@@ -85,8 +85,8 @@ def check_batch_size(global_batch: int, mesh: Mesh, what: str = "batch_size") ->
   if global_batch % data:
     lower, upper = (global_batch // data) * data, -(-global_batch // data) * data
     raise ValueError(
-        f"{what}={global_batch} does not divide the {data} data-parallel devices (mesh 'data' axis); "
-        f"use a multiple of {data}, e.g. {lower or upper} or {upper}."
+      f"{what}={global_batch} does not divide the {data} data-parallel devices (mesh 'data' axis); "
+      f"use a multiple of {data}, e.g. {lower or upper} or {upper}."
     )
   return global_batch // jax.process_count()
 

@@ -34,10 +34,10 @@ def global_norm(tree) -> jax.Array:
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef,
-    tx: optax.GradientTransformationExtraArgs,
-    lr_schedule: optax.Schedule,
-    preprocess: Callable[[Batch], jax.Array],
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformationExtraArgs,
+  lr_schedule: optax.Schedule,
+  preprocess: Callable[[Batch], jax.Array],
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
   """A pure ``train_step(state, batch) -> (state, outputs)``; jit it with the shardings you want.
 
@@ -68,13 +68,13 @@ def make_train_step(
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     errors = topk_errors(logits, labels)
     outputs = {
-        "loss": per_example,
-        "top1_error": errors[1],
-        "top5_error": errors[5],
-        "grad_norm": grad_norm,
-        "param_norm": global_norm(params),
-        "learning_rate": lr,
-        "finite": finite.astype(jnp.float32),
+      "loss": per_example,
+      "top1_error": errors[1],
+      "top5_error": errors[5],
+      "grad_norm": grad_norm,
+      "param_norm": global_norm(params),
+      "learning_rate": lr,
+      "finite": finite.astype(jnp.float32),
     }
     return new_state, outputs
 
@@ -82,7 +82,7 @@ def make_train_step(
 
 
 def make_eval_step(
-    graphdef: nnx.GraphDef, preprocess: Callable[[Batch], jax.Array]
+  graphdef: nnx.GraphDef, preprocess: Callable[[Batch], jax.Array]
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
   """A pure ``eval_step(params, batch) -> outputs`` with per-example loss and errors and the batch's ``mask``.
 
@@ -109,7 +109,7 @@ def make_eval_step(
 
 
 def init_train_state(
-    make_model: Callable[..., nnx.Module], tx: optax.GradientTransformationExtraArgs, seed: int
+  make_model: Callable[..., nnx.Module], tx: optax.GradientTransformationExtraArgs, seed: int
 ) -> tuple[nnx.GraphDef, Callable[[], State]]:
   """The model's graphdef, and a pure ``init()`` that builds the whole train state from ``seed``.
 
@@ -121,13 +121,13 @@ def init_train_state(
   def init() -> State:
     params_key, dropout_key = jax.random.split(jax.random.key(seed))
     model = make_model(rngs=nnx.Rngs(params=params_key))
-    params = nnx.split(model, nnx.Param)[1].to_pure_dict()
+    params = nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
     return {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": tx.init(params),
-        "rng": jax.random.key_data(dropout_key),
-        "plateau": optim.plateau_init(),
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "opt_state": tx.init(params),
+      "rng": jax.random.key_data(dropout_key),
+      "plateau": optim.plateau_init(),
     }
 
   return graphdef, init

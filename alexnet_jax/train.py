@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import logging as logging_std
 import os
 import platform
 import queue
@@ -19,7 +20,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -44,16 +44,16 @@ class ConfigChangedError(ValueError):
 def make_model_fn(config: ml_collections.ConfigDict) -> Callable[..., model_lib.AlexNet]:
   m = config.model
   return functools.partial(
-      model_lib.AlexNet,
-      m.name,
-      num_classes=m.num_classes,
-      image_size=m.image_size or None,
-      width=m.width,
-      dropout_rate=m.dropout_rate,
-      lrn_alpha_over_n=m.lrn_alpha_over_n,
-      conv_impl=m.conv_impl,
-      init=m.init or None,
-      dtype=m.dtype,
+    model_lib.AlexNet,
+    m.name,
+    num_classes=m.num_classes,
+    image_size=m.image_size or None,
+    width=m.width,
+    dropout_rate=m.dropout_rate,
+    lrn_alpha_over_n=m.lrn_alpha_over_n,
+    conv_impl=m.conv_impl,
+    init=m.init or None,
+    dtype=m.dtype,
   )
 
 
@@ -61,8 +61,8 @@ def make_optimizer(config: ml_collections.ConfigDict):
   o = config.optimizer
   decay_mask = None
   if not o.decay_biases:
-    decay_mask = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
-        lambda path, _: getattr(path[-1], "key", None) != "bias", params
+    decay_mask = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) != "bias", params
     )
   return optim.paper_sgd(o.momentum, o.weight_decay, o.weight_decay_mode, decay_mask)
 
@@ -78,13 +78,13 @@ def schedule_steps(config: ml_collections.ConfigDict, num_train_examples: int) -
 def make_lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int):
   s = config.schedule
   return optim.base_schedule(
-      s.name,
-      learning_rate=config.optimizer.learning_rate,
-      steps_per_epoch=steps_per_epoch,
-      total_steps=total_steps,
-      step_epochs=tuple(s.step_epochs),
-      factor=s.factor,
-      warmup_epochs=s.warmup_epochs,
+    s.name,
+    learning_rate=config.optimizer.learning_rate,
+    steps_per_epoch=steps_per_epoch,
+    total_steps=total_steps,
+    step_epochs=tuple(s.step_epochs),
+    factor=s.factor,
+    warmup_epochs=s.warmup_epochs,
   )
 
 
@@ -104,9 +104,9 @@ def jit_eval_step(graphdef, preprocess, mesh, params_shardings):
     return metrics_lib.EvalMetrics.single_from_model_output(**steps.make_eval_step(graphdef, preprocess)(params, batch))
 
   return jax.jit(
-      eval_step,
-      in_shardings=(params_shardings, parallel.batch_sharding(mesh)),
-      out_shardings=parallel.replicated(mesh),
+    eval_step,
+    in_shardings=(params_shardings, parallel.batch_sharding(mesh)),
+    out_shardings=parallel.replicated(mesh),
   )
 
 
@@ -128,7 +128,7 @@ def prefetch(iterator: Iterator[dict[str, np.ndarray]], size: int, sharding) -> 
             continue
         if stop.is_set():
           return
-    except BaseException as e:  # noqa: BLE001 - handed to the consumer, who re-raises it
+    except BaseException as e:
       q.put(e)
     q.put(done)
 
@@ -146,6 +146,38 @@ def prefetch(iterator: Iterator[dict[str, np.ndarray]], size: int, sharding) -> 
     stop.set()
 
 
+def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> tuple[int, dict[str, Any], Any]:
+  """(step, train state, graphdef) of the newest readable checkpoint in ``workdir``, laid out on ``mesh``
+  (default: every device). For evaluation, notebooks and tests."""
+  mesh = mesh or parallel.create_mesh(config.mesh.model)
+  tx = make_optimizer(config)
+  graphdef, init = steps.init_train_state(make_model_fn(config), tx, config.seed)
+  abstract = jax.eval_shape(init)
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), max_to_keep=10**9)
+  try:
+    restored = ckpt.restore_latest(
+      checkpoint_lib.abstract_with_shardings(abstract, parallel.state_shardings(mesh, abstract))
+    )
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise ValueError(f"no checkpoint in {workdir}/checkpoints: train first, or check --workdir")
+  return restored[0], restored[1], graphdef
+
+
+class _QuietOrbax(logging_std.Filter):
+  """Orbax narrates every save at INFO; keep its warnings and errors, drop the rest."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+  logging_std.getLogger("absl").addFilter(_QuietOrbax())
+  for handler in logging_std.getLogger().handlers + [logging.get_absl_handler()]:
+    handler.addFilter(_QuietOrbax())
+
+
 # -----------------------------------------------------------------------------------------------------------------
 # Workdir, manifest and preemption.
 # -----------------------------------------------------------------------------------------------------------------
@@ -159,8 +191,8 @@ def prepare_workdir(workdir: str) -> str:
     os.remove(probe)
   except OSError as e:
     raise ValueError(
-        f"workdir {workdir!r} is not writable ({e.strerror or e}); choose a directory you can write to "
-        "with --workdir=DIR."
+      f"workdir {workdir!r} is not writable ({e.strerror or e}); choose a directory you can write to "
+      "with --workdir=DIR."
     ) from e
   return workdir
 
@@ -168,8 +200,13 @@ def prepare_workdir(workdir: str) -> str:
 def _git_sha() -> str | None:
   try:
     out = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,
-        text=True, timeout=10, check=True)
+      ["git", "rev-parse", "HEAD"],
+      cwd=os.path.dirname(os.path.abspath(__file__)),
+      capture_output=True,
+      text=True,
+      timeout=10,
+      check=True,
+    )
     return out.stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return None
@@ -180,23 +217,34 @@ def write_manifest(workdir: str, config: ml_collections.ConfigDict, **extra: Any
   if jax.process_index() != 0:
     return
   versions = {}
-  for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "clu", "ml-collections", "numpy",
-              "tensorflow", "tensorflow-cpu", "tensorflow-datasets"):
+  for pkg in (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "clu",
+    "ml-collections",
+    "numpy",
+    "tensorflow",
+    "tensorflow-cpu",
+    "tensorflow-datasets",
+  ):
     try:
       versions[pkg] = importlib.metadata.version(pkg)
     except importlib.metadata.PackageNotFoundError:
       pass
   manifest = {
-      "config": config_lib.to_json(config),
-      **extra,
-      "versions": versions,
-      "python": platform.python_version(),
-      "devices": [str(d) for d in jax.devices()],
-      "device_kind": jax.devices()[0].device_kind,
-      "num_devices": jax.device_count(),
-      "process_count": jax.process_count(),
-      "git_sha": _git_sha(),
-      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    "config": config_lib.to_json(config),
+    **extra,
+    "versions": versions,
+    "python": platform.python_version(),
+    "devices": [str(d) for d in jax.devices()],
+    "device_kind": jax.devices()[0].device_kind,
+    "num_devices": jax.device_count(),
+    "process_count": jax.process_count(),
+    "git_sha": _git_sha(),
+    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
   }
   with open(os.path.join(workdir, "run.json"), "w") as f:
     json.dump(manifest, f, indent=2)
@@ -235,7 +283,7 @@ class _PreemptionFlag:
 # The run.
 # -----------------------------------------------------------------------------------------------------------------
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
 ) -> dict[str, Any]:
   """Train (resuming from ``workdir`` if it holds a checkpoint) and evaluate; returns the final metrics.
 
@@ -280,11 +328,13 @@ def train_and_evaluate(
     if changed and not allow_config_change:
       ckpt.close()
       details = "; ".join(
-          f"{k}: {config_lib.flatten(saved_config).get(k)!r} -> {config_lib.flatten(config_json).get(k)!r}"
-          for k in changed)
+        f"{k}: {config_lib.flatten(saved_config).get(k)!r} -> {config_lib.flatten(config_json).get(k)!r}"
+        for k in changed
+      )
       raise ConfigChangedError(
-          f"{workdir} holds a run with a different config ({details}). Use a new --workdir, restore the old "
-          "values, or pass --allow_config_change to resume anyway.")
+        f"{workdir} holds a run with a different config ({details}). Use a new --workdir, restore the old "
+        "values, or pass --allow_config_change to resume anyway."
+      )
     if changed:
       logging.warning("Resuming with changed config keys (allowed): %s", changed)
     logging.info("Resuming from the checkpoint at step %d (next step: %d)", restored_step, restored_step + 1)
@@ -301,10 +351,10 @@ def train_and_evaluate(
     return state, metrics_lib.TrainMetrics.single_from_model_output(**outputs)
 
   train_step = jax.jit(
-      train_step,
-      in_shardings=(shardings, batch_sharding),
-      out_shardings=(shardings, parallel.replicated(mesh)),
-      donate_argnums=0,
+    train_step,
+    in_shardings=(shardings, batch_sharding),
+    out_shardings=(shardings, parallel.replicated(mesh)),
+    donate_argnums=0,
   )
   eval_step = jit_eval_step(graphdef, source.preprocess, mesh, shardings["params"])
 
@@ -313,13 +363,28 @@ def train_and_evaluate(
 
   # ---- Writers --------------------------------------------------------------------------------------------------
   writer = metrics_lib.create_writer(workdir)
-  write_manifest(workdir, config, num_params=num_params, num_train_steps=num_train_steps,
-                 steps_per_epoch=steps_per_epoch, resumed_from_step=step if restored else None)
-  hooks: list[Any] = [periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
-                                                      every_steps=config.log_every_steps, every_secs=None)]
+  write_manifest(
+    workdir,
+    config,
+    num_params=num_params,
+    num_train_steps=num_train_steps,
+    steps_per_epoch=steps_per_epoch,
+    resumed_from_step=step if restored else None,
+  )
+  hooks: list[Any] = [
+    periodic_actions.ReportProgress(
+      num_train_steps=num_train_steps, writer=writer, every_steps=config.log_every_steps, every_secs=None
+    )
+  ]
   if config.profile.enabled and jax.process_index() == 0:
-    hooks.append(periodic_actions.Profile(logdir=workdir, first_profile=config.profile.first_step,
-                                          num_profile_steps=config.profile.num_steps, every_secs=None))
+    hooks.append(
+      periodic_actions.Profile(
+        logdir=workdir,
+        first_profile=config.profile.first_step,
+        num_profile_steps=config.profile.num_steps,
+        every_secs=None,
+      )
+    )
 
   # ---- Loop -----------------------------------------------------------------------------------------------------
   result: dict[str, Any] = {"step": step, "status": "completed"}
@@ -336,12 +401,16 @@ def train_and_evaluate(
   def check_finite(values: dict[str, Any]) -> None:
     if float(values["finite"]) < 1.0:
       ckpt.wait()
-      where = f"the last good checkpoint (step {last_good_ckpt}) is intact" if last_good_ckpt is not None else (
-          "no checkpoint had been written yet")
+      where = (
+        f"the last good checkpoint (step {last_good_ckpt}) is intact"
+        if last_good_ckpt is not None
+        else ("no checkpoint had been written yet")
+      )
       raise NonFiniteError(
-          f"The loss or the gradient norm became NaN/inf at or before step {step} (learning rate "
-          f"{float(values['learning_rate']):.3g}); the update was not applied and nothing was saved after it: "
-          f"{where}. Lower optimizer.learning_rate or check the input data, then rerun the same command to resume.")
+        f"The loss or the gradient norm became NaN/inf at or before step {step} (learning rate "
+        f"{float(values['learning_rate']):.3g}); the update was not applied and nothing was saved after it: "
+        f"{where}. Lower optimizer.learning_rate or check the input data, then rerun the same command to resume."
+      )
 
   batches = prefetch(source.train_batches(step, config.batch_size), config.data.prefetch, batch_sharding)
   with _PreemptionFlag() as preemption:
@@ -364,26 +433,38 @@ def train_and_evaluate(
         elapsed = time.perf_counter() - window_start
         scalars = {f"train_{k}": v for k, v in values.items() if k not in ("learning_rate", "finite")}
         scalars.update(
-            learning_rate=values["learning_rate"],
-            images_per_sec=window_steps * config.batch_size / elapsed,
-            input_wait_fraction=input_wait / elapsed,
-            epoch=step / steps_per_epoch,
+          learning_rate=values["learning_rate"],
+          images_per_sec=window_steps * config.batch_size / elapsed,
+          input_wait_fraction=input_wait / elapsed,
+          epoch=step / steps_per_epoch,
         )
         writer.write_scalars(step, scalars)
         train_metrics, window_start, window_steps, input_wait = None, time.perf_counter(), 0, 0.0
 
-      if step % eval_every == 0 or last:
+      scheduled_eval = step % eval_every == 0
+      if scheduled_eval or last:
         eval_values = run_eval()
         writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_values.items()})
         result.update({f"eval_{k}": v for k, v in eval_values.items()})
-        if config.schedule.name == "paper":
+        # Only scheduled evaluations feed the plateau rule: where a run happens to stop must not change it.
+        if config.schedule.name == "paper" and scheduled_eval:
           s = config.schedule
-          plateau = optim.plateau_update(jax.device_get(state["plateau"]), eval_values["top1_error"],
-                                         patience=s.patience, factor=s.factor, max_drops=s.max_drops,
-                                         min_delta=s.min_delta)
+          plateau = optim.plateau_update(
+            jax.device_get(state["plateau"]),
+            eval_values["top1_error"],
+            patience=s.patience,
+            factor=s.factor,
+            max_drops=s.max_drops,
+            min_delta=s.min_delta,
+          )
           if plateau["num_drops"] > int(state["plateau"]["num_drops"]):
-            logging.info("Validation error has not improved for %d evaluations: learning rate x%g (drop %d of %d)",
-                         s.patience, s.factor, plateau["num_drops"], s.max_drops)
+            logging.info(
+              "Validation error has not improved for %d evaluations: learning rate x%g (drop %d of %d)",
+              s.patience,
+              s.factor,
+              plateau["num_drops"],
+              s.max_drops,
+            )
           state = {**state, "plateau": jax.device_put(plateau, shardings["plateau"])}
 
       preempted = preemption.reached()
@@ -394,8 +475,9 @@ def train_and_evaluate(
         last_good_ckpt = step
       if preempted:
         result["status"] = "preempted"
-        logging.warning("Stopped at step %d after SIGTERM; the checkpoint is being committed. Rerun the same "
-                        "command to resume.", step)
+        logging.warning(
+          "Stopped at step %d after SIGTERM; the checkpoint is being committed. Rerun the same command to resume.", step
+        )
         break
 
   batches.close()

@@ -35,12 +35,12 @@ def create_source(config):
     from alexnet_jax.input_pipeline.synthetic import SyntheticSource
 
     return SyntheticSource(
-        num_classes=config.model.num_classes,
-        image_size=config.model.image_size or _default_image_size(config.model.name),
-        num_train_examples=config.data.num_train_examples,
-        num_eval_examples=config.data.num_eval_examples,
-        learnable=config.data.learnable,
-        seed=config.seed,
+      num_classes=config.model.num_classes,
+      image_size=config.model.image_size or _default_image_size(config.model.name),
+      num_train_examples=config.data.num_train_examples,
+      num_eval_examples=config.data.num_eval_examples,
+      learnable=config.data.learnable,
+      seed=config.seed,
     )
   raise ValueError(f"data.source={config.data.source!r} is not known")
 

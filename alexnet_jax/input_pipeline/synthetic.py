@@ -23,8 +23,14 @@ class SyntheticSource:
   mean_rgb = 127.5  # the mean of the pixel distribution: "subtract the mean activity" (Sec. 2)
 
   def __init__(
-      self, *, num_classes: int, image_size: int, num_train_examples: int, num_eval_examples: int,
-      learnable: bool, seed: int
+    self,
+    *,
+    num_classes: int,
+    image_size: int,
+    num_train_examples: int,
+    num_eval_examples: int,
+    learnable: bool,
+    seed: int,
   ):
     self.num_classes, self.image_size = num_classes, image_size
     self.num_train_examples, self.num_eval_examples = num_train_examples, num_eval_examples
@@ -46,8 +52,8 @@ class SyntheticSource:
   def _batch(self, split: int, indices: np.ndarray) -> dict[str, np.ndarray]:
     examples = [self._example(split, i) for i in indices]
     return {
-        "image": np.stack([e[0] for e in examples]),
-        "label": np.asarray([e[1] for e in examples], np.int32),
+      "image": np.stack([e[0] for e in examples]),
+      "label": np.asarray([e[1] for e in examples], np.int32),
     }
 
   def train_batches(self, start_step: int, global_batch: int) -> Iterator[dict[str, np.ndarray]]:

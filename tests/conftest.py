@@ -1,0 +1,45 @@
+"""Every test runs on CPU with 8 fake devices, so the sharded code paths are the ones tested."""
+
+import os
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    + ["--xla_force_host_platform_device_count=8"]
+)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax
+import pytest
+
+from alexnet_jax import config_lib
+
+assert jax.device_count() == 8, "tests need 8 fake CPU devices (XLA_FLAGS was set too late?)"
+
+
+def tiny_config(**overrides):
+  """The paper's network and recipe at 1/8 width on 67x67 images, 10 classes: seconds per step on a CPU."""
+  c = config_lib.base_config()
+  c.model.width = 0.125
+  c.model.image_size = 67
+  c.model.num_classes = 10
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.data.num_train_examples = 160
+  c.data.num_eval_examples = 20  # not a multiple of the batch: exercises padding and masking
+  c.num_train_steps = 4
+  c.log_every_steps = 1
+  c.eval_every_steps = 0
+  c.checkpoint_every_steps = 2
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture
+def tiny():
+  return tiny_config

@@ -1,0 +1,65 @@
+"""The command line, end to end, in real subprocesses (as a user or a scheduler runs it)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--config.model.width=0.125", "--config.model.image_size=67", "--config.model.num_classes=10",
+    "--config.batch_size=16", "--config.eval_batch_size=16", "--config.data.num_eval_examples=20",
+    "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
+]
+
+
+def train_cli(workdir, *args, devices=8):
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+  cmd = [sys.executable, "-m", "alexnet_jax.main", "--config=configs/synthetic.py", f"--workdir={workdir}", *args]
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_train_then_resume_then_resume_on_one_device(tmp_path):
+  first = train_cli(tmp_path, *TINY, "--config.num_train_steps=2")
+  assert first.returncode == 0, first.stderr[-3000:]
+  second = train_cli(tmp_path, *TINY, "--config.num_train_steps=4")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "Resuming from the checkpoint at step 2 (next step: 3)" in second.stderr
+  third = train_cli(tmp_path, *TINY, "--config.num_train_steps=6", devices=1)  # 8-device checkpoint, 1 device
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert "Resuming from the checkpoint at step 4 (next step: 5)" in third.stderr
+  assert "Mesh {'data': 1, 'model': 1}" in third.stderr
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
+  assert "/orbax/" not in second.stderr and "checkpoint_manager.py" not in second.stderr  # orbax chatter filtered
+
+
+def test_unknown_config_key_on_the_command_line(tmp_path):
+  out = train_cli(tmp_path, "--config.model.widht=0.5")
+  assert out.returncode == 2
+  assert "unknown config key(s): model.widht (did you mean model.width?)" in out.stderr
+  assert "Traceback" not in out.stderr
+
+
+def test_non_finite_loss_exits_with_a_message(tmp_path):
+  out = train_cli(tmp_path, *TINY, "--config.num_train_steps=4", "--config.checkpoint_every_steps=1",
+                  "--config.optimizer.learning_rate=1e30")
+  assert out.returncode == 1
+  assert "NaN/inf" in out.stderr and "last good checkpoint (step 1) is intact" in out.stderr
+
+
+def test_paper_network_full_size(tmp_path):
+  """The issue's acceptance command, at full size (227x227, 60,965,224 parameters), shortened to 1 + 1 steps."""
+  args = ["--config.batch_size=8", "--config.eval_batch_size=8", "--config.data.num_eval_examples=8",
+          "--config.log_every_steps=1"]
+  first = train_cli(tmp_path, *args, "--config.num_train_steps=1")
+  assert first.returncode == 0, first.stderr[-3000:]
+  second = train_cli(tmp_path, *args, "--config.num_train_steps=2")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "Resuming from the checkpoint at step 1 (next step: 2)" in second.stderr
+  manifest = json.loads((tmp_path / "run.json").read_text())
+  assert manifest["num_params"] == 60_965_224 and manifest["resumed_from_step"] == 1

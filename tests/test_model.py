@@ -1,0 +1,157 @@
+"""The network of the paper, layer by layer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from alexnet_jax import model as M
+
+PAPER_SHAPES = {
+    "conv1": (55, 55, 96), "pool1": (27, 27, 96), "conv2": (27, 27, 256), "pool2": (13, 13, 256),
+    "conv3": (13, 13, 384), "conv4": (13, 13, 384), "conv5": (13, 13, 256), "pool5": (6, 6, 256),
+    "fc6": (4096,), "fc7": (4096,), "fc8": (1000,),
+}
+OWT_SHAPES = {
+    "conv1": (55, 55, 64), "pool1": (27, 27, 64), "conv2": (27, 27, 192), "pool2": (13, 13, 192),
+    "conv3": (13, 13, 384), "conv4": (13, 13, 256), "conv5": (13, 13, 256), "pool5": (6, 6, 256),
+    "fc6": (4096,), "fc7": (4096,), "fc8": (1000,),
+}
+
+
+def abstract_model(name, **kw):
+  return nnx.eval_shape(lambda: M.AlexNet(name, rngs=nnx.Rngs(0), **kw))
+
+
+def params_of(model):
+  return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
+
+
+@pytest.mark.parametrize("name,size,shapes", [("paper", 227, PAPER_SHAPES), ("owt", 224, OWT_SHAPES)])
+def test_every_layer_output_shape(name, size, shapes):
+  model = abstract_model(name)
+  graphdef, params = nnx.split(model, nnx.Param)
+  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  _, acts = jax.eval_shape(lambda p, x: nnx.merge(graphdef, p)(x, return_activations=True), params, x)
+  assert {k: v.shape[1:] for k, v in acts.items()} == shapes
+  assert all(v.shape[0] == 2 for v in acts.values())
+
+
+def test_parameter_counts():
+  assert M.count_params(params_of(abstract_model("paper"))) == 60_965_224
+  assert M.count_params(params_of(abstract_model("owt"))) == 61_100_840
+
+
+def test_paper_kernel_shapes_have_two_groups():
+  p = params_of(abstract_model("paper"))
+  assert p["conv1"]["kernel"].shape == (11, 11, 3, 96)
+  assert p["conv2"]["kernel"].shape == (5, 5, 48, 256)  # 5x5x48: each half sees its own 48 maps
+  assert p["conv3"]["kernel"].shape == (3, 3, 256, 384)  # conv3 crosses the two GPUs
+  assert p["conv4"]["kernel"].shape == (3, 3, 192, 384)
+  assert p["conv5"]["kernel"].shape == (3, 3, 192, 256)
+  assert p["fc6"]["kernel"].shape == (9216, 4096)
+
+
+def lrn_numpy(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
+  """Sec. 3.3, transcribed literally: loops over channels i and the window j."""
+  out = np.empty_like(a)
+  channels = a.shape[-1]
+  for i in range(channels):
+    lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+    s = sum(a[..., j] ** 2 for j in range(lo, hi + 1))
+    out[..., i] = a[..., i] / (k + alpha * s) ** beta
+  return out
+
+
+@pytest.mark.parametrize("alpha_over_n", [False, True])
+def test_local_response_norm_matches_the_formula(alpha_over_n):
+  rng = np.random.default_rng(0)
+  a = rng.uniform(0, 60, (2, 3, 4, 11)).astype(np.float64)  # large activations, so alpha matters
+  expected = lrn_numpy(a, alpha=1e-4 / 5 if alpha_over_n else 1e-4)
+  got = M.local_response_norm(jnp.asarray(a, jnp.float32), alpha_over_n=alpha_over_n)
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=2e-6)
+  other = M.local_response_norm(jnp.asarray(a, jnp.float32), alpha_over_n=not alpha_over_n)
+  assert np.abs(np.asarray(other) - expected).max() > 1e-3  # the two readings really differ
+
+
+def test_lrn_runs_in_float32_for_bfloat16_inputs():
+  x = jnp.linspace(0, 50, 2 * 5 * 5 * 8, dtype=jnp.float32).reshape(2, 5, 5, 8)
+  out = M.local_response_norm(x.astype(jnp.bfloat16))
+  assert out.dtype == jnp.bfloat16
+  ref = M.local_response_norm(x.astype(jnp.bfloat16).astype(jnp.float32))
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), rtol=1e-2)
+
+
+def test_grouped_conv_equals_two_half_convs():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 9, 9, 8)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32)
+  halves = [
+      jax.lax.conv_general_dilated(x[..., 4 * g : 4 * g + 4], kernel[..., 3 * g : 3 * g + 3], (1, 1),
+                                   [(1, 1), (1, 1)], dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      for g in range(2)
+  ]
+  expected = np.concatenate([np.asarray(h) for h in halves], axis=-1)
+  for impl in ("split", "grouped"):
+    got = M.grouped_conv(x, kernel, groups=2, stride=1, padding=1, impl=impl)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_split_and_grouped_networks_agree():
+  x = jax.random.normal(jax.random.key(0), (2, 67, 67, 3)) * 50
+  a = M.AlexNet("paper", width=0.125, image_size=67, conv_impl="split", rngs=nnx.Rngs(3))
+  b = M.AlexNet("paper", width=0.125, image_size=67, conv_impl="grouped", rngs=nnx.Rngs(3))
+  np.testing.assert_allclose(np.asarray(a(x)), np.asarray(b(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_overlapping_max_pool_matches_reduce_window():
+  x = jax.random.normal(jax.random.key(1), (2, 13, 13, 5))
+  ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+  np.testing.assert_array_equal(np.asarray(M.overlapping_max_pool(x)), np.asarray(ref))
+
+
+def test_paper_initialisation():
+  params = params_of(M.AlexNet("paper", rngs=nnx.Rngs(0)))
+  for layer in M.LAYER_NAMES:
+    w = np.asarray(params[layer]["kernel"])
+    assert abs(w.std() - 0.01) < 0.0005, (layer, w.std())
+    assert abs(w.mean()) < 0.001, layer
+    bias = np.asarray(params[layer]["bias"])
+    expected = 1.0 if layer in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+    np.testing.assert_array_equal(bias, np.full_like(bias, expected), err_msg=layer)
+  assert all(params[layer]["kernel"].dtype == jnp.float32 for layer in M.LAYER_NAMES)
+
+
+def test_owt_uses_pytorch_default_init():
+  params = params_of(M.AlexNet("owt", width=0.25, rngs=nnx.Rngs(0)))
+  w = np.asarray(params["conv2"]["kernel"])
+  bound = 1 / np.sqrt(5 * 5 * w.shape[2])
+  assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+
+
+def test_dropout_only_when_training():
+  model = M.AlexNet("paper", width=0.125, image_size=67, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (4, 67, 67, 3)) * 50
+  no_dropout = M.AlexNet("paper", width=0.125, image_size=67, dropout_rate=0.0, rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(no_dropout(x)))  # eval: dropout off
+  train_a, train_b = model(x, dropout_rng=jax.random.key(1)), model(x, dropout_rng=jax.random.key(2))
+  assert not np.allclose(np.asarray(train_a), np.asarray(model(x)))
+  assert not np.allclose(np.asarray(train_a), np.asarray(train_b))
+  kept = M.dropout(jnp.ones((10_000,)), 0.5, jax.random.key(3))
+  assert abs(float((kept > 0).mean()) - 0.5) < 0.03 and float(kept.max()) == 2.0
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = M.AlexNet("paper", width=0.125, image_size=67, dtype="bfloat16", rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (2, 67, 67, 3)) * 50
+  logits, acts = model(x, return_activations=True)
+  assert logits.dtype == jnp.float32 and acts["conv3"].dtype == jnp.bfloat16
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params_of(model)))
+  ref = M.AlexNet("paper", width=0.125, image_size=67, rngs=nnx.Rngs(0))(x)
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), rtol=0.1, atol=0.1)
+
+
+def test_image_too_small_is_a_clear_error():
+  with pytest.raises(ValueError, match="too small"):
+    M.AlexNet("paper", image_size=31, rngs=nnx.Rngs(0))

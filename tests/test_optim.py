@@ -1,0 +1,86 @@
+"""The paper's update rule and the learning-rate schedules, against hand-written NumPy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from alexnet_jax import optim
+
+
+def numpy_reference(w, grads, lrs, mode, momentum=0.9, wd=5e-4):
+  v = np.zeros_like(w)
+  for g, lr in zip(grads, lrs):
+    if mode == "coupled":  # v <- 0.9 v - 0.0005 eps w - eps g;  w <- w + v
+      v = momentum * v - wd * lr * w - lr * g
+      w = w + v
+    elif mode == "decoupled":
+      v = momentum * v - lr * g
+      w = w + v - lr * wd * w
+    else:
+      v = momentum * v - lr * g
+      w = w + v
+  return w
+
+
+@pytest.mark.parametrize("mode", ["coupled", "decoupled", "none"])
+def test_paper_sgd_matches_numpy_loop_across_a_learning_rate_drop(mode):
+  rng = np.random.default_rng(0)
+  w0 = rng.normal(size=(5, 3)).astype(np.float64)
+  grads = [rng.normal(size=(5, 3)) for _ in range(8)]
+  lrs = [0.01] * 4 + [0.001] * 4  # divided by 10 halfway
+  tx = optim.paper_sgd(0.9, 5e-4, mode)
+  params = {"w": jnp.asarray(w0, jnp.float32)}
+  state = tx.init(params)
+  for g, lr in zip(grads, lrs):
+    updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params, learning_rate=lr)
+    params = optax.apply_updates(params, updates)
+  expected = numpy_reference(w0, grads, lrs, mode)
+  np.testing.assert_allclose(np.asarray(params["w"]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_learning_rate_lives_inside_the_velocity():
+  """A rate drop must not shrink the momentum already accumulated (unlike scaling the whole update)."""
+  tx = optim.paper_sgd(0.9, 0.0, "coupled")
+  params = {"w": jnp.zeros(())}
+  state = tx.init(params)
+  _, state = tx.update({"w": jnp.ones(())}, state, params, learning_rate=1.0)  # v = -1
+  updates, _ = tx.update({"w": jnp.zeros(())}, state, params, learning_rate=0.1)
+  assert float(updates["w"]) == pytest.approx(-0.9)  # 0.9 * v, untouched by the new rate
+
+
+def test_decay_mask_spares_biases():
+  tx = optim.paper_sgd(0.9, 0.5, "coupled", decay_mask={"kernel": True, "bias": False})
+  params = {"kernel": jnp.ones(()), "bias": jnp.ones(())}
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params, learning_rate=1.0)
+  assert float(updates["kernel"]) == pytest.approx(-0.5) and float(updates["bias"]) == 0.0
+
+
+def test_plateau_decisions():
+  s = optim.plateau_init()
+  scales, drops = [], []
+  errors = [0.9, 0.8, 0.8, 0.81, 0.7, 0.7, 0.7, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]
+  for e in errors:
+    s = optim.plateau_update(s, e, patience=2, factor=0.1, max_drops=3)
+    scales.append(float(s["scale"]))
+    drops.append(int(s["num_drops"]))
+  # no improvement at evals 3-4 -> drop; at 6-7 -> drop; at 9-10 -> drop; then capped at 3 drops.
+  assert drops == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3]
+  np.testing.assert_allclose(scales[-1], 1e-3, rtol=1e-6)
+  assert float(s["best_error"]) == pytest.approx(0.6)
+
+
+def test_plateau_min_delta():
+  s = optim.plateau_update(optim.plateau_init(), 0.5, patience=1, min_delta=0.01)
+  s = optim.plateau_update(s, 0.495, patience=1, min_delta=0.01)  # better, but not by min_delta
+  assert int(s["num_drops"]) == 1
+
+
+def test_step_and_cosine_schedules():
+  step = optim.base_schedule("step", learning_rate=0.1, steps_per_epoch=10, total_steps=100, step_epochs=(3, 6))
+  assert [float(step(i)) for i in (0, 29, 30, 59, 60)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+  cos = optim.base_schedule("cosine", learning_rate=0.1, steps_per_epoch=10, total_steps=100, warmup_epochs=1)
+  assert float(cos(0)) == 0.0 and float(cos(10)) == pytest.approx(0.1) and float(cos(100)) == pytest.approx(0.0)
+  with pytest.raises(ValueError, match=r"schedule\.name"):
+    optim.base_schedule("exp", learning_rate=0.1, steps_per_epoch=1, total_steps=1)

@@ -1,0 +1,189 @@
+"""The training loop: sharding invariance, bitwise resume, checkpoints, and errors a user can act on."""
+
+import itertools
+import logging
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoint, config_lib, input_pipeline, parallel, steps, train
+from tests.conftest import tiny_config
+
+
+def first_steps(config, devices, n=2):
+  """Losses and final state of n train steps on the given devices (data parallel over all of them)."""
+  mesh = parallel.create_mesh(1, devices)
+  source = input_pipeline.create_source(config)
+  tx = train.make_optimizer(config)
+  graphdef, init = steps.init_train_state(train.make_model_fn(config), tx, config.seed)
+  shardings = parallel.state_shardings(mesh, jax.eval_shape(init))
+  state = jax.jit(init, out_shardings=shardings)()
+  step = jax.jit(
+      steps.make_train_step(graphdef, tx, train.make_lr_schedule(config, 10, 10), source.preprocess),
+      in_shardings=(shardings, parallel.batch_sharding(mesh)),
+      out_shardings=(shardings, parallel.replicated(mesh)),
+  )
+  losses = []
+  for batch in itertools.islice(source.train_batches(0, config.batch_size), n):
+    state, out = step(state, parallel.to_global(batch, parallel.batch_sharding(mesh)))
+    losses.append(float(out["loss"].mean()))
+  return losses, jax.device_get(state)
+
+
+def test_eight_devices_give_the_same_loss_as_one():
+  config = tiny_config()
+  losses8, state8 = first_steps(config, jax.devices())
+  losses1, state1 = first_steps(config, jax.devices()[:1])
+  assert len(jax.devices()) == 8
+  np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+  assert losses8[0] != losses8[1]  # the step really changed the parameters
+  for a, b in zip(jax.tree.leaves(state8["params"]), jax.tree.leaves(state1["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def assert_states_equal(a, b):
+  leaves_a, tree_a = jax.tree.flatten(jax.device_get(a))
+  leaves_b, tree_b = jax.tree.flatten(jax.device_get(b))
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_resume_is_bitwise_identical_to_an_unbroken_run(tmp_path):
+  # Evaluations every 2 steps with patience 1 feed the plateau rule, so its state must survive the resume too.
+  def config(n):
+    return tiny_config(num_train_steps=n, eval_every_steps=2, checkpoint_every_steps=100, **{"schedule.patience": 1})
+
+  straight = train.train_and_evaluate(config(6), tmp_path / "straight")
+  first = train.train_and_evaluate(config(3), tmp_path / "resumed")
+  assert first["step"] == 3
+  resumed = train.train_and_evaluate(config(6), tmp_path / "resumed")
+  assert straight["step"] == resumed["step"] == 6
+  step_a, state_a, _ = train.load_checkpoint(config(6), tmp_path / "straight")
+  step_b, state_b, _ = train.load_checkpoint(config(6), tmp_path / "resumed")
+  assert step_a == step_b == 6 and int(state_a["step"]) == 6
+  assert_states_equal(state_a, state_b)
+  assert straight["eval_top1_error"] == resumed["eval_top1_error"]
+  lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+  assert any('"step": 4' in line and "train_loss" in line for line in lines)
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path):
+  train.train_and_evaluate(tiny_config(num_train_steps=2), tmp_path)
+  changed = tiny_config(num_train_steps=3, **{"optimizer.learning_rate": 0.02, "model.dropout_rate": 0.3})
+  with pytest.raises(train.ConfigChangedError) as e:
+    train.train_and_evaluate(changed, tmp_path)
+  assert "optimizer.learning_rate: 0.01 -> 0.02" in str(e.value) and "model.dropout_rate" in str(e.value)
+  assert "--allow_config_change" in str(e.value)
+  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=3).all_steps() == [2]  # untouched
+  result = train.train_and_evaluate(changed, tmp_path, allow_config_change=True)
+  assert result["step"] == 3
+
+
+def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
+  config = tiny_config(num_train_steps=2)
+  train.train_and_evaluate(config, tmp_path)
+  _, state8, _ = train.load_checkpoint(config, tmp_path)
+  one = parallel.create_mesh(1, jax.devices()[:1])
+  _, state1, _ = train.load_checkpoint(config, tmp_path, mesh=one)
+  assert state1["params"]["conv1"]["kernel"].sharding.device_set == {jax.devices()[0]}
+  assert len(state8["params"]["conv1"]["kernel"].sharding.device_set) == 8
+  assert_states_equal(state8, state1)
+
+
+def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(num_train_steps=5, checkpoint_every_steps=1, **{"optimizer.learning_rate": 1e30})
+  with pytest.raises(train.NonFiniteError, match="last good checkpoint \\(step 1\\) is intact"):
+    train.train_and_evaluate(config, tmp_path)
+  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=3).all_steps() == [1]
+  _, state, _ = train.load_checkpoint(config, tmp_path)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state["params"])))
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_step(tmp_path, caplog):
+  train.train_and_evaluate(tiny_config(num_train_steps=4), tmp_path)
+  ckpt_dir = tmp_path / "checkpoints"
+  assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) == [2, 4]
+  for f in (ckpt_dir / "4" / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"garbage")
+  with caplog.at_level(logging.WARNING):
+    result = train.train_and_evaluate(tiny_config(num_train_steps=6), tmp_path)
+  assert "step 4" in caplog.text and "cannot be read" in caplog.text
+  assert result["step"] == 6
+  assert [p.name.split(".")[0] for p in (tmp_path / "checkpoints_corrupt").iterdir()] == ["4"]
+  steps_now = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+  assert steps_now == [2, 4, 6]  # step 4 was trained again from 2 and saved cleanly
+
+
+def test_evaluation_counts_every_example_exactly_once():
+  config = tiny_config()
+  config.data.num_eval_examples = 21  # 21 = 16 + 5: padding on the second batch, 8 devices
+  mesh = parallel.create_mesh(1)
+  source = input_pipeline.create_source(config)
+  tx = train.make_optimizer(config)
+  graphdef, init = steps.init_train_state(train.make_model_fn(config), tx, config.seed)
+  shardings = parallel.state_shardings(mesh, jax.eval_shape(init))
+  params = jax.jit(init, out_shardings=shardings)()["params"]
+  eval_step = train.jit_eval_step(graphdef, source.preprocess, mesh, shardings["params"])
+  result = train.evaluate(eval_step, params, source.eval_batches(16), parallel.batch_sharding(mesh))
+  assert result["num_examples"] == 21
+  # The same numbers computed plainly, one example at a time, with no padding.
+  plain = steps.make_eval_step(graphdef, source.preprocess)
+  per_example = []
+  for batch in source.eval_batches(16):
+    out = jax.device_get(plain(params, batch))
+    per_example += [out["top5_error"][i] for i in range(len(out["mask"])) if out["mask"][i]]
+  assert len(per_example) == 21
+  assert result["top5_error"] == pytest.approx(float(np.mean(per_example)), abs=1e-6)
+
+
+# ---- Bad input gets a clear error ---------------------------------------------------------------------------------
+def test_unknown_config_key_lists_the_valid_ones():
+  config = tiny_config()
+  config.model.widht = 0.5
+  with pytest.raises(ValueError, match=r"model\.widht \(did you mean model\.width\?\).*Valid keys: .*batch_size"):
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize("key,value", [("model.name", "vgg"), ("model.dtype", "float16"), ("data.source", "x")])
+def test_bad_config_values_name_the_choices(key, value):
+  with pytest.raises(ValueError, match="is not one of"):
+    config_lib.validate(tiny_config(**{key: value}))
+
+
+def test_batch_that_does_not_divide_the_devices(tmp_path):
+  with pytest.raises(ValueError, match=r"batch_size=12 does not divide the 8 data-parallel devices.*e\.g\. 8 or 16"):
+    train.train_and_evaluate(tiny_config(batch_size=12), tmp_path)
+
+
+def test_model_axis_that_does_not_divide_the_devices(tmp_path):
+  with pytest.raises(ValueError, match="mesh.model=3 does not divide the 8 devices"):
+    train.train_and_evaluate(tiny_config(**{"mesh.model": 3}), tmp_path)
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(ValueError, match="is not writable"):
+    train.train_and_evaluate(tiny_config(), blocker / "run")
+
+
+def test_workdir_outputs(tmp_path):
+  train.train_and_evaluate(tiny_config(num_train_steps=2), tmp_path)
+  import json
+
+  manifest = json.loads((tmp_path / "run.json").read_text())
+  assert manifest["num_devices"] == 8 and manifest["process_count"] == 1
+  assert manifest["config"]["model"]["width"] == 0.125 and manifest["num_params"] > 0
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train_rows = [r for r in rows if "train_loss" in r]
+  assert [r["step"] for r in train_rows] == [1, 2]
+  assert {"train_top1_error", "train_top5_error", "learning_rate", "images_per_sec"} <= set(train_rows[0])
+  eval_rows = [r for r in rows if "eval_top1_error" in r]
+  assert eval_rows[-1]["step"] == 2 and eval_rows[-1]["eval_num_examples"] == 20
+  assert any(pathlib.Path(tmp_path, "tensorboard").iterdir())
+  assert os.path.isdir(tmp_path / "checkpoints" / "2")
