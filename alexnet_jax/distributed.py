@@ -34,10 +34,8 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
 def _in_cluster() -> bool:
   env = os.environ
   return bool(
-    (env.get("SLURM_NTASKS", "1") not in ("", "1")
-    and "SLURM_JOB_ID" in env)
-    or ("OMPI_COMM_WORLD_SIZE" in env
-    and env["OMPI_COMM_WORLD_SIZE"] != "1")
+    (env.get("SLURM_NTASKS", "1") not in ("", "1") and "SLURM_JOB_ID" in env)
+    or ("OMPI_COMM_WORLD_SIZE" in env and env["OMPI_COMM_WORLD_SIZE"] != "1")
     or "JAX_COORDINATOR_ADDRESS" in env
     or env.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
   )

@@ -5,10 +5,10 @@ Importable from a notebook, a test or a benchmark; ``main.py`` only parses flags
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib.metadata
 import json
-import logging as logging_std
 import os
 import platform
 import queue
@@ -110,29 +110,33 @@ def jit_eval_step(graphdef, preprocess, mesh, params_shardings):
   )
 
 
-def prefetch(iterator: Iterator[dict[str, np.ndarray]], size: int, sharding) -> Iterator[dict[str, jax.Array]]:
-  """Make batches and put them on the devices in a background thread, ``size`` batches ahead of the step."""
+def threaded(iterator: Iterator[Any], size: int) -> Iterator[Any]:
+  """Run ``iterator`` in a background thread, ``size`` items ahead. The thread makes host (numpy) batches only and
+  is stopped and joined when the consumer closes the generator, so none is left inside native code at exit."""
   q: queue.Queue = queue.Queue(maxsize=max(1, size))
   stop = threading.Event()
   done = object()
 
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.05)
+        return True
+      except queue.Full:
+        continue
+    return False
+
   def producer():
     try:
-      for batch in iterator:
-        item = parallel.to_global(batch, sharding)
-        while not stop.is_set():
-          try:
-            q.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
+      for item in iterator:
+        if not put(item):
           return
     except BaseException as e:
-      q.put(e)
-    q.put(done)
+      put(e)
+      return
+    put(done)
 
-  thread = threading.Thread(target=producer, daemon=True, name="prefetch")
+  thread = threading.Thread(target=producer, daemon=True, name="input_producer")
   thread.start()
   try:
     while True:
@@ -144,38 +148,23 @@ def prefetch(iterator: Iterator[dict[str, np.ndarray]], size: int, sharding) -> 
       yield item
   finally:
     stop.set()
+    thread.join(timeout=60)
 
 
-def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> tuple[int, dict[str, Any], Any]:
-  """(step, train state, graphdef) of the newest readable checkpoint in ``workdir``, laid out on ``mesh``
-  (default: every device). For evaluation, notebooks and tests."""
-  mesh = mesh or parallel.create_mesh(config.mesh.model)
-  tx = make_optimizer(config)
-  graphdef, init = steps.init_train_state(make_model_fn(config), tx, config.seed)
-  abstract = jax.eval_shape(init)
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), max_to_keep=10**9)
+def prefetch(iterator: Iterator[dict[str, np.ndarray]], size: int, sharding) -> Iterator[dict[str, jax.Array]]:
+  """Host batches made in a background thread; each put on the devices (asynchronously, from this thread) ``size``
+  steps before the step that uses it."""
+  host = threaded(iterator, size)
+  ahead: collections.deque = collections.deque()
   try:
-    restored = ckpt.restore_latest(
-      checkpoint_lib.abstract_with_shardings(abstract, parallel.state_shardings(mesh, abstract))
-    )
+    for batch in host:
+      ahead.append(parallel.to_global(batch, sharding))
+      if len(ahead) > size:
+        yield ahead.popleft()
+    while ahead:
+      yield ahead.popleft()
   finally:
-    ckpt.close()
-  if restored is None:
-    raise ValueError(f"no checkpoint in {workdir}/checkpoints: train first, or check --workdir")
-  return restored[0], restored[1], graphdef
-
-
-class _QuietOrbax(logging_std.Filter):
-  """Orbax narrates every save at INFO; keep its warnings and errors, drop the rest."""
-
-  def filter(self, record: logging_std.LogRecord) -> bool:
-    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
-
-
-def quiet_orbax_logs() -> None:
-  logging_std.getLogger("absl").addFilter(_QuietOrbax())
-  for handler in logging_std.getLogger().handlers + [logging.get_absl_handler()]:
-    handler.addFilter(_QuietOrbax())
+    host.close()
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -413,77 +402,79 @@ def train_and_evaluate(
       )
 
   batches = prefetch(source.train_batches(step, config.batch_size), config.data.prefetch, batch_sharding)
-  with _PreemptionFlag() as preemption:
-    while step < num_train_steps:
-      t0 = time.perf_counter()
-      batch = next(batches)
-      input_wait += time.perf_counter() - t0
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, step_metrics = train_step(state, batch)
-      step += 1
-      window_steps += 1
-      train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
-      for hook in hooks:
-        hook(step)
+  try:
+    with _PreemptionFlag() as preemption:
+      while step < num_train_steps:
+        t0 = time.perf_counter()
+        batch = next(batches)
+        input_wait += time.perf_counter() - t0
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          state, step_metrics = train_step(state, batch)
+        step += 1
+        window_steps += 1
+        train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
+        for hook in hooks:
+          hook(step)
 
-      last = step == num_train_steps
-      if step % config.log_every_steps == 0 or last:
-        values = train_metrics.compute()
-        check_finite(values)
-        elapsed = time.perf_counter() - window_start
-        scalars = {f"train_{k}": v for k, v in values.items() if k not in ("learning_rate", "finite")}
-        scalars.update(
-          learning_rate=values["learning_rate"],
-          images_per_sec=window_steps * config.batch_size / elapsed,
-          input_wait_fraction=input_wait / elapsed,
-          epoch=step / steps_per_epoch,
-        )
-        writer.write_scalars(step, scalars)
-        train_metrics, window_start, window_steps, input_wait = None, time.perf_counter(), 0, 0.0
-
-      scheduled_eval = step % eval_every == 0
-      if scheduled_eval or last:
-        eval_values = run_eval()
-        writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_values.items()})
-        result.update({f"eval_{k}": v for k, v in eval_values.items()})
-        # Only scheduled evaluations feed the plateau rule: where a run happens to stop must not change it.
-        if config.schedule.name == "paper" and scheduled_eval:
-          s = config.schedule
-          plateau = optim.plateau_update(
-            jax.device_get(state["plateau"]),
-            eval_values["top1_error"],
-            patience=s.patience,
-            factor=s.factor,
-            max_drops=s.max_drops,
-            min_delta=s.min_delta,
+        last = step == num_train_steps
+        if step % config.log_every_steps == 0 or last:
+          values = train_metrics.compute()
+          check_finite(values)
+          elapsed = time.perf_counter() - window_start
+          scalars = {f"train_{k}": v for k, v in values.items() if k not in ("learning_rate", "finite")}
+          scalars.update(
+            learning_rate=values["learning_rate"],
+            images_per_sec=window_steps * config.batch_size / elapsed,
+            input_wait_fraction=input_wait / elapsed,
+            epoch=step / steps_per_epoch,
           )
-          if plateau["num_drops"] > int(state["plateau"]["num_drops"]):
-            logging.info(
-              "Validation error has not improved for %d evaluations: learning rate x%g (drop %d of %d)",
-              s.patience,
-              s.factor,
-              plateau["num_drops"],
-              s.max_drops,
+          writer.write_scalars(step, scalars)
+          train_metrics, window_start, window_steps, input_wait = None, time.perf_counter(), 0, 0.0
+
+        scheduled_eval = step % eval_every == 0
+        if scheduled_eval or last:
+          eval_values = run_eval()
+          writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_values.items()})
+          result.update({f"eval_{k}": v for k, v in eval_values.items()})
+          # Only scheduled evaluations feed the plateau rule: where a run happens to stop must not change it.
+          if config.schedule.name == "paper" and scheduled_eval:
+            s = config.schedule
+            plateau = optim.plateau_update(
+              jax.device_get(state["plateau"]),
+              eval_values["top1_error"],
+              patience=s.patience,
+              factor=s.factor,
+              max_drops=s.max_drops,
+              min_delta=s.min_delta,
             )
-          state = {**state, "plateau": jax.device_put(plateau, shardings["plateau"])}
+            if plateau["num_drops"] > int(state["plateau"]["num_drops"]):
+              logging.info(
+                "Validation error has not improved for %d evaluations: learning rate x%g (drop %d of %d)",
+                s.patience,
+                s.factor,
+                plateau["num_drops"],
+                s.max_drops,
+              )
+            state = {**state, "plateau": jax.device_put(plateau, shardings["plateau"])}
 
-      preempted = preemption.reached()
-      if step % config.checkpoint_every_steps == 0 or last or preempted:
-        if train_metrics is not None:  # never save a state that followed a non-finite step
-          check_finite(train_metrics.compute())
-        ckpt.save(step, state, config_json)
-        last_good_ckpt = step
-      if preempted:
-        result["status"] = "preempted"
-        logging.warning(
-          "Stopped at step %d after SIGTERM; the checkpoint is being committed. Rerun the same command to resume.", step
-        )
-        break
-
-  batches.close()
-  ckpt.close()
-  writer.flush()
-  writer.close()
+        preempted = preemption.reached()
+        if step % config.checkpoint_every_steps == 0 or last or preempted:
+          if train_metrics is not None:  # never save a state that followed a non-finite step
+            check_finite(train_metrics.compute())
+          ckpt.save(step, state, config_json)
+          last_good_ckpt = step
+        if preempted:
+          result["status"] = "preempted"
+          logging.warning(
+            "Stopped at step %d after SIGTERM; the checkpoint is being committed. Rerun the same command to resume.",
+            step,
+          )
+          break
+  finally:  # on every path, errors included: pending saves commit, files close, the input thread stops
+    batches.close()
+    ckpt.close()
+    writer.flush()
+    writer.close()
   result["step"] = step
   logging.info("Finished at step %d: %s", step, {k: v for k, v in result.items() if k.startswith("eval_")})
   return result
