@@ -43,6 +43,13 @@ class Checkpointer:
       force=True,
     )
 
+  def restore(self, step: int, abstract_state: Any) -> tuple[int, Any, dict[str, Any]]:
+    """(step, state, saved config) of one given step."""
+    restored = self._manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore())
+    )
+    return step, restored["state"], dict(restored["config"])
+
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
     """(step, state, saved config) of the newest readable checkpoint, or None when there is none.
 
@@ -51,11 +58,7 @@ class Checkpointer:
     """
     for step in reversed(self.all_steps()):
       try:
-        restored = self._manager.restore(
-          step,
-          args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()),
-        )
-        return step, restored["state"], dict(restored["config"])
+        return self.restore(step, abstract_state)
       except Exception as e:
         logging.warning(
           "Checkpoint at step %d in %s cannot be read (%s: %s); moving it aside and falling back to the previous step.",
@@ -66,6 +69,17 @@ class Checkpointer:
         )
         self._quarantine(step)
     return None
+
+  def read_config(self, step: int | None = None) -> tuple[int, dict[str, Any]]:
+    """(step, the config saved with that checkpoint); the newest step by default."""
+    steps = self.all_steps()
+    if not steps:
+      raise ValueError(f"no checkpoint in {self.directory}: train first, or check --workdir")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise ValueError(f"no checkpoint for step {step} in {self.directory}; there are {steps}")
+    restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return step, dict(restored["config"])
 
   def _quarantine(self, step: int) -> None:
     """Move an unreadable step out of the manager's directory (so a later save of that step can succeed)."""

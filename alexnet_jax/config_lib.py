@@ -32,7 +32,7 @@ SAFE_TO_CHANGE_ON_RESUME = (
   "profile.",
 )
 
-DATA_SOURCES = ("synthetic",)
+DATA_SOURCES = ("synthetic", "prepared")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -83,6 +83,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_eval_examples = 50_000  # synthetic only
   c.data.learnable = True  # synthetic: class-dependent patterns plus noise (False: pure noise, for speed tests)
   c.data.prefetch = 2  # batches put on the devices ahead of the step
+  # The paper's augmentation (Sec. 4.1), each switchable for ablations ('prepared' source):
+  c.data.random_crop = True  # random crops of the stored 256x256 images (False: the centre crop)
+  c.data.flip = True  # random horizontal reflections
+  c.data.lighting_std = 0.1  # "fancy PCA" lighting: alpha ~ N(0, lighting_std); 0 turns it off
+  c.data.subtract_mean = True  # subtract the training set's per-pixel mean image
+  c.data.device_preprocess = True  # ship uint8 crops and finish on the device (identical numbers, 4x fewer bytes)
+  c.data.shuffle_buffer = 10_000  # examples in tf.data's shuffle buffer
+  c.data.eval_crops = 1  # periodic evaluation: 1 (centre) or 10 (the paper's 10 crops)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.model = 1  # size of the 'model' axis: 2 = the paper's two-GPU split (Sec. 3.2)
@@ -158,6 +166,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"model.dropout_rate must be in [0, 1), got {config.model.dropout_rate}")
   if config.mesh.model < 1:
     raise ValueError(f"mesh.model must be >= 1, got {config.mesh.model}")
+  if config.data.eval_crops not in (1, 10):
+    raise ValueError(f"data.eval_crops must be 1 or 10, got {config.data.eval_crops}")
   if config.schedule.patience < 1:
     raise ValueError(f"schedule.patience must be >= 1, got {config.schedule.patience}")
 

@@ -81,24 +81,28 @@ def make_train_step(
   return train_step
 
 
-def make_eval_step(
-  graphdef: nnx.GraphDef, preprocess: Callable[[Batch], jax.Array]
-) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+def make_eval_step(graphdef, preprocess: Callable[[Batch], jax.Array]) -> Callable[[Any, Batch], dict[str, jax.Array]]:
   """A pure ``eval_step(params, batch) -> outputs`` with per-example loss and errors and the batch's ``mask``.
 
   A batch may carry several views of each image (``image`` of shape [batch, views, H, W, C], e.g. the paper's
-  10 crops): the softmax is averaged over the views, as in Sec. 4.1.
+  10 crops): the softmax is averaged over the views, as in Sec. 4.1. ``graphdef`` and ``params`` may be tuples of
+  several models (an ensemble, like the paper's "5 CNNs"): the softmax is then averaged over the models too.
   """
 
-  def eval_step(params, batch: Batch) -> dict[str, jax.Array]:
+  def probabilities(graphdef, params, images):
     model = nnx.merge(graphdef, params)
-    images, labels = preprocess(batch), batch["label"]
     if images.ndim == 5:
       b, v = images.shape[:2]
       logits = model(images.reshape(b * v, *images.shape[2:])).astype(jnp.float32)
-      probs = jax.nn.softmax(logits).reshape(b, v, -1).mean(axis=1)
+      return jax.nn.softmax(logits).reshape(b, v, -1).mean(axis=1)
+    return jax.nn.softmax(model(images).astype(jnp.float32))
+
+  def eval_step(params, batch: Batch) -> dict[str, jax.Array]:
+    images, labels = preprocess(batch), batch["label"]
+    if isinstance(graphdef, tuple):
+      probs = sum(probabilities(g, p, images) for g, p in zip(graphdef, params, strict=True)) / len(graphdef)
     else:
-      probs = jax.nn.softmax(model(images).astype(jnp.float32))
+      probs = probabilities(graphdef, params, images)
     log_probs = jnp.log(jnp.maximum(probs, 1e-30))
     per_example = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
     errors = topk_errors(probs, labels)

@@ -9,6 +9,7 @@ import collections
 import functools
 import importlib.metadata
 import json
+import logging as logging_std
 import os
 import platform
 import queue
@@ -67,9 +68,8 @@ def make_optimizer(config: ml_collections.ConfigDict):
   return optim.paper_sgd(o.momentum, o.weight_decay, o.weight_decay_mode, decay_mask)
 
 
-def schedule_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int, int]:
-  """(steps_per_epoch, num_train_steps, eval_every_steps) for this config and dataset size."""
-  steps_per_epoch = max(1, num_train_examples // config.batch_size)
+def schedule_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, int, int]:
+  """(steps_per_epoch, num_train_steps, eval_every_steps) for this config and epoch length."""
   total = config.num_train_steps if config.num_train_steps > 0 else int(round(config.num_epochs * steps_per_epoch))
   eval_every = {-1: steps_per_epoch, 0: total}.get(config.eval_every_steps, config.eval_every_steps)
   return steps_per_epoch, total, max(1, eval_every)
@@ -165,6 +165,39 @@ def prefetch(iterator: Iterator[dict[str, np.ndarray]], size: int, sharding) -> 
       yield ahead.popleft()
   finally:
     host.close()
+
+
+def load_checkpoint(
+  config: ml_collections.ConfigDict, workdir: str, mesh=None, step: int | None = None
+) -> tuple[int, dict[str, Any], Any]:
+  """(step, train state, graphdef) of the newest readable checkpoint in ``workdir`` (or of ``step``), laid out on
+  ``mesh`` (default: every device). For evaluation, notebooks and tests."""
+  mesh = mesh or parallel.create_mesh(config.mesh.model)
+  tx = make_optimizer(config)
+  graphdef, init = steps.init_train_state(make_model_fn(config), tx, config.seed)
+  abstract = jax.eval_shape(init)
+  target = checkpoint_lib.abstract_with_shardings(abstract, parallel.state_shardings(mesh, abstract))
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), max_to_keep=10**9)
+  try:
+    restored = ckpt.restore(step, target) if step is not None else ckpt.restore_latest(target)
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise ValueError(f"no checkpoint in {workdir}/checkpoints: train first, or check --workdir")
+  return restored[0], restored[1], graphdef
+
+
+class _QuietOrbax(logging_std.Filter):
+  """Orbax narrates every save at INFO; keep its warnings and errors, drop the rest."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+  logging_std.getLogger("absl").addFilter(_QuietOrbax())
+  for handler in logging_std.getLogger().handlers + [logging.get_absl_handler()]:
+    handler.addFilter(_QuietOrbax())
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -295,7 +328,7 @@ def train_and_evaluate(
 
   # ---- Input ----------------------------------------------------------------------------------------------------
   source = input_pipeline.create_source(config)
-  steps_per_epoch, num_train_steps, eval_every = schedule_steps(config, source.num_train_examples)
+  steps_per_epoch, num_train_steps, eval_every = schedule_steps(config, source.steps_per_epoch(config.batch_size))
 
   # ---- Model and optimiser: shapes first, then the state created where it lives --------------------------------
   make_model = make_model_fn(config)

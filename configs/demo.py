@@ -1,15 +1,24 @@
-r"""A CPU-sized AlexNet that learns in a couple of minutes: what `make demo` runs.
+r"""A CPU-sized AlexNet on the embedded shapes dataset: what `make demo` runs, through the real data path.
 
+  python -m alexnet_jax.shapes --output_dir=demo_data/shapes
+  python -m alexnet_jax.prepare --input_dir=demo_data/shapes --output_dir=demo_data/shapes_prepared --image_size=76
   python -m alexnet_jax.main --config=configs/demo.py --workdir=workdirs/demo
+  python -m alexnet_jax.evaluate --workdir=workdirs/demo --crops=10
 
-The paper's architecture (two groups, LRN, overlapping pooling, dropout) and optimiser (SGD momentum 0.9, coupled
-weight decay 5e-4) at 1/4 width on 67x67 images, 10 classes, batch 64. Two changes from the paper, both because
-the network is small: PyTorch's default initialisation instead of N(0, 0.01) (at 1/4 width the paper's
-initialisation passes almost no signal through 8 layers and the loss sits at ln(10) for hundreds of steps), and
-the constant schedule (the run is too short for plateaus).
+(`make demo` runs these four for you.) The same recipe trains on any prepared class-folder set:
+`--config.data.dir=DST --config.model.num_classes=N`.
 
-Hardware and time: 2 CPU cores, about 1-2 minutes. Expected: eval top-1 error near 0 on the synthetic classes
-(chance: 90%) after 200 steps.
+The paper's pipeline and network, scaled to a CPU: images stored at 76x76 instead of 256x256 and random 67x67 crops
+instead of 227x227 (the same 0.89 ratio), the paper's architecture at 1/4 width (two groups, LRN, overlapping
+pooling, dropout), flips, fancy-PCA lighting and mean-image subtraction, SGD momentum 0.9 with coupled weight decay
+5e-4, batch 64. Two changes because the network is small and the run short: PyTorch's default initialisation
+instead of N(0, 0.01) (at 1/4 width the paper's initialisation passes almost no signal through 8 layers and the
+loss sits at ln(10) for hundreds of steps), and the step schedule (divide by 10 after 16 of the 20 epochs)
+instead of waiting for plateaus.
+
+Hardware and time: 2 CPU cores (one JAX CPU device), about 5 minutes of training and evaluation. Expected: top-1
+error near 30% (chance: 90%) on the 1,000 validation images; measured here (2026-11-22, 2-core EPYC): 29.2% centre
+crop after 1,860 steps in 4 min 50 s.
 """
 
 from alexnet_jax import config_lib
@@ -17,18 +26,19 @@ from alexnet_jax import config_lib
 
 def get_config():
   config = config_lib.base_config()
-  config.data.source = "synthetic"
-  config.data.num_train_examples = 12_800
-  config.data.num_eval_examples = 500
+  config.data.source = "prepared"
+  config.data.dir = "demo_data/shapes_prepared"
+  config.data.shuffle_buffer = 6000
   config.model.num_classes = 10
   config.model.width = 0.25
   config.model.image_size = 67
   config.model.init = "torch"
   config.batch_size = 64
-  config.eval_batch_size = 128
-  config.num_train_steps = 200
-  config.schedule.name = "constant"
+  config.eval_batch_size = 200
+  config.num_epochs = 20.0
+  config.schedule.name = "step"
+  config.schedule.step_epochs = (16.0,)
   config.log_every_steps = 25
-  config.eval_every_steps = 100
-  config.checkpoint_every_steps = 100
+  config.eval_every_steps = 0  # centre-crop evaluation at the end; the demo then runs the 10-crop one
+  config.checkpoint_every_steps = 200
   return config

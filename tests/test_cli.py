@@ -18,7 +18,9 @@ TINY = [
 
 
 def train_cli(workdir, *args, devices=8):
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  flags.append(f"--xla_force_host_platform_device_count={devices}")
+  env = {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
   cmd = [sys.executable, "-m", "alexnet_jax.main", "--config=configs/synthetic.py", f"--workdir={workdir}", *args]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 

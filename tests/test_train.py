@@ -161,7 +161,7 @@ def test_batch_that_does_not_divide_the_devices(tmp_path):
 
 
 def test_model_axis_that_does_not_divide_the_devices(tmp_path):
-  with pytest.raises(ValueError, match="mesh.model=3 does not divide the 8 devices"):
+  with pytest.raises(ValueError, match=r"mesh\.model=3 does not divide the 8 devices"):
     train.train_and_evaluate(tiny_config(**{"mesh.model": 3}), tmp_path)
 
 

@@ -1,6 +1,7 @@
 """Input sources. Each yields, per process, numpy batches of its own slice of every global batch.
 
 A source has: ``num_classes``, ``image_size``, ``num_train_examples``, ``num_eval_examples``,
+``steps_per_epoch(global_batch)``,
 ``train_batches(start_step, global_batch)`` (an endless iterator; the batch of step s is a pure function of
 (seed, s), so a resumed run sees exactly what an unbroken run would), ``eval_batches(global_batch)`` (every
 example exactly once, the last batch padded and ``mask``ed), and ``preprocess(batch)``: the pure function, run on
@@ -41,6 +42,25 @@ def create_source(config):
       num_eval_examples=config.data.num_eval_examples,
       learnable=config.data.learnable,
       seed=config.seed,
+    )
+  if config.data.source == "prepared":
+    from alexnet_jax.input_pipeline.prepared import PreparedSource
+
+    d = config.data
+    if not d.dir:
+      raise ValueError("data.source='prepared' needs --config.data.dir=DST (a directory made by alexnet_jax.prepare)")
+    return PreparedSource(
+      d.dir,
+      image_size=config.model.image_size or _default_image_size(config.model.name),
+      seed=config.seed,
+      random_crop=d.random_crop,
+      flip=d.flip,
+      lighting_std=d.lighting_std,
+      subtract_mean=d.subtract_mean,
+      device_preprocess=d.device_preprocess,
+      shuffle_buffer=d.shuffle_buffer,
+      eval_crops=d.eval_crops,
+      num_classes=config.model.num_classes,
     )
   raise ValueError(f"data.source={config.data.source!r} is not known")
 

@@ -56,6 +56,9 @@ class SyntheticSource:
       "label": np.asarray([e[1] for e in examples], np.int32),
     }
 
+  def steps_per_epoch(self, global_batch: int) -> int:
+    return max(1, self.num_train_examples // global_batch)
+
   def train_batches(self, start_step: int, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
     local = global_batch // jax.process_count()
     offset = jax.process_index() * local

@@ -1,0 +1,147 @@
+r"""Evaluate trained runs: ``python -m alexnet_jax.evaluate --workdir=DIR [--crops=1|10] [--data_dir=DST]``.
+
+Restores the newest checkpoint of DIR (or ``--step``), evaluates every validation example exactly once on the
+centre crop or the paper's 10 crops (Sec. 4.1: 4 corners + centre, and their mirrors, softmax averaged), prints the
+top-1/top-5 error and writes ``DIR/eval/step<STEP>_<CROPS>crop.json`` with ``step, crops, num_examples, top1_error,
+top5_error``. Several comma-separated workdirs are evaluated as one ensemble (softmax averaged over the models, as
+the paper's "5 CNNs"); the JSON then goes to the first workdir's ``eval/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import ml_collections
+from absl import app, flags
+
+
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program, so importing this module defines none)."""
+  flags.DEFINE_string("workdir", None, "A training workdir, or several comma-separated ones (an ensemble).")
+  flags.DEFINE_integer("crops", 10, "1 (centre crop) or 10 (the paper's 10 crops).")
+  flags.DEFINE_string("data_dir", None, "A prepared dataset to evaluate on (default: the run's data.dir).")
+  flags.DEFINE_integer("step", None, "Which checkpoint (default: the newest).")
+  flags.DEFINE_integer("batch_size", None, "Global evaluation batch (default: the run's eval_batch_size).")
+
+
+def config_from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A config saved with a checkpoint, back as a ConfigDict over the current defaults (tuples restored)."""
+  from alexnet_jax import config_lib
+
+  config = config_lib.base_config()
+  for key, value in config_lib.flatten(saved).items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise ValueError(f"the checkpoint's config has key {key!r}, which this version does not know")
+    node[leaf] = tuple(value) if isinstance(node[leaf], tuple) else value
+  return config
+
+
+def evaluate_workdirs(
+  workdirs: list[str],
+  *,
+  crops: int = 10,
+  data_dir: str | None = None,
+  step: int | None = None,
+  batch_size: int | None = None,
+) -> dict[str, Any]:
+  """Evaluate one run or an ensemble of runs; returns (and writes) the result JSON."""
+  import jax
+
+  from alexnet_jax import checkpoint as checkpoint_lib
+  from alexnet_jax import config_lib, input_pipeline, parallel, train
+
+  if crops not in (1, 10):
+    raise ValueError(f"--crops must be 1 or 10, got {crops}")
+  configs, steps_used = [], []
+  for workdir in workdirs:
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), max_to_keep=10**9)
+    try:
+      s, saved = ckpt.read_config(step)
+    finally:
+      ckpt.close()
+    config = config_from_json(saved)
+    if data_dir:
+      config.data.dir = data_dir
+      config.data.source = "prepared"
+    config.data.eval_crops = crops
+    if batch_size:
+      config.eval_batch_size = batch_size
+    config_lib.validate(config)
+    configs.append(config)
+    steps_used.append(s)
+  first = configs[0]
+  for w, c in zip(workdirs[1:], configs[1:], strict=True):
+    for key in ("model.num_classes", "data.dir", "data.source"):
+      if config_lib.flatten(c)[key] != config_lib.flatten(first)[key]:
+        raise ValueError(f"ensemble members disagree on {key}: {workdirs[0]} vs {w}")
+
+  mesh = parallel.create_mesh(first.mesh.model)
+  parallel.check_batch_size(first.eval_batch_size, mesh, "eval batch size")
+  source = input_pipeline.create_source(first)
+  graphdefs, params, shardings = [], [], []
+  for workdir, config, s in zip(workdirs, configs, steps_used, strict=True):
+    _, state, graphdef = train.load_checkpoint(config, workdir, mesh=mesh, step=s)
+    graphdefs.append(graphdef)
+    params.append(state["params"])
+    shardings.append(jax.tree.map(lambda x: x.sharding, state["params"]))
+  eval_step = train.jit_eval_step(tuple(graphdefs), source.preprocess, mesh, tuple(shardings))
+  result = train.evaluate(
+    eval_step, tuple(params), source.eval_batches(first.eval_batch_size), parallel.batch_sharding(mesh)
+  )
+  out = {
+    "step": steps_used[0] if len(workdirs) == 1 else steps_used,
+    "crops": crops,
+    "num_examples": result["num_examples"],
+    "top1_error": result["top1_error"],
+    "top5_error": result["top5_error"],
+    "loss": result["loss"],
+    "workdirs": [os.path.abspath(w) for w in workdirs],
+    "data_dir": first.data.dir or None,
+    "data_source": first.data.source,
+  }
+  if jax.process_index() == 0:
+    eval_dir = os.path.join(os.path.abspath(workdirs[0]), "eval")
+    os.makedirs(eval_dir, exist_ok=True)
+    name = (
+      f"step{steps_used[0]}_{crops}crop.json" if len(workdirs) == 1 else f"ensemble{len(workdirs)}_{crops}crop.json"
+    )
+    out["path"] = os.path.join(eval_dir, name)
+    with open(out["path"], "w") as f:
+      json.dump(out, f, indent=1)
+  return out
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  f = flags.FLAGS
+  if not f.workdir:
+    print("error: give --workdir=DIR (or DIR1,DIR2,... for an ensemble)", file=sys.stderr)
+    return 2
+  from alexnet_jax import distributed, train
+
+  distributed.initialize(None, None, None)
+  train.quiet_orbax_logs()
+  try:
+    out = evaluate_workdirs(
+      f.workdir.split(","), crops=f.crops, data_dir=f.data_dir, step=f.step, batch_size=f.batch_size
+    )
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(
+    f"top-1 error {out['top1_error']:.2%}  top-5 error {out['top5_error']:.2%}  ({out['crops']} crop(s), "
+    f"{out['num_examples']} images, step {out['step']}) -> {out.get('path')}"
+  )
+  return 0
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))

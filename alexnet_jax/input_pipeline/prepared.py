@@ -1,0 +1,320 @@
+"""The paper's input pipeline (Sec. 2, 4.1) over a dataset written by ``python -m alexnet_jax.prepare``.
+
+Training: random crops of the stored (256x256) images with random horizontal flips, "fancy PCA" lighting, and the
+mean image subtracted. Evaluation: the centre crop, or the paper's 10 crops (4 corners + centre, and their mirror
+images).
+
+Determinism: epoch e reads this process's shards in an order drawn from (seed, e), shuffles with a buffer seeded by
+(seed, e, process), and draws each example's crop, flip and lighting from (seed, e, example index) with stateless
+random ops. So the batch of every step is a pure function of the step, and a resumed run sees what an unbroken one
+would. Each process reads the shards ``p, p + P, p + 2P, ...``; together the processes read every example once
+per epoch (each process drops the last partial batch of its epoch).
+
+What crosses to the devices: with ``device_preprocess`` (default) the uint8 crops plus, per crop, its offset and
+flip and the RGB lighting shift; the device subtracts the matching window of the mean image and adds the shift
+(4x fewer bytes to move). Without it TensorFlow does the same float arithmetic on the host. The two give identical
+numbers (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import prepare as prepare_lib
+
+_MIX = 0x9E3779B1  # to spread (seed, epoch, process) over seed space
+
+
+def _seed(*parts: int) -> int:
+  h = 0
+  for p in parts:
+    h = (h * _MIX + int(p) + 1) % (2**31 - 1)
+  return h
+
+
+def ten_crop_offsets(stored: int, crop: int) -> list[tuple[int, int]]:
+  """Top-left corners of the paper's 5 crops: top-left, top-right, bottom-left, bottom-right, centre."""
+  m, c = stored - crop, (stored - crop) // 2
+  return [(0, 0), (0, m), (m, 0), (m, m), (c, c)]
+
+
+class PreparedSource:
+  """A source (see ``input_pipeline/__init__.py``) over a prepared dataset directory."""
+
+  def __init__(
+    self,
+    data_dir: str,
+    *,
+    image_size: int,
+    seed: int,
+    random_crop: bool = True,
+    flip: bool = True,
+    lighting_std: float = 0.1,
+    subtract_mean: bool = True,
+    device_preprocess: bool = True,
+    shuffle_buffer: int = 10_000,
+    eval_crops: int = 1,
+    num_classes: int | None = None,
+  ):
+    meta_path = os.path.join(data_dir, prepare_lib.METADATA)
+    if not os.path.exists(meta_path):
+      raise ValueError(
+        f"data.dir={data_dir!r} is not a prepared dataset (no {prepare_lib.METADATA}): run "
+        f"`python -m alexnet_jax.prepare --input_dir=SRC --output_dir={data_dir or 'DST'}` first"
+      )
+    with open(meta_path) as f:
+      self.meta = json.load(f)
+    self.data_dir = data_dir
+    self.stored_size = self.meta["image_size"]
+    self.image_size = image_size
+    if image_size > self.stored_size:
+      raise ValueError(f"model input {image_size} is larger than the prepared images ({self.stored_size})")
+    self.num_classes = len(self.meta["classes"])
+    if num_classes is not None and num_classes != self.num_classes:
+      raise ValueError(
+        f"model.num_classes={num_classes} but {data_dir} has {self.num_classes} classes: set "
+        f"--config.model.num_classes={self.num_classes}"
+      )
+    self.num_train_examples = self.meta["splits"]["train"]["num_examples"]
+    eval_split = self.meta["splits"].get("val")
+    if not eval_split or not eval_split["num_examples"]:
+      raise ValueError(f"{data_dir} has no validation images (prepare it from a tree with SRC/val/<class>/...)")
+    self.num_eval_examples = eval_split["num_examples"]
+    stats = np.load(os.path.join(data_dir, prepare_lib.STATS))
+    self.mean_image = stats["mean_image"].astype(np.float32)
+    self.eigenvalues = stats["eigenvalues"].astype(np.float32)
+    self.eigenvectors = stats["eigenvectors"].astype(np.float32)
+    self.seed = seed
+    self.random_crop, self.flip, self.lighting_std = random_crop, flip, lighting_std
+    self.subtract_mean, self.device_preprocess = subtract_mean, device_preprocess
+    self.shuffle_buffer, self.eval_crops = shuffle_buffer, eval_crops
+    if eval_crops not in (1, 10):
+      raise ValueError(f"eval crops must be 1 or 10, got {eval_crops}")
+
+  # ---- which files and how many examples each process reads ------------------------------------------------------
+  def _files(self, split: str, process: int, count: int) -> tuple[list[str], int]:
+    meta = self.meta["splits"][split]
+    files = meta["files"][process::count]
+    return [os.path.join(self.data_dir, f) for f in files], sum(meta["shard_lengths"][process::count])
+
+  def steps_per_epoch(self, global_batch: int) -> int:
+    """Steps every process can take in one epoch (the smallest share decides; partial batches are dropped)."""
+    local = global_batch // jax.process_count()
+    shares = [self._files("train", p, jax.process_count())[1] for p in range(jax.process_count())]
+    steps = min(shares) // local
+    if steps < 1:
+      raise ValueError(
+        f"batch_size={global_batch} is larger than the training set share of a process "
+        f"({min(shares)} images): use a smaller batch"
+      )
+    return steps
+
+  # ---- tf.data pieces --------------------------------------------------------------------------------------------
+  def _parse(self, record):
+    import tensorflow as tf
+
+    parsed = tf.io.parse_single_example(
+      record,
+      {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+        "index": tf.io.FixedLenFeature([], tf.int64),
+      },
+    )
+    return parsed["image"], tf.cast(parsed["label"], tf.int32), parsed["index"]
+
+  def _lighting_shift(self, seed):
+    """The paper's [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T with a_i ~ N(0, std), in 0-255 pixel units."""
+    import tensorflow as tf
+
+    if not self.lighting_std:
+      return tf.zeros([3], tf.float32)
+    alpha = tf.random.stateless_normal([3], seed=seed, stddev=self.lighting_std)
+    return tf.linalg.matvec(tf.constant(self.eigenvectors), alpha * tf.constant(self.eigenvalues)) * 255.0
+
+  def _finish(self, crops, offsets, flips, shift):
+    """Either hand the uint8 crops and their parameters to the device, or finish them here in float32."""
+    import tensorflow as tf
+
+    if self.device_preprocess:
+      return {"image": crops, "offset": offsets, "flip": flips, "shift": shift}
+    images = tf.cast(crops, tf.float32)
+    if self.subtract_mean:
+      mean = tf.constant(self.mean_image)
+      c = self.image_size
+      windows = tf.map_fn(
+        lambda of: tf.cond(
+          of[1][0] > 0,
+          lambda: tf.reverse(tf.slice(mean, [of[0][0], of[0][1], 0], [c, c, 3]), [1]),
+          lambda: tf.slice(mean, [of[0][0], of[0][1], 0], [c, c, 3]),
+        ),
+        (offsets, tf.reshape(flips, [-1, 1])),
+        fn_output_signature=tf.float32,
+      )
+      images = images - windows
+    images = images + shift[..., None, None, :]
+    return {"image": images}
+
+  def _train_example(self, epoch_seed: int):
+    import tensorflow as tf
+
+    size, crop = self.stored_size, self.image_size
+
+    def fn(record):
+      jpeg, label, index = self._parse(record)
+      seeds = tf.random.experimental.stateless_split(tf.stack([tf.cast(epoch_seed, tf.int64), index]), 3)
+      if self.random_crop:
+        offset = tf.random.stateless_uniform([2], seed=seeds[0], minval=0, maxval=size - crop + 1, dtype=tf.int32)
+      else:
+        offset = tf.fill([2], (size - crop) // 2)
+      image = tf.io.decode_and_crop_jpeg(jpeg, tf.concat([offset, [crop, crop]], 0), channels=3)
+      flip = tf.random.stateless_uniform([], seed=seeds[1]) < 0.5 if self.flip else tf.constant(False)
+      image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+      image = tf.ensure_shape(image, [crop, crop, 3])
+      shift = self._lighting_shift(seeds[2])
+      return image[None], offset[None], tf.cast(flip, tf.int32)[None], shift, label, index
+
+    return fn
+
+  def _eval_example(self, record):
+    import tensorflow as tf
+
+    jpeg, label, index = self._parse(record)
+    size, crop = self.stored_size, self.image_size
+    if self.eval_crops == 1:
+      centre = (size - crop) // 2
+      corners = [(centre, centre)]
+    else:
+      corners = ten_crop_offsets(size, crop)
+    image = tf.io.decode_jpeg(jpeg, channels=3)
+    crops = [image[y : y + crop, x : x + crop] for y, x in corners]
+    flips = [0] * len(crops)
+    if self.eval_crops == 10:
+      crops += [tf.reverse(c, [1]) for c in crops]
+      flips += [1] * 5
+      corners = corners * 2
+    crops = tf.ensure_shape(tf.stack(crops), [len(corners), crop, crop, 3])
+    return crops, tf.constant(corners, tf.int32), tf.constant(flips, tf.int32), tf.zeros([3]), label, index
+
+  def _to_batch(self, crops, offsets, flips, shift, label, index):
+    """[B, V, ...] per-view tensors -> the batch dict (views squeezed away for training's single view)."""
+    import tensorflow as tf
+
+    views = crops.shape[1]
+    flat = self._finish(
+      tf.reshape(crops, [-1, *crops.shape[2:]]),
+      tf.reshape(offsets, [-1, 2]),
+      tf.reshape(flips, [-1]),
+      tf.repeat(shift, views, axis=0),
+    )
+    out = {}
+    for k, v in flat.items():
+      if k == "shift":
+        out[k] = shift
+      else:
+        shape = tf.concat([[tf.shape(crops)[0]], [views] if views > 1 else [], tf.shape(v)[1:]], 0)
+        out[k] = tf.reshape(v, shape)
+    out["label"] = label
+    out["index"] = index  # which stored example each row is (provenance; the step ignores it)
+    return out
+
+  def _dataset(self, files: list[str], *, epoch: int | None, batch: int, skip_examples: int = 0):
+    import tensorflow as tf
+
+    from alexnet_jax import tf_util
+
+    tf_util.hide_accelerators_from_tensorflow()
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = max(1, os.cpu_count() or 1)
+    if epoch is None:  # evaluation: files in order, every example once
+      ds = tf.data.TFRecordDataset(files, num_parallel_reads=1)
+      ds = ds.map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+      order = np.random.default_rng([self.seed, epoch, jax.process_index()]).permutation(len(files))
+      ds = tf.data.Dataset.from_tensor_slices([files[i] for i in order])
+      ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(16, len(files)),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+      )
+      if self.shuffle_buffer > 1:
+        ds = ds.shuffle(
+          self.shuffle_buffer, seed=_seed(self.seed, epoch, jax.process_index()), reshuffle_each_iteration=False
+        )
+      ds = ds.skip(skip_examples)  # before decoding: skipping costs only reading
+      ds = ds.map(self._train_example(_seed(self.seed, epoch)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch, drop_remainder=epoch is not None)
+    ds = ds.map(self._to_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+  # ---- the source interface --------------------------------------------------------------------------------------
+  def train_batches(self, start_step: int, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    local = global_batch // jax.process_count()
+    files, _ = self._files("train", jax.process_index(), jax.process_count())
+    per_epoch = self.steps_per_epoch(global_batch)
+    epoch, step_in_epoch = divmod(start_step, per_epoch)
+    while True:
+      ds = self._dataset(files, epoch=epoch, batch=local, skip_examples=step_in_epoch * local)
+      yield from ds.take(per_epoch - step_in_epoch).as_numpy_iterator()
+      epoch, step_in_epoch = epoch + 1, 0
+
+  def eval_batches(self, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """Every validation example once; batches padded (mask 0) so all processes yield the same number."""
+    local = global_batch // jax.process_count()
+    count = jax.process_count()
+    files, _ = self._files("val", jax.process_index(), count)
+    num_batches = max(-(-self._files("val", p, count)[1] // local) for p in range(count))
+    template = None
+    yielded = 0
+    if files:
+      for batch in self._dataset(files, epoch=None, batch=local).as_numpy_iterator():
+        n = len(batch["label"])
+        template = batch
+        yield _pad(batch, local, n)
+        yielded += 1
+    while yielded < num_batches:  # processes with fewer examples keep step with the others
+      if template is None:
+        template = next(self._dataset(self._files("val", 0, 1)[0], epoch=None, batch=1).as_numpy_iterator())
+      yield _pad(template, local, 0)
+      yielded += 1
+
+  def preprocess(self, batch: dict[str, jax.Array]) -> jax.Array:
+    """On the device: uint8 crops -> float, minus the mean image's matching window, plus the lighting shift."""
+    image = batch["image"]
+    if "offset" not in batch:  # finished on the host
+      return image.astype(jnp.float32)
+    x = image.astype(jnp.float32)
+    crop = self.image_size
+    if self.subtract_mean:
+      mean = jnp.asarray(self.mean_image)
+
+      def window(offset, flip):
+        w = jax.lax.dynamic_slice(mean, (offset[0], offset[1], 0), (crop, crop, 3))
+        return jnp.where(flip > 0, w[:, ::-1], w)
+
+      windows = jax.vmap(window)(batch["offset"].reshape(-1, 2), batch["flip"].reshape(-1))
+      x = x - windows.reshape(x.shape)
+    shift = batch["shift"]
+    shift = shift.reshape(shift.shape[0], *([1] * (x.ndim - 2)), 3)
+    return x + shift
+
+
+def _pad(batch: dict[str, np.ndarray], size: int, real: int) -> dict[str, np.ndarray]:
+  """``batch`` padded (or cut) to ``size`` rows, with ``mask`` 1 for the first ``real`` rows only."""
+  out = {}
+  for k, v in batch.items():
+    if len(v) >= size:
+      out[k] = v[:size]
+    else:
+      out[k] = np.concatenate([v, np.repeat(v[:1], size - len(v), axis=0)], axis=0)
+  out["mask"] = (np.arange(size) < real).astype(np.float32)
+  return out

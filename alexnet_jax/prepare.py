@@ -1,0 +1,456 @@
+r"""Prepare ImageNet (or any class-folder image set) once, the paper's way (Sec. 2):
+
+  python -m alexnet_jax.prepare --input_dir=SRC --output_dir=DST [--image_size=256] [--jpeg_quality=90]
+
+SRC is either the official ILSVRC2012 tar files (``ILSVRC2012_img_train.tar`` of per-class tars and
+``ILSVRC2012_img_val.tar``; the class list and validation labels come from tensorflow-datasets' ``imagenet2012``
+folder) or a tree ``SRC/train/<class>/<image>`` + ``SRC/val/<class>/<image>`` in any format PIL reads.
+
+Every image is rescaled so its shorter side is ``image_size`` and the central ``image_size`` square is kept, then
+stored as JPEG in TFRecord shards that TFDS can read (``tfds.builder_from_directory(DST)``). One streaming pass over
+the training split computes the per-pixel mean image and the 3x3 RGB covariance with its eigenpairs (for "fancy
+PCA" lighting), stored in ``DST/stats.npz``. Shards are written by every core, each committed by an atomic rename:
+an interrupted run re-run with the same flags keeps the finished shards. Bad files (CMYK, PNG named .JPEG and
+greyscale images are converted; truncated, empty or unreadable ones are not) are listed in ``DST/bad_files.json``;
+more than ``--max_bad`` of them is an error.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tarfile
+import time
+
+import numpy as np
+from absl import app, flags, logging
+
+FORMAT_VERSION = 1
+METADATA = "alexnet_prepared.json"
+STATS = "stats.npz"
+DATASET_NAME = "alexnet_prepared"
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
+
+
+class PrepareError(ValueError):
+  """Something about the input or output a user must fix; the message says what."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """One source image: a whole file (offset -1) or ``size`` bytes at ``offset`` inside a tar file."""
+
+  path: str
+  offset: int
+  size: int
+  label: int
+  name: str
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Finding the images.
+# -----------------------------------------------------------------------------------------------------------------
+def _tree_split(root: str, split: str, classes: list[str]) -> list[Record]:
+  records = []
+  for label, cls in enumerate(classes):
+    folder = os.path.join(root, split, cls)
+    if not os.path.isdir(folder):
+      continue
+    for name in sorted(os.listdir(folder)):
+      if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+        records.append(Record(os.path.join(folder, name), -1, -1, label, f"{cls}/{name}"))
+  return records
+
+
+def _tfds_imagenet_file(name: str) -> str:
+  import tensorflow_datasets as tfds
+
+  path = os.path.join(os.path.dirname(tfds.__file__), "datasets", "imagenet2012", name)
+  if not os.path.exists(path):
+    raise PrepareError(
+      f"tensorflow-datasets has no {path}; install tensorflow-datasets>=4.9 (it ships ImageNet's "
+      "class list and validation labels)"
+    )
+  return path
+
+
+def _tar_split(root: str) -> tuple[list[str], dict[str, list[Record]]]:
+  """Index the official tars without extracting them: each image becomes (tar path, byte offset, size)."""
+  with open(_tfds_imagenet_file("labels.txt")) as f:
+    classes = [line.strip() for line in f if line.strip()]
+  index = {c: i for i, c in enumerate(classes)}
+  train: list[Record] = []
+  train_tar = os.path.join(root, TRAIN_TAR)
+  with tarfile.open(train_tar) as outer:
+    for member in outer:
+      if not member.isfile() or not member.name.endswith(".tar"):
+        continue
+      synset = os.path.basename(member.name)[: -len(".tar")]
+      if synset not in index:
+        raise PrepareError(f"{train_tar} holds {member.name}, which is not an ILSVRC2012 class")
+      with tarfile.open(fileobj=outer.extractfile(member)) as inner:
+        for m in inner:
+          if m.isfile():
+            train.append(
+              Record(train_tar, member.offset_data + m.offset_data, m.size, index[synset], f"{synset}/{m.name}")
+            )
+  with open(_tfds_imagenet_file("validation_labels.txt")) as f:
+    val_labels = [index[line.strip()] for line in f if line.strip()]
+  val_tar = os.path.join(root, VAL_TAR)
+  val: list[Record] = []
+  with tarfile.open(val_tar) as tar:
+    members = sorted((m for m in tar if m.isfile()), key=lambda m: m.name)
+  if len(members) != len(val_labels):
+    raise PrepareError(
+      f"{val_tar} holds {len(members)} images but ImageNet's validation labels list "
+      f"{len(val_labels)}: the tar is incomplete or not ILSVRC2012's"
+    )
+  val = [Record(val_tar, m.offset_data, m.size, lab, m.name) for m, lab in zip(members, val_labels, strict=True)]
+  return classes, {"train": train, "val": val}
+
+
+def find_images(root: str) -> tuple[str, list[str], dict[str, list[Record]]]:
+  """(layout, classes, {'train': [...], 'val': [...]}) with a clear error for anything else."""
+  if not os.path.isdir(root):
+    raise PrepareError(f"--input_dir={root} does not exist or is not a directory")
+  if os.path.exists(os.path.join(root, TRAIN_TAR)) or os.path.exists(os.path.join(root, VAL_TAR)):
+    missing = [t for t in (TRAIN_TAR, VAL_TAR) if not os.path.exists(os.path.join(root, t))]
+    if missing:
+      raise PrepareError(f"{root} has one of the official tars but not {missing}: put both in --input_dir")
+    classes, splits = _tar_split(root)
+    return "ilsvrc2012_tars", classes, splits
+  train_dir = os.path.join(root, "train")
+  if not os.path.isdir(train_dir):
+    raise PrepareError(
+      f"{root} is neither of the two layouts prepare reads: the official {TRAIN_TAR} + {VAL_TAR}, or a tree "
+      f"{root}/train/<class>/<image> (+ {root}/val/<class>/<image>). Found: {sorted(os.listdir(root))[:10]}"
+    )
+  classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+  if not classes:
+    raise PrepareError(f"{train_dir} has no class folders: expected {train_dir}/<class>/<image>")
+  val_dir = os.path.join(root, "val")
+  if os.path.isdir(val_dir):
+    unknown = sorted(set(os.listdir(val_dir)) - set(classes))
+    unknown = [u for u in unknown if os.path.isdir(os.path.join(val_dir, u))]
+    if unknown:
+      raise PrepareError(f"{val_dir} has classes that train/ lacks: {unknown[:5]}")
+  splits = {"train": _tree_split(root, "train", classes), "val": _tree_split(root, "val", classes)}
+  if not splits["train"]:
+    raise PrepareError(f"no images under {train_dir}/<class>/ (extensions read: {', '.join(IMAGE_EXTENSIONS)})")
+  return "class_folders", classes, splits
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# One image: the paper's fixed preprocessing.
+# -----------------------------------------------------------------------------------------------------------------
+def read_bytes(record: Record) -> bytes:
+  with open(record.path, "rb") as f:
+    if record.offset < 0:
+      return f.read()
+    f.seek(record.offset)
+    return f.read(record.size)
+
+
+def resize_and_center_crop(data: bytes, size: int) -> np.ndarray:
+  """Decode any format, convert to RGB (CMYK, greyscale, palette, alpha), rescale the shorter side to ``size``
+  (bicubic, antialiased) and keep the central size x size patch. Raises ValueError for unreadable data."""
+  from PIL import Image
+
+  if not data:
+    raise ValueError("empty file")
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      im.load()  # a truncated file fails here (PIL does not pad truncated images unless told to)
+      im = im.convert("RGB")
+  except Exception as e:
+    raise ValueError(f"{type(e).__name__}: {e}") from e
+  w, h = im.size
+  scale = size / min(w, h)
+  nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+  im = im.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+  left, top = (nw - size) // 2, (nh - size) // 2
+  return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+  from PIL import Image
+
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+  return buf.getvalue()
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Shards (run in worker processes).
+# -----------------------------------------------------------------------------------------------------------------
+def shard_filename(split: str, shard: int, num_shards: int) -> str:
+  return f"{DATASET_NAME}-{split}.tfrecord-{shard:05d}-of-{num_shards:05d}"
+
+
+def _example(jpeg: bytes, label: int, index: int, name: str) -> bytes:
+  import tensorflow as tf
+
+  feature = {
+    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
+    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[index])),
+    "file_name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
+  }
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_shard(path: str, records: list[tuple[int, Record]], size: int, quality: int, stats: bool) -> dict:
+  """Write one shard (atomically) and its sidecar ``.done.json`` with counts, bad files and partial statistics."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  import tensorflow as tf
+
+  tf.config.set_visible_devices([], "GPU")
+  pixel_sum = np.zeros(3, np.float64)
+  outer_sum = np.zeros((3, 3), np.float64)
+  image_sum = np.zeros((size, size, 3), np.float64)
+  bad, count = [], 0
+  tmp = path + ".tmp"
+  with tf.io.TFRecordWriter(tmp) as writer:
+    for index, record in records:
+      try:
+        image = resize_and_center_crop(read_bytes(record), size)
+      except (ValueError, OSError) as e:
+        bad.append({"file": record.name, "reason": str(e)[:200]})
+        continue
+      writer.write(_example(encode_jpeg(image, quality), record.label, index, record.name))
+      count += 1
+      if stats:
+        image_sum += image
+        rgb = image.reshape(-1, 3).astype(np.float64) / 255.0  # PCA on [0, 1] pixel values (docs/DEVIATIONS.md)
+        pixel_sum += rgb.sum(0)
+        outer_sum += rgb.T @ rgb
+  np.savez(path + ".stats.npz", image_sum=image_sum, pixel_sum=pixel_sum, outer_sum=outer_sum, count=count)
+  summary = {"num_examples": count, "bad": bad}
+  with open(path + ".done.json.tmp", "w") as f:
+    json.dump(summary, f)
+  os.replace(tmp, path)
+  os.replace(path + ".done.json.tmp", path + ".done.json")  # written last: the shard's commit marker
+  return summary
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# The whole preparation.
+# -----------------------------------------------------------------------------------------------------------------
+def estimate_bytes(num_images: int, size: int, quality: int) -> int:
+  """A generous estimate of the output size: JPEG of natural images at ~0.5-1.5 bits per pixel."""
+  bits_per_pixel = 0.6 + 1.4 * max(0, quality - 50) / 50
+  return int(num_images * (size * size * bits_per_pixel / 8 + 2048))
+
+
+def compute_stats(partials: list[dict]) -> dict[str, np.ndarray]:
+  """Mean image and RGB covariance eigenpairs from the shards' partial sums (exact, not an average of averages)."""
+  n_images = sum(int(p["count"]) for p in partials)
+  if n_images == 0:
+    raise PrepareError("no training image could be read: nothing to compute the mean image from")
+  image_sum = sum(p["image_sum"] for p in partials)
+  n_pixels = n_images * image_sum.shape[0] * image_sum.shape[1]
+  mean_rgb = sum(p["pixel_sum"] for p in partials) / n_pixels
+  cov = sum(p["outer_sum"] for p in partials) / n_pixels - np.outer(mean_rgb, mean_rgb)
+  eigvals, eigvecs = np.linalg.eigh(cov)
+  order = np.argsort(eigvals)[::-1]
+  return {
+    "mean_image": (image_sum / n_images).astype(np.float32),  # 0-255 scale, as the network sees pixels
+    "mean_rgb": (mean_rgb * 255).astype(np.float32),
+    "rgb_covariance": cov,  # of [0, 1] pixel values
+    "eigenvalues": eigvals[order],
+    "eigenvectors": eigvecs[:, order],  # columns
+    "num_images": np.int64(n_images),
+  }
+
+
+def prepare(
+  input_dir: str,
+  output_dir: str,
+  *,
+  image_size: int = 256,
+  jpeg_quality: int = 90,
+  examples_per_shard: int = 1024,
+  num_workers: int = 0,
+  max_bad: int = 0,
+  check_disk: bool = True,
+) -> dict:
+  """Prepare ``input_dir`` into ``output_dir``; returns the metadata written to ``DST/alexnet_prepared.json``."""
+  started = time.time()
+  layout, classes, splits = find_images(input_dir)
+  total = sum(len(v) for v in splits.values())
+  logging.info(
+    "%s: %s layout, %d classes, %s",
+    input_dir,
+    layout,
+    len(classes),
+    ", ".join(f"{k} {len(v)} images" for k, v in splits.items()),
+  )
+  os.makedirs(output_dir, exist_ok=True)
+  if check_disk:
+    need, free = estimate_bytes(total, image_size, jpeg_quality), shutil.disk_usage(output_dir).free
+    if need > free:
+      raise PrepareError(
+        f"{output_dir} has {free / 2**30:.1f} GiB free; the prepared data needs about "
+        f"{need / 2**30:.1f} GiB. Free space or choose another --output_dir."
+      )
+  meta_path = os.path.join(output_dir, METADATA)
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      old = json.load(f)
+    if (old.get("image_size"), old.get("jpeg_quality")) != (image_size, jpeg_quality):
+      raise PrepareError(
+        f"{output_dir} was prepared with image_size={old.get('image_size')}, jpeg_quality="
+        f"{old.get('jpeg_quality')}; use those flags, or another --output_dir"
+      )
+
+  jobs = []
+  for split, records in splits.items():
+    num_shards = max(1, -(-len(records) // examples_per_shard)) if records else 0
+    indexed = list(enumerate(records))
+    for shard in range(num_shards):  # round robin: shards differ in size by at most one
+      jobs.append((split, shard, num_shards, indexed[shard::num_shards]))
+  todo = [j for j in jobs if not os.path.exists(os.path.join(output_dir, shard_filename(*j[:3])) + ".done.json")]
+  logging.info("%d shards, %d already done", len(jobs), len(jobs) - len(todo))
+
+  workers = num_workers or os.cpu_count() or 1
+  if todo:
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that has TensorFlow or JAX loaded
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+      futures = {
+        pool.submit(
+          write_shard,
+          os.path.join(output_dir, shard_filename(split, shard, n)),
+          chunk,
+          image_size,
+          jpeg_quality,
+          split == "train",
+        ): (split, shard)
+        for split, shard, n, chunk in todo
+      }
+      done_images = 0
+      for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
+        summary = future.result()
+        done_images += summary["num_examples"] + len(summary["bad"])
+        rate = done_images / max(time.time() - started, 1e-9)
+        logging.info("shard %d/%d done (%s %d): %.0f images/s", i, len(todo), *futures[future], rate)
+        print(f"\rprepare: {i}/{len(todo)} shards, {rate:.0f} images/s", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+
+  split_meta, bad, partials = {}, [], []
+  for split, shard, n, _ in jobs:
+    base = os.path.join(output_dir, shard_filename(split, shard, n))
+    with open(base + ".done.json") as f:
+      summary = json.load(f)
+    bad += [{"split": split, **b} for b in summary["bad"]]
+    entry = split_meta.setdefault(split, {"num_examples": 0, "files": [], "shard_lengths": []})
+    entry["files"].append(os.path.basename(base))
+    entry["shard_lengths"].append(summary["num_examples"])
+    entry["num_examples"] += summary["num_examples"]
+    if split == "train":
+      partials.append(dict(np.load(base + ".stats.npz")))
+  with open(os.path.join(output_dir, "bad_files.json"), "w") as f:
+    json.dump(bad, f, indent=1)
+  if len(bad) > max_bad:
+    listing = "; ".join(f"{b['file']} ({b['reason']})" for b in bad[:5])
+    raise PrepareError(
+      f"{len(bad)} images could not be read (more than --max_bad={max_bad}): {listing}"
+      f"{' ...' if len(bad) > 5 else ''}. Full list: {output_dir}/bad_files.json. Fix or remove "
+      "them, or raise --max_bad to skip them."
+    )
+  stats = compute_stats(partials)
+  np.savez(os.path.join(output_dir, STATS), **stats)
+  metadata = {
+    "format_version": FORMAT_VERSION,
+    "layout": layout,
+    "source": os.path.abspath(input_dir),
+    "image_size": image_size,
+    "jpeg_quality": jpeg_quality,
+    "classes": classes,
+    "splits": split_meta,
+    "num_bad_files": len(bad),
+  }
+  _write_tfds_metadata(output_dir, classes, image_size, split_meta)
+  with open(meta_path, "w") as f:
+    json.dump(metadata, f, indent=1)
+  logging.info("prepared %s in %.0f s", output_dir, time.time() - started)
+  return metadata
+
+
+def _write_tfds_metadata(output_dir: str, classes: list[str], image_size: int, split_meta: dict) -> None:
+  """dataset_info.json + features.json, so ``tfds.builder_from_directory(output_dir)`` reads the shards."""
+  import tensorflow_datasets as tfds
+
+  features = tfds.features.FeaturesDict(
+    {
+      "image": tfds.features.Image(shape=(image_size, image_size, 3), encoding_format="jpeg"),
+      "label": tfds.features.ClassLabel(names=classes),
+      "index": tfds.features.Scalar(dtype=np.int64),
+      "file_name": tfds.features.Text(),
+    }
+  )
+  template = tfds.core.ShardedFileTemplate(
+    data_dir=output_dir,
+    template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+    dataset_name=DATASET_NAME,
+    filetype_suffix="tfrecord",
+  )
+  split_infos = [
+    tfds.core.SplitInfo(name=split, shard_lengths=meta["shard_lengths"], num_bytes=0, filename_template=template)
+    for split, meta in split_meta.items()
+  ]
+  tfds.folder_dataset.write_metadata(
+    data_dir=output_dir, features=features, split_infos=split_infos, filename_template=template, check_data=False
+  )
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Command line.
+# -----------------------------------------------------------------------------------------------------------------
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program, so importing this module defines none)."""
+  flags.DEFINE_string("input_dir", None, "The official ILSVRC2012 tars, or a tree SRC/train/<class>/<image> (+ val/).")
+  flags.DEFINE_string("output_dir", None, "Where the prepared dataset goes (then usable as --config.data.dir).")
+  flags.DEFINE_integer("image_size", 256, "Shorter side rescaled to this, then the central square kept (paper: 256).")
+  flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored images.")
+  flags.DEFINE_integer("examples_per_shard", 1024, "Images per TFRecord shard.")
+  flags.DEFINE_integer("num_workers", 0, "Worker processes (0: one per core).")
+  flags.DEFINE_integer("max_bad", 0, "How many unreadable images to skip before failing.")
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  f = flags.FLAGS
+  if not f.input_dir or not f.output_dir:
+    print("error: give --input_dir=SRC and --output_dir=DST", file=sys.stderr)
+    return 2
+  try:
+    meta = prepare(
+      f.input_dir,
+      f.output_dir,
+      image_size=f.image_size,
+      jpeg_quality=f.jpeg_quality,
+      examples_per_shard=f.examples_per_shard,
+      num_workers=f.num_workers,
+      max_bad=f.max_bad,
+    )
+  except PrepareError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  counts = ", ".join(f"{k}: {v['num_examples']}" for k, v in meta["splits"].items())
+  print(
+    f"prepared {f.output_dir} ({counts}; {meta['num_bad_files']} bad files skipped). "
+    f"Train with --config.data.source=prepared --config.data.dir={f.output_dir}"
+  )
+  return 0
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,246 @@
+"""Data preparation and the paper's input pipeline, on data the project generates itself."""
+
+import io
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax import prepare, shapes
+from alexnet_jax.input_pipeline import prepared as prepared_lib
+
+STORED, CROP = 40, 32
+
+
+@pytest.fixture(scope="module")
+def raw_tree(tmp_path_factory):
+  """A small shapes tree plus the known bad files of ImageNet, each in a class folder of train/."""
+  root = tmp_path_factory.mktemp("raw")
+  shapes.generate(str(root), train_per_class=12, val_per_class=3, size=48, seed=1)
+  rgb = shapes.draw(0, np.random.default_rng(5), 60)
+  folder = root / "train" / shapes.CLASSES[0]
+  Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.JPEG", format="JPEG")
+  Image.fromarray(rgb).save(folder / "png_named.JPEG", format="PNG")
+  Image.fromarray(rgb).convert("L").save(folder / "grey.JPEG", format="JPEG")
+  buf = io.BytesIO()
+  Image.fromarray(rgb).save(buf, format="JPEG")
+  (folder / "truncated.JPEG").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+  (folder / "empty.JPEG").write_bytes(b"")
+  return root
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(raw_tree, tmp_path_factory):
+  out = tmp_path_factory.mktemp("prepared")
+  prepare.prepare(str(raw_tree), str(out), image_size=STORED, jpeg_quality=95, examples_per_shard=16,
+                  num_workers=2, max_bad=2)
+  return out
+
+
+def source(prepared_dir, **kw):
+  args = dict(image_size=CROP, seed=0, shuffle_buffer=64)
+  args.update(kw)
+  return prepared_lib.PreparedSource(str(prepared_dir), **args)
+
+
+# ---- preparation ----------------------------------------------------------------------------------------------------
+def test_prepare_round_trip_with_bad_files(raw_tree, prepared_dir):
+  meta = json.loads((prepared_dir / prepare.METADATA).read_text())
+  assert meta["splits"]["train"]["num_examples"] == 120 + 3  # CMYK, PNG-named-JPEG and greyscale converted
+  assert meta["splits"]["val"]["num_examples"] == 30
+  assert sum(meta["splits"]["train"]["shard_lengths"]) == 123 and len(meta["splits"]["train"]["files"]) == 8
+  bad = json.loads((prepared_dir / "bad_files.json").read_text())
+  assert sorted(os.path.basename(b["file"]) for b in bad) == ["empty.JPEG", "truncated.JPEG"]
+  # The stored pixels are the paper's fixed preprocessing of the source file (up to JPEG's loss).
+  import tensorflow as tf
+
+  examples = {}
+  for f in meta["splits"]["train"]["files"]:
+    for rec in tf.data.TFRecordDataset(str(prepared_dir / f)).as_numpy_iterator():
+      ex = tf.train.Example.FromString(rec)
+      examples[ex.features.feature["file_name"].bytes_list.value[0].decode()] = ex
+  name = f"{shapes.CLASSES[0]}/cmyk.JPEG"
+  stored = tf.io.decode_jpeg(examples[name].features.feature["image"].bytes_list.value[0]).numpy()
+  expected = prepare.resize_and_center_crop((raw_tree / "train" / name).read_bytes(), STORED)
+  assert stored.shape == (STORED, STORED, 3)
+  assert np.abs(stored.astype(int) - expected).mean() < 4
+  assert examples[name].features.feature["label"].int64_list.value[0] == sorted(shapes.CLASSES).index(shapes.CLASSES[0])
+
+
+def test_too_many_bad_files_is_a_clear_error(raw_tree, tmp_path):
+  with pytest.raises(prepare.PrepareError, match=r"2 images could not be read \(more than --max_bad=1\)"):
+    prepare.prepare(str(raw_tree), str(tmp_path), image_size=STORED, examples_per_shard=64, num_workers=2,
+                    max_bad=1)
+
+
+def test_bad_input_layouts(tmp_path):
+  with pytest.raises(prepare.PrepareError, match=r"does not exist"):
+    prepare.find_images(str(tmp_path / "nope"))
+  (tmp_path / "junk").mkdir()
+  with pytest.raises(prepare.PrepareError, match="neither of the two layouts"):
+    prepare.find_images(str(tmp_path / "junk"))
+  (tmp_path / "ILSVRC2012_img_train.tar").write_bytes(b"")
+  with pytest.raises(prepare.PrepareError, match=r"ILSVRC2012_img_val\.tar"):
+    prepare.find_images(str(tmp_path))
+
+
+def test_not_enough_disk_space_is_refused(raw_tree, tmp_path, monkeypatch):
+  monkeypatch.setattr(prepare, "estimate_bytes", lambda *a: 10**18)
+  with pytest.raises(prepare.PrepareError, match="GiB free"):
+    prepare.prepare(str(raw_tree), str(tmp_path), image_size=STORED)
+
+
+def test_rerun_keeps_finished_shards(raw_tree, tmp_path):
+  kw = dict(image_size=STORED, examples_per_shard=64, num_workers=2, max_bad=2)
+  prepare.prepare(str(raw_tree), str(tmp_path), **kw)
+  shards = sorted(p for p in tmp_path.iterdir() if p.name.endswith(tuple(f"{i:05d}" for i in range(10))))
+  mtimes = {p.name: p.stat().st_mtime_ns for p in shards}
+  os.remove(str(shards[0]) + ".done.json")  # as if interrupted while writing this shard
+  prepare.prepare(str(raw_tree), str(tmp_path), **kw)
+  changed = [p.name for p in shards if p.stat().st_mtime_ns != mtimes[p.name]]
+  assert changed == [shards[0].name]
+
+
+def test_mean_image_and_eigenpairs_match_numpy(raw_tree, prepared_dir):
+  _, _, splits = prepare.find_images(str(raw_tree))
+  images = []
+  for record in splits["train"]:
+    try:
+      images.append(prepare.resize_and_center_crop(prepare.read_bytes(record), STORED))
+    except ValueError:
+      pass
+  images = np.stack(images).astype(np.float64)
+  stats = np.load(prepared_dir / prepare.STATS)
+  assert int(stats["num_images"]) == len(images) == 123
+  np.testing.assert_allclose(stats["mean_image"], images.mean(0), rtol=1e-5, atol=1e-3)
+  pixels = images.reshape(-1, 3) / 255.0
+  cov = np.cov(pixels, rowvar=False, bias=True)
+  np.testing.assert_allclose(stats["rgb_covariance"], cov, rtol=1e-6, atol=1e-9)
+  vals, vecs = stats["eigenvalues"], stats["eigenvectors"]
+  assert vals[0] >= vals[1] >= vals[2] > 0
+  np.testing.assert_allclose(vecs @ np.diag(vals) @ vecs.T, cov, atol=1e-9)
+  np.testing.assert_allclose(sorted(vals), np.linalg.eigvalsh(cov), rtol=1e-6)
+
+
+# ---- training input -------------------------------------------------------------------------------------------------
+def first_batches(src, n, start_step=0, batch=16):
+  it = src.train_batches(start_step, batch)
+  out = [next(it) for _ in range(n)]
+  it.close()
+  return out
+
+
+def test_crops_cover_the_valid_range_and_flips_half_the_time(prepared_dir):
+  batches = first_batches(source(prepared_dir), 7 * 4)  # 4 epochs of 7 batches (123 // 16)
+  offsets = np.concatenate([b["offset"] for b in batches])
+  flips = np.concatenate([b["flip"] for b in batches])
+  assert offsets.min() == 0 and offsets.max() == STORED - CROP  # the whole valid range, and never beyond it
+  assert set(np.unique(offsets[:, 0])) == set(range(STORED - CROP + 1))
+  assert set(np.unique(offsets[:, 1])) == set(range(STORED - CROP + 1))
+  assert 0.4 < flips.mean() < 0.6
+  assert batches[0]["image"].dtype == np.uint8 and batches[0]["image"].shape == (16, CROP, CROP, 3)
+
+
+def test_crop_and_flip_are_the_stored_pixels(prepared_dir):
+  import tensorflow as tf
+
+  batch = first_batches(source(prepared_dir, lighting_std=0.0), 1)[0]
+  stored = {}
+  meta = json.loads((prepared_dir / prepare.METADATA).read_text())
+  for f in meta["splits"]["train"]["files"]:
+    for rec in tf.data.TFRecordDataset(str(prepared_dir / f)).as_numpy_iterator():
+      ex = tf.train.Example.FromString(rec)
+      stored[ex.features.feature["index"].int64_list.value[0]] = tf.io.decode_jpeg(
+          ex.features.feature["image"].bytes_list.value[0]).numpy()
+  for i in range(16):
+    (y, x), full = batch["offset"][i], stored[int(batch["index"][i])]
+    window = full[y : y + CROP, x : x + CROP]
+    expected = window[:, ::-1] if batch["flip"][i] else window
+    np.testing.assert_array_equal(batch["image"][i], expected)
+
+
+def test_lighting_noise_has_the_covariance_the_formula_implies(prepared_dir):
+  src = source(prepared_dir)
+  shifts = np.concatenate([b["shift"] for b in first_batches(src, 7 * 6)])  # 672 draws
+  p, lam = src.eigenvectors.astype(np.float64), src.eigenvalues.astype(np.float64)
+  alpha = (shifts / 255.0) @ p / lam  # invert shift = 255 * P (alpha * lambda)
+  assert abs(alpha.std() - 0.1) < 0.01 and np.abs(alpha.mean(0)).max() < 0.015
+  expected = 255.0**2 * 0.1**2 * p @ np.diag(lam**2) @ p.T
+  np.testing.assert_allclose(np.cov(shifts, rowvar=False), expected, rtol=0.25, atol=0.05 * expected.max())
+  off = source(prepared_dir, lighting_std=0.0)
+  assert np.all(first_batches(off, 1)[0]["shift"] == 0)
+
+
+def test_same_seed_epoch_index_same_pixels_new_epoch_new_ones(prepared_dir):
+  a = first_batches(source(prepared_dir), 9)
+  b = first_batches(source(prepared_dir), 9)
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  # Resuming at step 8 gives exactly the 9th batch of an unbroken stream (epoch 1, second batch).
+  resumed = first_batches(source(prepared_dir), 1, start_step=8)[0]
+  for k in resumed:
+    np.testing.assert_array_equal(resumed[k], a[8][k])
+  # Epoch 1 sees the same examples in another order, with other crops.
+  epoch0 = np.concatenate([x["index"] for x in a[:7]])
+  epoch1 = np.concatenate([x["index"] for x in a[7:9]])
+  assert not np.array_equal(epoch0[:32], epoch1)
+  other_seed = first_batches(source(prepared_dir, seed=1), 1)[0]
+  assert not np.array_equal(other_seed["index"], a[0]["index"])
+
+
+def test_two_processes_together_see_every_example_once(prepared_dir, monkeypatch):
+  seen = []
+  for process in (0, 1):
+    src = source(prepared_dir)
+    files, count = src._files("train", process, 2)
+    got = [int(b["index"][0]) for b in src._dataset(files, epoch=0, batch=1).as_numpy_iterator()]
+    assert len(got) == count > 0  # each process reads its own shards, every example in them
+    seen += got
+  meta = json.loads((prepared_dir / prepare.METADATA).read_text())
+  assert len(seen) == len(set(seen)) == meta["splits"]["train"]["num_examples"]
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  assert source(prepared_dir).steps_per_epoch(16) == min(
+      source(prepared_dir)._files("train", p, 2)[1] for p in (0, 1)) // 8
+
+
+def test_device_preprocessing_gives_identical_numbers(prepared_dir):
+  on_device = source(prepared_dir)
+  on_host = source(prepared_dir, device_preprocess=False)
+  a, b = first_batches(on_device, 2), first_batches(on_host, 2)
+  for x, y in zip(a, b):
+    assert x["image"].dtype == np.uint8 and y["image"].dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(on_device.preprocess(x)), np.asarray(on_host.preprocess(y)))
+  assert abs(float(np.asarray(on_device.preprocess(a[0])).mean())) < 20  # the mean image really came off
+
+
+# ---- evaluation input -----------------------------------------------------------------------------------------------
+def test_ten_crops_are_the_corners_centre_and_mirrors(prepared_dir):
+  import tensorflow as tf
+
+  src = source(prepared_dir, eval_crops=10)
+  batch = next(src.eval_batches(8))
+  meta = json.loads((prepared_dir / prepare.METADATA).read_text())
+  rec = next(tf.data.TFRecordDataset(str(prepared_dir / meta["splits"]["val"]["files"][0])).as_numpy_iterator())
+  full = tf.io.decode_jpeg(tf.train.Example.FromString(rec).features.feature["image"].bytes_list.value[0]).numpy()
+  m, c = STORED - CROP, (STORED - CROP) // 2
+  corners = [(0, 0), (0, m), (m, 0), (m, m), (c, c)]
+  expected = [full[y : y + CROP, x : x + CROP] for y, x in corners]
+  expected += [e[:, ::-1] for e in expected]
+  assert batch["image"].shape == (8, 10, CROP, CROP, 3)
+  for v in range(10):
+    np.testing.assert_array_equal(batch["image"][0, v], expected[v])
+  assert batch["flip"][0].tolist() == [0] * 5 + [1] * 5
+
+
+@pytest.mark.parametrize("batch", [16, 24])
+def test_eval_batches_cover_every_example_once(prepared_dir, batch):
+  src = source(prepared_dir)
+  rows = list(src.eval_batches(batch))
+  mask = np.concatenate([r["mask"] for r in rows]).astype(bool)
+  index = np.concatenate([r["index"] for r in rows])[mask]
+  assert all(len(r["mask"]) == batch for r in rows)
+  assert sorted(index.tolist()) == list(range(30))  # 30 validation images, padded up to whole batches
