@@ -11,9 +11,14 @@ pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
-    "--config.model.width=0.125", "--config.model.image_size=67", "--config.model.num_classes=10",
-    "--config.batch_size=16", "--config.eval_batch_size=16", "--config.data.num_eval_examples=20",
-    "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
+  "--config.model.width=0.125",
+  "--config.model.image_size=67",
+  "--config.model.num_classes=10",
+  "--config.batch_size=16",
+  "--config.eval_batch_size=16",
+  "--config.data.num_eval_examples=20",
+  "--config.log_every_steps=1",
+  "--config.checkpoint_every_steps=2",
 ]
 
 
@@ -48,16 +53,25 @@ def test_unknown_config_key_on_the_command_line(tmp_path):
 
 
 def test_non_finite_loss_exits_with_a_message(tmp_path):
-  out = train_cli(tmp_path, *TINY, "--config.num_train_steps=4", "--config.checkpoint_every_steps=1",
-                  "--config.optimizer.learning_rate=1e30")
+  out = train_cli(
+    tmp_path,
+    *TINY,
+    "--config.num_train_steps=4",
+    "--config.checkpoint_every_steps=1",
+    "--config.optimizer.learning_rate=1e30",
+  )
   assert out.returncode == 1
   assert "NaN/inf" in out.stderr and "last good checkpoint (step 1) is intact" in out.stderr
 
 
 def test_paper_network_full_size(tmp_path):
   """The issue's acceptance command, at full size (227x227, 60,965,224 parameters), shortened to 1 + 1 steps."""
-  args = ["--config.batch_size=8", "--config.eval_batch_size=8", "--config.data.num_eval_examples=8",
-          "--config.log_every_steps=1"]
+  args = [
+    "--config.batch_size=8",
+    "--config.eval_batch_size=8",
+    "--config.data.num_eval_examples=8",
+    "--config.log_every_steps=1",
+  ]
   first = train_cli(tmp_path, *args, "--config.num_train_steps=1")
   assert first.returncode == 0, first.stderr[-3000:]
   second = train_cli(tmp_path, *args, "--config.num_train_steps=2")

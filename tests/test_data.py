@@ -35,8 +35,9 @@ def raw_tree(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prepared_dir(raw_tree, tmp_path_factory):
   out = tmp_path_factory.mktemp("prepared")
-  prepare.prepare(str(raw_tree), str(out), image_size=STORED, jpeg_quality=95, examples_per_shard=16,
-                  num_workers=2, max_bad=2)
+  prepare.prepare(
+    str(raw_tree), str(out), image_size=STORED, jpeg_quality=95, examples_per_shard=16, num_workers=2, max_bad=2
+  )
   return out
 
 
@@ -72,8 +73,7 @@ def test_prepare_round_trip_with_bad_files(raw_tree, prepared_dir):
 
 def test_too_many_bad_files_is_a_clear_error(raw_tree, tmp_path):
   with pytest.raises(prepare.PrepareError, match=r"2 images could not be read \(more than --max_bad=1\)"):
-    prepare.prepare(str(raw_tree), str(tmp_path), image_size=STORED, examples_per_shard=64, num_workers=2,
-                    max_bad=1)
+    prepare.prepare(str(raw_tree), str(tmp_path), image_size=STORED, examples_per_shard=64, num_workers=2, max_bad=1)
 
 
 def test_bad_input_layouts(tmp_path):
@@ -154,7 +154,8 @@ def test_crop_and_flip_are_the_stored_pixels(prepared_dir):
     for rec in tf.data.TFRecordDataset(str(prepared_dir / f)).as_numpy_iterator():
       ex = tf.train.Example.FromString(rec)
       stored[ex.features.feature["index"].int64_list.value[0]] = tf.io.decode_jpeg(
-          ex.features.feature["image"].bytes_list.value[0]).numpy()
+        ex.features.feature["image"].bytes_list.value[0]
+      ).numpy()
   for i in range(16):
     (y, x), full = batch["offset"][i], stored[int(batch["index"][i])]
     window = full[y : y + CROP, x : x + CROP]
@@ -203,8 +204,9 @@ def test_two_processes_together_see_every_example_once(prepared_dir, monkeypatch
   meta = json.loads((prepared_dir / prepare.METADATA).read_text())
   assert len(seen) == len(set(seen)) == meta["splits"]["train"]["num_examples"]
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  assert source(prepared_dir).steps_per_epoch(16) == min(
-      source(prepared_dir)._files("train", p, 2)[1] for p in (0, 1)) // 8
+  assert (
+    source(prepared_dir).steps_per_epoch(16) == min(source(prepared_dir)._files("train", p, 2)[1] for p in (0, 1)) // 8
+  )
 
 
 def test_device_preprocessing_gives_identical_numbers(prepared_dir):
@@ -244,3 +246,46 @@ def test_eval_batches_cover_every_example_once(prepared_dir, batch):
   index = np.concatenate([r["index"] for r in rows])[mask]
   assert all(len(r["mask"]) == batch for r in rows)
   assert sorted(index.tolist()) == list(range(30))  # 30 validation images, padded up to whole batches
+
+
+def test_official_tar_layout_is_read_without_extracting(tmp_path, monkeypatch):
+  """ILSVRC2012_img_train.tar of per-class tars + ILSVRC2012_img_val.tar, labels from TFDS's files."""
+  import tarfile
+
+  synsets = ["n01440764", "n01443537", "n01484850"]
+  (tmp_path / "labels.txt").write_text("\n".join(synsets) + "\n")
+  val_labels = ["n01443537", "n01440764", "n01484850", "n01443537"]
+  (tmp_path / "validation_labels.txt").write_text("\n".join(val_labels) + "\n")
+  monkeypatch.setattr(prepare, "_tfds_imagenet_file", lambda name: str(tmp_path / name))
+
+  def jpeg(label, i):
+    buf = io.BytesIO()
+    Image.fromarray(shapes.draw(label, np.random.default_rng([label, i]), 50)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+  def add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+  src = tmp_path / "src"
+  src.mkdir()
+  with tarfile.open(src / "ILSVRC2012_img_train.tar", "w") as outer:
+    for label, synset in enumerate(synsets):
+      inner_buf = io.BytesIO()
+      with tarfile.open(fileobj=inner_buf, mode="w") as inner:
+        for i in range(4):
+          add(inner, f"{synset}_{i}.JPEG", jpeg(label, i))
+      add(outer, f"{synset}.tar", inner_buf.getvalue())
+  with tarfile.open(src / "ILSVRC2012_img_val.tar", "w") as tar:
+    for i, synset in enumerate(val_labels):
+      add(tar, f"ILSVRC2012_val_{i + 1:08d}.JPEG", jpeg(synsets.index(synset), 100 + i))
+
+  layout, classes, splits = prepare.find_images(str(src))
+  assert layout == "ilsvrc2012_tars" and classes == synsets
+  assert [r.label for r in splits["val"]] == [1, 0, 2, 1]
+  assert sorted({r.label for r in splits["train"]}) == [0, 1, 2] and len(splits["train"]) == 12
+  # A record's bytes, read at its offset inside the (nested) tar, are exactly the image that was put there.
+  assert prepare.read_bytes(splits["train"][5]) == jpeg(1, 1)
+  meta = prepare.prepare(str(src), str(tmp_path / "out"), image_size=STORED, examples_per_shard=8, num_workers=2)
+  assert meta["splits"]["train"]["num_examples"] == 12 and meta["splits"]["val"]["num_examples"] == 4

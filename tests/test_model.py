@@ -9,14 +9,30 @@ from flax import nnx
 from alexnet_jax import model as M
 
 PAPER_SHAPES = {
-    "conv1": (55, 55, 96), "pool1": (27, 27, 96), "conv2": (27, 27, 256), "pool2": (13, 13, 256),
-    "conv3": (13, 13, 384), "conv4": (13, 13, 384), "conv5": (13, 13, 256), "pool5": (6, 6, 256),
-    "fc6": (4096,), "fc7": (4096,), "fc8": (1000,),
+  "conv1": (55, 55, 96),
+  "pool1": (27, 27, 96),
+  "conv2": (27, 27, 256),
+  "pool2": (13, 13, 256),
+  "conv3": (13, 13, 384),
+  "conv4": (13, 13, 384),
+  "conv5": (13, 13, 256),
+  "pool5": (6, 6, 256),
+  "fc6": (4096,),
+  "fc7": (4096,),
+  "fc8": (1000,),
 }
 OWT_SHAPES = {
-    "conv1": (55, 55, 64), "pool1": (27, 27, 64), "conv2": (27, 27, 192), "pool2": (13, 13, 192),
-    "conv3": (13, 13, 384), "conv4": (13, 13, 256), "conv5": (13, 13, 256), "pool5": (6, 6, 256),
-    "fc6": (4096,), "fc7": (4096,), "fc8": (1000,),
+  "conv1": (55, 55, 64),
+  "pool1": (27, 27, 64),
+  "conv2": (27, 27, 192),
+  "pool2": (13, 13, 192),
+  "conv3": (13, 13, 384),
+  "conv4": (13, 13, 256),
+  "conv5": (13, 13, 256),
+  "pool5": (6, 6, 256),
+  "fc6": (4096,),
+  "fc7": (4096,),
+  "fc8": (1000,),
 }
 
 
@@ -88,9 +104,14 @@ def test_grouped_conv_equals_two_half_convs():
   x = jnp.asarray(rng.normal(size=(2, 9, 9, 8)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32)
   halves = [
-      jax.lax.conv_general_dilated(x[..., 4 * g : 4 * g + 4], kernel[..., 3 * g : 3 * g + 3], (1, 1),
-                                   [(1, 1), (1, 1)], dimension_numbers=("NHWC", "HWIO", "NHWC"))
-      for g in range(2)
+    jax.lax.conv_general_dilated(
+      x[..., 4 * g : 4 * g + 4],
+      kernel[..., 3 * g : 3 * g + 3],
+      (1, 1),
+      [(1, 1), (1, 1)],
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    for g in range(2)
   ]
   expected = np.concatenate([np.asarray(h) for h in halves], axis=-1)
   for impl in ("split", "grouped"):

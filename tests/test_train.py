@@ -22,9 +22,9 @@ def first_steps(config, devices, n=2):
   shardings = parallel.state_shardings(mesh, jax.eval_shape(init))
   state = jax.jit(init, out_shardings=shardings)()
   step = jax.jit(
-      steps.make_train_step(graphdef, tx, train.make_lr_schedule(config, 10, 10), source.preprocess),
-      in_shardings=(shardings, parallel.batch_sharding(mesh)),
-      out_shardings=(shardings, parallel.replicated(mesh)),
+    steps.make_train_step(graphdef, tx, train.make_lr_schedule(config, 10, 10), source.preprocess),
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, parallel.replicated(mesh)),
   )
   losses = []
   for batch in itertools.islice(source.train_batches(0, config.batch_size), n):

@@ -61,6 +61,7 @@ class PreparedSource:
     shuffle_buffer: int = 10_000,
     eval_crops: int = 1,
     num_classes: int | None = None,
+    num_threads: int | None = None,
   ):
     meta_path = os.path.join(data_dir, prepare_lib.METADATA)
     if not os.path.exists(meta_path):
@@ -94,6 +95,7 @@ class PreparedSource:
     self.random_crop, self.flip, self.lighting_std = random_crop, flip, lighting_std
     self.subtract_mean, self.device_preprocess = subtract_mean, device_preprocess
     self.shuffle_buffer, self.eval_crops = shuffle_buffer, eval_crops
+    self.num_threads = num_threads  # tf.data threads (None: one per core); the input benchmark pins it to 1
     if eval_crops not in (1, 10):
       raise ValueError(f"eval crops must be 1 or 10, got {eval_crops}")
 
@@ -232,10 +234,12 @@ class PreparedSource:
     tf_util.hide_accelerators_from_tensorflow()
     options = tf.data.Options()
     options.deterministic = True
-    options.threading.private_threadpool_size = max(1, os.cpu_count() or 1)
+    threads = self.num_threads or max(1, os.cpu_count() or 1)
+    options.threading.private_threadpool_size = threads
+    parallel = threads if self.num_threads else tf.data.AUTOTUNE
     if epoch is None:  # evaluation: files in order, every example once
       ds = tf.data.TFRecordDataset(files, num_parallel_reads=1)
-      ds = ds.map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      ds = ds.map(self._eval_example, num_parallel_calls=parallel, deterministic=True)
     else:
       order = np.random.default_rng([self.seed, epoch, jax.process_index()]).permutation(len(files))
       ds = tf.data.Dataset.from_tensor_slices([files[i] for i in order])
@@ -243,7 +247,7 @@ class PreparedSource:
         tf.data.TFRecordDataset,
         cycle_length=min(16, len(files)),
         block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE,
+        num_parallel_calls=parallel,
         deterministic=True,
       )
       if self.shuffle_buffer > 1:
@@ -251,9 +255,9 @@ class PreparedSource:
           self.shuffle_buffer, seed=_seed(self.seed, epoch, jax.process_index()), reshuffle_each_iteration=False
         )
       ds = ds.skip(skip_examples)  # before decoding: skipping costs only reading
-      ds = ds.map(self._train_example(_seed(self.seed, epoch)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      ds = ds.map(self._train_example(_seed(self.seed, epoch)), num_parallel_calls=parallel, deterministic=True)
     ds = ds.batch(batch, drop_remainder=epoch is not None)
-    ds = ds.map(self._to_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(self._to_batch, num_parallel_calls=parallel, deterministic=True)
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
   # ---- the source interface --------------------------------------------------------------------------------------

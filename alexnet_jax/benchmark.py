@@ -1,0 +1,282 @@
+r"""Throughput harnesses; one JSON line per measurement.
+
+Train step (forward, backward, the paper's optimiser update) on device-resident synthetic batches:
+
+  python -m alexnet_jax.benchmark --model=paper --batch_size=32 --dtype=float32 --steps=5
+
+prints ``images_per_sec``, ``ms_per_step`` (median of timed windows, warm-up excluded, device synchronised),
+``flops_per_image`` (counted per layer, printed with ``--layers``), ``mfu`` (when the device's peak is known or given
+with ``--peak_tflops``) and ``peak_memory_bytes`` (where the backend reports it). Needs only jax, flax and optax.
+
+Training input, beside a naive reference on the same files in the same run:
+
+  python -m alexnet_jax.benchmark --input_only [--data_dir=DST] [--steps=20]
+
+measures the tf.data training input (decode + random crop + flip, and the full augmentation) on one core and on all
+cores, and a plain PIL-decode + NumPy crop/flip loop on one core, over the same prepared shards. Without
+``--data_dir`` it first prepares 2,000 generated 256x256 images in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+
+PEAK_TFLOPS = {  # dense matrix-unit peaks per chip, for MFU: bf16 (and tf32 for float32 on NVIDIA)
+  ("H100", "bfloat16"): 989.0,
+  ("H100", "float32"): 494.0,
+  ("H200", "bfloat16"): 989.0,
+  ("H200", "float32"): 494.0,
+  ("A100", "bfloat16"): 312.0,
+  ("A100", "float32"): 156.0,
+}
+
+
+def emit(row: dict) -> None:
+  print(json.dumps(row), flush=True)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# FLOPs, counted per layer.
+# -----------------------------------------------------------------------------------------------------------------
+def layer_flops(model) -> dict[str, int]:
+  """Forward multiply-adds x 2 of every conv and dense layer for one image (LRN, pooling, ReLU are negligible)."""
+  arch, size, out = model.arch, model.image_size, {}
+  for i, conv in enumerate((model.conv1, model.conv2, model.conv3, model.conv4, model.conv5)):
+    k, _, cin_per_group, cout = conv.kernel.shape
+    size = (size + 2 * arch.conv_paddings[i] - k) // arch.conv_strides[i] + 1
+    out[f"conv{i + 1}"] = 2 * size * size * k * k * cin_per_group * cout
+    if arch.pool_after[i]:
+      size = (size - 3) // 2 + 1
+  for name in ("fc6", "fc7", "fc8"):
+    fin, fout = getattr(model, name).kernel.shape
+    out[name] = 2 * fin * fout
+  return out
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# The train step.
+# -----------------------------------------------------------------------------------------------------------------
+def bench_train_step(
+  model_name: str,
+  batch_size: int,
+  dtype: str,
+  steps: int,
+  windows: int,
+  width: float,
+  conv_impl: str,
+  peak_tflops: float | None,
+  show_layers: bool,
+) -> dict:
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from alexnet_jax import model as model_lib
+  from alexnet_jax import optim, parallel
+  from alexnet_jax import steps as steps_lib
+
+  make_model = functools.partial(model_lib.AlexNet, model_name, width=width, conv_impl=conv_impl, dtype=dtype)
+  tx = optim.paper_sgd()
+  graphdef, init = steps_lib.init_train_state(make_model, tx, seed=0)
+  mesh = parallel.create_mesh(1)
+  parallel.check_batch_size(batch_size, mesh)
+  shardings = parallel.state_shardings(mesh, jax.eval_shape(init))
+  state = jax.jit(init, out_shardings=shardings)()
+  size = model_lib.ARCHITECTURES[model_name].image_size
+  rng = np.random.default_rng(0)
+  batch = parallel.to_global(
+    {
+      "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+      "label": rng.integers(0, 1000, (batch_size,), dtype=np.int32),
+    },
+    parallel.batch_sharding(mesh),
+  )
+  preprocess = lambda b: b["image"].astype(jnp.float32) - 127.5
+  step = jax.jit(
+    steps_lib.make_train_step(
+      graphdef, tx, optim.base_schedule("constant", learning_rate=0.01, steps_per_epoch=1, total_steps=1), preprocess
+    ),
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, parallel.replicated(mesh)),
+    donate_argnums=0,
+  )
+
+  abstract_model = nnx.eval_shape(lambda: make_model(rngs=nnx.Rngs(0)))
+  per_layer = layer_flops(abstract_model)
+  flops_per_image = 3 * sum(per_layer.values())  # forward + backward (2x forward)
+  state, out = step(state, batch)  # compile + warm up
+  jax.block_until_ready(out["loss"])
+  state, out = step(state, batch)
+  jax.block_until_ready(out["loss"])
+  times = []
+  for _ in range(windows):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      state, out = step(state, batch)
+    jax.block_until_ready((state["params"], out["loss"]))
+    times.append((time.perf_counter() - t0) / steps)
+  ms = statistics.median(times) * 1e3
+  device = jax.devices()[0]
+  kind = device.device_kind
+  peak = peak_tflops or next((v for (k, d), v in PEAK_TFLOPS.items() if k in kind and d == dtype), None)
+  achieved = flops_per_image * batch_size / (ms / 1e3)
+  memory = None
+  try:
+    memory = (device.memory_stats() or {}).get("peak_bytes_in_use")
+  except Exception:
+    pass
+  row = {
+    "what": "train_step",
+    "model": model_name,
+    "batch_size": batch_size,
+    "dtype": dtype,
+    "width": width,
+    "conv_impl": conv_impl,
+    "images_per_sec": batch_size / (ms / 1e3),
+    "ms_per_step": ms,
+    "ms_per_step_windows": [t * 1e3 for t in times],
+    "flops_per_image": flops_per_image,
+    "tflops_per_sec": achieved / 1e12,
+    "mfu": achieved / (peak * 1e12) if peak else None,
+    "peak_memory_bytes": memory,
+    "device": kind,
+    "num_devices": 1,
+    "jax": jax.__version__,
+  }
+  if show_layers:
+    row["forward_flops_per_layer"] = per_layer
+  return row
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# The training input.
+# -----------------------------------------------------------------------------------------------------------------
+def _make_benchmark_data(root: str, count: int = 2000) -> str:
+  from alexnet_jax import prepare, shapes
+
+  raw, out = os.path.join(root, "raw"), os.path.join(root, "prepared")
+  per_class = count // len(shapes.CLASSES)
+  shapes.generate(raw, train_per_class=per_class, val_per_class=2, size=256)
+  prepare.prepare(raw, out, image_size=256, examples_per_shard=250)
+  return out
+
+
+def _naive_reference(files: list[str], crop: int, limit: int) -> float:
+  """PIL decode + NumPy random crop and flip, one image at a time, one core: images/s."""
+  import io
+
+  import tensorflow as tf
+  from PIL import Image
+
+  records = []
+  for f in files:
+    for rec in tf.data.TFRecordDataset(f).as_numpy_iterator():
+      records.append(tf.train.Example.FromString(rec).features.feature["image"].bytes_list.value[0])
+      if len(records) >= limit:
+        break
+  rng = np.random.default_rng(0)
+  t0 = time.perf_counter()
+  for data in records:
+    image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    y, x = rng.integers(0, image.shape[0] - crop + 1), rng.integers(0, image.shape[1] - crop + 1)
+    patch = image[y : y + crop, x : x + crop]
+    if rng.random() < 0.5:
+      patch = patch[:, ::-1]
+    np.ascontiguousarray(patch)
+  return len(records) / (time.perf_counter() - t0)
+
+
+def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]:
+  from alexnet_jax.input_pipeline.prepared import PreparedSource
+
+  tmp = None
+  if not data_dir:
+    tmp = tempfile.TemporaryDirectory(prefix="alexnet_input_bench_")
+    data_dir = _make_benchmark_data(tmp.name)
+  cores = os.cpu_count() or 1
+  rows = []
+  variants = [("decode+crop+flip", dict(lighting_std=0.0)), ("full augmentation", {})]
+  for label, kw in variants:
+    for threads in (1, cores):
+      src = PreparedSource(data_dir, image_size=227, seed=0, shuffle_buffer=1, num_threads=threads, **kw)
+      files, _ = src._files("train", 0, 1)
+      ds = src._dataset(files, epoch=0, batch=batch_size).repeat()
+      it = ds.as_numpy_iterator()
+      for _ in range(3):
+        next(it)
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        next(it)
+      rate = steps * batch_size / (time.perf_counter() - t0)
+      rows.append(
+        {
+          "what": "input",
+          "pipeline": f"tf.data {label}",
+          "threads": threads,
+          "images_per_sec": rate,
+          "images_per_sec_per_core": rate / threads,
+        }
+      )
+  files = PreparedSource(data_dir, image_size=227, seed=0)._files("train", 0, 1)[0]
+  naive = _naive_reference(files, 227, limit=steps * batch_size)
+  rows.append(
+    {
+      "what": "input",
+      "pipeline": "naive PIL decode + NumPy crop/flip",
+      "threads": 1,
+      "images_per_sec": naive,
+      "images_per_sec_per_core": naive,
+    }
+  )
+  one_core = next(r for r in rows if r["pipeline"] == "tf.data decode+crop+flip" and r["threads"] == 1)
+  rows.append(
+    {
+      "what": "input",
+      "ratio_tf_data_to_naive_per_core": one_core["images_per_sec"] / naive,
+      "data_dir": data_dir,
+      "cores": cores,
+    }
+  )
+  if tmp is not None:
+    tmp.cleanup()
+  return rows
+
+
+def define_flags() -> None:
+  flags.DEFINE_enum("model", "paper", ["paper", "owt"], "Which network.")
+  flags.DEFINE_integer("batch_size", 32, "Global batch.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (parameters stay float32).")
+  flags.DEFINE_integer("steps", 5, "Steps per timed window (input: batches timed).")
+  flags.DEFINE_integer("windows", 3, "Timed windows; the median is reported.")
+  flags.DEFINE_float("width", 1.0, "Network width multiplier (1.0 = the paper).")
+  flags.DEFINE_enum("conv_impl", "split", ["split", "grouped"], "Grouped convolutions as two convs or one.")
+  flags.DEFINE_float("peak_tflops", None, "The device's peak, for MFU where it is not known.")
+  flags.DEFINE_bool("layers", False, "Also print the forward FLOPs of every layer.")
+  flags.DEFINE_bool("input_only", False, "Benchmark the training input instead of the train step.")
+  flags.DEFINE_string("data_dir", None, "Prepared data for --input_only (default: generate some).")
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  f = flags.FLAGS
+  if f.input_only:
+    for row in bench_input(f.data_dir, f.batch_size, max(f.steps, 10)):
+      emit(row)
+    return
+  emit(
+    bench_train_step(f.model, f.batch_size, f.dtype, f.steps, f.windows, f.width, f.conv_impl, f.peak_tflops, f.layers)
+  )
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
