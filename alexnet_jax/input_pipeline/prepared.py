@@ -131,14 +131,13 @@ class PreparedSource:
     )
     return parsed["image"], tf.cast(parsed["label"], tf.int32), parsed["index"]
 
-  def _lighting_shift(self, seed):
-    """The paper's [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T with a_i ~ N(0, std), in 0-255 pixel units."""
+  def _lighting_shift(self, alpha):
+    """The paper's [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T for a batch of alphas [B, 3], in 0-255 pixel units."""
     import tensorflow as tf
 
-    if not self.lighting_std:
-      return tf.zeros([3], tf.float32)
-    alpha = tf.random.stateless_normal([3], seed=seed, stddev=self.lighting_std)
-    return tf.linalg.matvec(tf.constant(self.eigenvectors), alpha * tf.constant(self.eigenvalues)) * 255.0
+    return (
+      tf.linalg.matmul(alpha * tf.constant(self.eigenvalues), tf.constant(self.eigenvectors), transpose_b=True) * 255.0
+    )
 
   def _finish(self, crops, offsets, flips, shift):
     """Either hand the uint8 crops and their parameters to the device, or finish them here in float32."""
@@ -164,25 +163,40 @@ class PreparedSource:
     return {"image": images}
 
   def _train_example(self, epoch_seed: int):
+    """Per example only what must be: parse, one stateless draw from (seed, epoch, index), decode the patch, flip
+    it. The lighting shifts are computed per batch (``_train_batch``). Measured choices (benchmarks/RESULTS.md): one
+    draw instead of split + three draws, and a per-example ``tf.cond`` flip (a batch-level uint8 ``tf.where`` ran
+    at less than half the speed)."""
     import tensorflow as tf
 
     size, crop = self.stored_size, self.image_size
 
     def fn(record):
       jpeg, label, index = self._parse(record)
-      seeds = tf.random.experimental.stateless_split(tf.stack([tf.cast(epoch_seed, tf.int64), index]), 3)
-      if self.random_crop:
-        offset = tf.random.stateless_uniform([2], seed=seeds[0], minval=0, maxval=size - crop + 1, dtype=tf.int32)
+      seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+      u = tf.random.stateless_uniform([3], seed=seed)  # crop y, crop x, flip
+      if self.random_crop:  # floor(u * n) is uniform over the n valid offsets (u < 1)
+        offset = tf.cast(tf.floor(u[:2] * (size - crop + 1)), tf.int32)
       else:
         offset = tf.fill([2], (size - crop) // 2)
       image = tf.io.decode_and_crop_jpeg(jpeg, tf.concat([offset, [crop, crop]], 0), channels=3)
-      flip = tf.random.stateless_uniform([], seed=seeds[1]) < 0.5 if self.flip else tf.constant(False)
+      flip = u[2] < 0.5 if self.flip else tf.constant(False)
       image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
-      image = tf.ensure_shape(image, [crop, crop, 3])
-      shift = self._lighting_shift(seeds[2])
-      return image[None], offset[None], tf.cast(flip, tf.int32)[None], shift, label, index
+      if self.lighting_std:
+        alpha = tf.random.stateless_normal([3], seed=seed + tf.constant([1, 0], tf.int64), stddev=self.lighting_std)
+      else:
+        alpha = tf.zeros([3])
+      return tf.ensure_shape(image, [crop, crop, 3]), offset, flip, alpha, label, index
 
     return fn
+
+  def _train_batch(self, images, offsets, flips, alpha, label, index):
+    """A batch's lighting shifts, then the common finishing (views of 1)."""
+    import tensorflow as tf
+
+    return self._to_batch(
+      images[:, None], offsets[:, None], tf.cast(flips, tf.int32)[:, None], self._lighting_shift(alpha), label, index
+    )
 
   def _eval_example(self, record):
     import tensorflow as tf
@@ -256,8 +270,9 @@ class PreparedSource:
         )
       ds = ds.skip(skip_examples)  # before decoding: skipping costs only reading
       ds = ds.map(self._train_example(_seed(self.seed, epoch)), num_parallel_calls=parallel, deterministic=True)
-    ds = ds.batch(batch, drop_remainder=epoch is not None)
-    ds = ds.map(self._to_batch, num_parallel_calls=parallel, deterministic=True)
+      ds = ds.batch(batch, drop_remainder=True).map(self._train_batch, num_parallel_calls=parallel, deterministic=True)
+    if epoch is None:
+      ds = ds.batch(batch).map(self._to_batch, num_parallel_calls=parallel, deterministic=True)
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
   # ---- the source interface --------------------------------------------------------------------------------------
