@@ -32,7 +32,7 @@ SAFE_TO_CHANGE_ON_RESUME = (
   "profile.",
 )
 
-DATA_SOURCES = ("synthetic", "prepared")
+DATA_SOURCES = ("synthetic", "prepared", "tfds")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -78,7 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"
-  c.data.dir = ""
+  c.data.dir = ""  # 'prepared': the output of alexnet_jax.prepare; 'tfds': the TFDS data_dir (or a dataset folder)
+  c.data.tfds_name = ""  # 'tfds': a TFDS dataset name, e.g. 'imagenet2012' or 'imagenette' (built beforehand)
   c.data.num_train_examples = 1_281_167  # synthetic only (ILSVRC-2012's count, for realistic epochs)
   c.data.num_eval_examples = 50_000  # synthetic only
   c.data.learnable = True  # synthetic: class-dependent patterns plus noise (False: pure noise, for speed tests)

@@ -289,3 +289,27 @@ def test_official_tar_layout_is_read_without_extracting(tmp_path, monkeypatch):
   assert prepare.read_bytes(splits["train"][5]) == jpeg(1, 1)
   meta = prepare.prepare(str(src), str(tmp_path / "out"), image_size=STORED, examples_per_shard=8, num_workers=2)
   assert meta["splits"]["train"]["num_examples"] == 12 and meta["splits"]["val"]["num_examples"] == 4
+
+
+# ---- the TFDS source ------------------------------------------------------------------------------------------------
+def test_tfds_source_reads_a_tfds_dataset_folder(prepared_dir):
+  """The prepared folder is also a TFDS dataset: read through TFDS's own metadata, with on-the-fly 256 resizing."""
+  from alexnet_jax.input_pipeline.tfds_source import TfdsSource
+
+  src = TfdsSource("", str(prepared_dir), image_size=227, seed=0, shuffle_buffer=64)
+  assert src.num_classes == 10 and src.num_train_examples == 123 and src.num_eval_examples == 30
+  assert src.stored_size == 256 and src.mean_image.shape == (256, 256, 3)
+  a, b = first_batches(src, 2), first_batches(src, 2)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])  # deterministic in (seed, epoch, example)
+  assert a[0]["image"].shape == (16, 227, 227, 3) and a[0]["offset"].max() <= 256 - 227
+  rows = list(TfdsSource("", str(prepared_dir), image_size=227, seed=0, eval_crops=10).eval_batches(16))
+  assert rows[0]["image"].shape == (16, 10, 227, 227, 3)
+  assert sum(int(r["mask"].sum()) for r in rows) == 30
+
+
+def test_tfds_source_missing_dataset_is_a_clear_error(tmp_path):
+  from alexnet_jax.input_pipeline.tfds_source import TfdsSource
+
+  with pytest.raises(ValueError, match=r"cannot open the TFDS dataset 'imagenet2012'.*Build it with TFDS first"):
+    TfdsSource("imagenet2012", str(tmp_path), image_size=227, seed=0)

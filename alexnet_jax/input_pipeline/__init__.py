@@ -10,6 +10,7 @@ the devices inside the step, that turns a batch's uint8 ``image`` into the netwo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import jax
@@ -43,13 +44,20 @@ def create_source(config):
       learnable=config.data.learnable,
       seed=config.seed,
     )
-  if config.data.source == "prepared":
+  if config.data.source in ("prepared", "tfds"):
     from alexnet_jax.input_pipeline.prepared import PreparedSource
+    from alexnet_jax.input_pipeline.tfds_source import TfdsSource
 
     d = config.data
-    if not d.dir:
+    if config.data.source == "prepared" and not d.dir:
       raise ValueError("data.source='prepared' needs --config.data.dir=DST (a directory made by alexnet_jax.prepare)")
-    return PreparedSource(
+    if config.data.source == "tfds" and not (d.dir or d.tfds_name):
+      raise ValueError(
+        "data.source='tfds' needs --config.data.tfds_name=NAME (and data.dir=its TFDS data_dir), or "
+        "data.dir=a TFDS dataset folder"
+      )
+    make = functools.partial(TfdsSource, d.tfds_name) if config.data.source == "tfds" else PreparedSource
+    return make(
       d.dir,
       image_size=config.model.image_size or _default_image_size(config.model.name),
       seed=config.seed,

@@ -63,19 +63,12 @@ class PreparedSource:
     num_classes: int | None = None,
     num_threads: int | None = None,
   ):
-    meta_path = os.path.join(data_dir, prepare_lib.METADATA)
-    if not os.path.exists(meta_path):
-      raise ValueError(
-        f"data.dir={data_dir!r} is not a prepared dataset (no {prepare_lib.METADATA}): run "
-        f"`python -m alexnet_jax.prepare --input_dir=SRC --output_dir={data_dir or 'DST'}` first"
-      )
-    with open(meta_path) as f:
-      self.meta = json.load(f)
     self.data_dir = data_dir
+    self.meta, stats = self._load(data_dir)
     self.stored_size = self.meta["image_size"]
     self.image_size = image_size
     if image_size > self.stored_size:
-      raise ValueError(f"model input {image_size} is larger than the prepared images ({self.stored_size})")
+      raise ValueError(f"model input {image_size} is larger than the stored images ({self.stored_size})")
     self.num_classes = len(self.meta["classes"])
     if num_classes is not None and num_classes != self.num_classes:
       raise ValueError(
@@ -87,10 +80,9 @@ class PreparedSource:
     if not eval_split or not eval_split["num_examples"]:
       raise ValueError(f"{data_dir} has no validation images (prepare it from a tree with SRC/val/<class>/...)")
     self.num_eval_examples = eval_split["num_examples"]
-    stats = np.load(os.path.join(data_dir, prepare_lib.STATS))
-    self.mean_image = stats["mean_image"].astype(np.float32)
-    self.eigenvalues = stats["eigenvalues"].astype(np.float32)
-    self.eigenvectors = stats["eigenvectors"].astype(np.float32)
+    self.mean_image = np.asarray(stats["mean_image"], np.float32)
+    self.eigenvalues = np.asarray(stats["eigenvalues"], np.float32)
+    self.eigenvectors = np.asarray(stats["eigenvectors"], np.float32)
     self.seed = seed
     self.random_crop, self.flip, self.lighting_std = random_crop, flip, lighting_std
     self.subtract_mean, self.device_preprocess = subtract_mean, device_preprocess
@@ -99,11 +91,39 @@ class PreparedSource:
     if eval_crops not in (1, 10):
       raise ValueError(f"eval crops must be 1 or 10, got {eval_crops}")
 
+  # ---- the dataset on disk: what a subclass (the TFDS source) replaces ------------------------------------------
+  def _load(self, data_dir: str) -> tuple[dict, dict]:
+    """(metadata with classes, image_size and per-split files/shard_lengths/num_examples; statistics)."""
+    meta_path = os.path.join(data_dir, prepare_lib.METADATA)
+    if not os.path.exists(meta_path):
+      raise ValueError(
+        f"data.dir={data_dir!r} is not a prepared dataset (no {prepare_lib.METADATA}): run "
+        f"`python -m alexnet_jax.prepare --input_dir=SRC --output_dir={data_dir or 'DST'}` first"
+      )
+    with open(meta_path) as f:
+      meta = json.load(f)
+    meta["splits"] = {
+      split: {**m, "files": [os.path.join(data_dir, f) for f in m["files"]]} for split, m in meta["splits"].items()
+    }
+    return meta, dict(np.load(os.path.join(data_dir, prepare_lib.STATS)))
+
+  def _decode_patch(self, jpeg, offset):
+    """The crop x crop patch at ``offset`` of a stored image, decoding only that patch."""
+    import tensorflow as tf
+
+    crop = self.image_size
+    return tf.io.decode_and_crop_jpeg(jpeg, tf.concat([offset, [crop, crop]], 0), channels=3)
+
+  def _decode_full(self, jpeg):
+    """The whole stored (stored_size x stored_size) image."""
+    import tensorflow as tf
+
+    return tf.io.decode_jpeg(jpeg, channels=3)
+
   # ---- which files and how many examples each process reads ------------------------------------------------------
   def _files(self, split: str, process: int, count: int) -> tuple[list[str], int]:
     meta = self.meta["splits"][split]
-    files = meta["files"][process::count]
-    return [os.path.join(self.data_dir, f) for f in files], sum(meta["shard_lengths"][process::count])
+    return list(meta["files"][process::count]), sum(meta["shard_lengths"][process::count])
 
   def steps_per_epoch(self, global_batch: int) -> int:
     """Steps every process can take in one epoch (the smallest share decides; partial batches are dropped)."""
@@ -179,7 +199,7 @@ class PreparedSource:
         offset = tf.cast(tf.floor(u[:2] * (size - crop + 1)), tf.int32)
       else:
         offset = tf.fill([2], (size - crop) // 2)
-      image = tf.io.decode_and_crop_jpeg(jpeg, tf.concat([offset, [crop, crop]], 0), channels=3)
+      image = self._decode_patch(jpeg, offset)
       flip = u[2] < 0.5 if self.flip else tf.constant(False)
       image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
       if self.lighting_std:
@@ -208,7 +228,7 @@ class PreparedSource:
       corners = [(centre, centre)]
     else:
       corners = ten_crop_offsets(size, crop)
-    image = tf.io.decode_jpeg(jpeg, channels=3)
+    image = self._decode_full(jpeg)
     crops = [image[y : y + crop, x : x + crop] for y, x in corners]
     flips = [0] * len(crops)
     if self.eval_crops == 10:

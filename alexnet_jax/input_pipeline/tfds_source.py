@@ -1,0 +1,109 @@
+"""Any TFDS image-classification dataset, straight from its TFRecord shards, through the paper's pipeline.
+
+``data.source='tfds'`` with ``data.tfds_name='imagenet2012'`` (or ``'imagenette'``, ...) and ``data.dir`` the TFDS
+``data_dir`` that holds the built dataset; or ``data.tfds_name=''`` and ``data.dir`` a dataset folder
+(``tfds.builder_from_directory``). Nothing is downloaded: build the dataset with TFDS first.
+
+Differences from the ``prepared`` source (docs/DEVIATIONS.md): the paper's fixed preprocessing (shorter side to
+256, centre 256x256) runs on every read instead of once, so it costs more CPU per image; and, as a TFDS dataset
+carries no statistics of its own, the mean image is ImageNet's per-channel mean and the lighting eigenpairs are
+ImageNet's published RGB PCA. For your own statistics, run ``prepare`` and use ``data.source='prepared'``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alexnet_jax.input_pipeline.prepared import PreparedSource
+
+IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)
+# ImageNet's RGB covariance eigenpairs on [0, 1] pixel values, as published with fb.resnet.torch.
+IMAGENET_EIGENVALUES = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGENVECTORS = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+STORED_SIZE = 256
+EVAL_SPLITS = ("validation", "val", "test")
+
+
+class TfdsSource(PreparedSource):
+  def __init__(self, name: str, data_dir: str, **kwargs):
+    self.tfds_name = name
+    super().__init__(data_dir, **kwargs)
+
+  def _load(self, data_dir: str) -> tuple[dict, dict]:
+    import tensorflow_datasets as tfds
+
+    try:
+      builder = (
+        tfds.builder(self.tfds_name, data_dir=data_dir or None, try_gcs=False)
+        if self.tfds_name
+        else tfds.builder_from_directory(data_dir)
+      )
+      info = builder.info
+      splits = info.splits
+      if not splits:
+        raise ValueError("it has no splits")
+    except Exception as e:
+      what = (
+        f"TFDS dataset {self.tfds_name!r} in data_dir={data_dir!r}" if self.tfds_name else f"TFDS folder {data_dir!r}"
+      )
+      raise ValueError(
+        f"cannot open the {what} ({type(e).__name__}: {e}). Build it with TFDS first (nothing is "
+        "downloaded at training time), or use data.source='prepared'."
+      ) from e
+    if "image" not in info.features or "label" not in info.features:
+      raise ValueError(f"{info.full_name} has no 'image' and 'label' features: not an image-classification dataset")
+    eval_split = next((s for s in EVAL_SPLITS if s in splits), None)
+    if "train" not in splits or eval_split is None:
+      raise ValueError(f"{info.full_name} needs a 'train' split and one of {EVAL_SPLITS}; it has {list(splits)}")
+
+    def split_meta(name):
+      s = splits[name]
+      return {
+        "files": [str(p) for p in s.filepaths],
+        "shard_lengths": list(s.shard_lengths),
+        "num_examples": s.num_examples,
+      }
+
+    meta = {
+      "image_size": STORED_SIZE,
+      "classes": list(info.features["label"].names),
+      "splits": {"train": split_meta("train"), "val": split_meta(eval_split)},
+    }
+    stats = {
+      "mean_image": np.broadcast_to(np.asarray(IMAGENET_MEAN_RGB, np.float32), (STORED_SIZE, STORED_SIZE, 3)),
+      "eigenvalues": np.asarray(IMAGENET_EIGENVALUES, np.float32),
+      "eigenvectors": np.asarray(IMAGENET_EIGENVECTORS, np.float32).T,  # columns
+    }
+    return meta, stats
+
+  def _parse(self, record):
+    """TFDS stores the encoded image under 'image' and the class under 'label'; the example's identity (for its
+    random draws) is a hash of its bytes, since TFDS records carry no index."""
+    import tensorflow as tf
+
+    parsed = tf.io.parse_single_example(
+      record,
+      {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+      },
+    )
+    index = tf.strings.to_hash_bucket_fast(parsed["image"], 2**62)
+    return parsed["image"], tf.cast(parsed["label"], tf.int32), index
+
+  def _decode_full(self, jpeg):
+    """Decode any size, then the paper's fixed preprocessing: shorter side to 256 (bicubic, antialiased), centre."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(jpeg, channels=3, expand_animations=False)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = STORED_SIZE / tf.reduce_min(shape)
+    new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), STORED_SIZE)
+    image = tf.image.resize(image, new, method="bicubic", antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    top, left = (new[0] - STORED_SIZE) // 2, (new[1] - STORED_SIZE) // 2
+    return tf.ensure_shape(image[top : top + STORED_SIZE, left : left + STORED_SIZE], [STORED_SIZE, STORED_SIZE, 3])
+
+  def _decode_patch(self, jpeg, offset):
+    crop = self.image_size
+    return self._decode_full(jpeg)[offset[0] : offset[0] + crop, offset[1] : offset[1] + crop]
