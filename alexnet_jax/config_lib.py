@@ -115,6 +115,18 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
+def set_by_path(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """``config['a.b'] = value`` for a dotted key; a list becomes a tuple where the default is one (JSON has no
+  tuples). An unknown key is an error."""
+  node = config
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  if leaf not in node:
+    raise ValueError(f"unknown config key {key!r}")
+  node[leaf] = tuple(value) if isinstance(node[leaf], tuple) and isinstance(value, list) else value
+
+
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
   """{'a': {'b': 1}} -> {'a.b': 1}; tuples become lists (their JSON form), so saved and live configs compare."""
   d = d.to_dict() if isinstance(d, ml_collections.ConfigDict) else d

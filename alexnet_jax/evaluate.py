@@ -33,13 +33,10 @@ def config_from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
 
   config = config_lib.base_config()
   for key, value in config_lib.flatten(saved).items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise ValueError(f"the checkpoint's config has key {key!r}, which this version does not know")
-    node[leaf] = tuple(value) if isinstance(node[leaf], tuple) else value
+    try:
+      config_lib.set_by_path(config, key, value)
+    except (ValueError, KeyError) as e:
+      raise ValueError(f"the checkpoint's config has key {key!r}, which this version does not know") from e
   return config
 
 

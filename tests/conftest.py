@@ -37,11 +37,7 @@ def tiny_config(**overrides):
   c.eval_every_steps = 0
   c.checkpoint_every_steps = 2
   for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    config_lib.set_by_path(c, key, value)
   return c
 
 

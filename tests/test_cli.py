@@ -84,16 +84,23 @@ def test_paper_network_full_size(tmp_path):
 def test_demo_recipe_learns_through_the_command_line(tmp_path):
   """generate -> prepare -> train configs/demo.py -> evaluate --crops=10, each by its command; error << chance."""
   env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}  # one CPU device: faster than 8 fake ones
-  run = lambda *cmd: subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, env=env, capture_output=True,
-                                    text=True, timeout=900)
+  run = lambda *cmd: subprocess.run(
+    [sys.executable, "-m", *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+  )
   out = run("alexnet_jax.shapes", f"--output_dir={tmp_path}/raw", "--train_per_class=200", "--val_per_class=20")
   assert out.returncode == 0, out.stderr[-2000:]
   out = run("alexnet_jax.prepare", f"--input_dir={tmp_path}/raw", f"--output_dir={tmp_path}/data", "--image_size=76")
   assert out.returncode == 0, out.stderr[-2000:]
   assert "train: 2000, val: 200" in out.stdout
-  out = run("alexnet_jax.main", "--config=configs/demo.py", f"--workdir={tmp_path}/run",
-            f"--config.data.dir={tmp_path}/data", "--config.num_train_steps=800", "--config.schedule.name=constant",
-            "--config.log_every_steps=100")
+  out = run(
+    "alexnet_jax.main",
+    "--config=configs/demo.py",
+    f"--workdir={tmp_path}/run",
+    f"--config.data.dir={tmp_path}/data",
+    "--config.num_train_steps=800",
+    "--config.schedule.name=constant",
+    "--config.log_every_steps=100",
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   out = run("alexnet_jax.evaluate", f"--workdir={tmp_path}/run", "--crops=10")
   assert out.returncode == 0, out.stderr[-3000:]

@@ -141,6 +141,16 @@ def test_evaluation_counts_every_example_exactly_once():
   assert result["top5_error"] == pytest.approx(float(np.mean(per_example)), abs=1e-6)
 
 
+def test_saved_config_round_trips():
+  from alexnet_jax import evaluate
+
+  config = tiny_config(**{"schedule.step_epochs": (3.0, 7.0), "model.dtype": "bfloat16"})
+  back = evaluate.config_from_json(config_lib.to_json(config))
+  assert back.to_dict() == config.to_dict() and isinstance(back.schedule.step_epochs, tuple)
+  with pytest.raises(ValueError, match="does not know"):
+    evaluate.config_from_json({**config_lib.to_json(config), "nonsense": 1})
+
+
 # ---- Bad input gets a clear error ---------------------------------------------------------------------------------
 def test_unknown_config_key_lists_the_valid_ones():
   config = tiny_config()
