@@ -197,3 +197,40 @@ def test_workdir_outputs(tmp_path):
   assert eval_rows[-1]["step"] == 2 and eval_rows[-1]["eval_num_examples"] == 20
   assert any(pathlib.Path(tmp_path, "tensorboard").iterdir())
   assert os.path.isdir(tmp_path / "checkpoints" / "2")
+
+
+def test_evaluate_cli_function_single_and_ensemble(tmp_path):
+  """evaluate_workdirs: the eval JSON; a run ensembled with itself is itself; two runs average their softmax."""
+  import json
+
+  from flax import nnx
+
+  from alexnet_jax import evaluate
+
+  for name, seed in (("a", 0), ("b", 1)):
+    train.train_and_evaluate(tiny_config(num_train_steps=2, seed=seed), tmp_path / name)
+  single = evaluate.evaluate_workdirs([str(tmp_path / "a")], crops=1)
+  saved = json.loads((tmp_path / "a" / "eval" / "step2_1crop.json").read_text())
+  assert {k: saved[k] for k in ("step", "crops", "num_examples")} == {"step": 2, "crops": 1, "num_examples": 20}
+  assert saved["top1_error"] == single["top1_error"]
+  same = evaluate.evaluate_workdirs([str(tmp_path / "a"), str(tmp_path / "a")], crops=1)
+  assert (same["top1_error"], same["top5_error"]) == (single["top1_error"], single["top5_error"])
+  assert same["loss"] == pytest.approx(single["loss"], rel=1e-6)
+  both = evaluate.evaluate_workdirs([str(tmp_path / "a"), str(tmp_path / "b")], crops=1)
+  assert (tmp_path / "a" / "eval" / "ensemble2_1crop.json").exists()
+  # The same number by hand: average the two models' softmax over the 20 examples.
+  config = tiny_config(num_train_steps=2)
+  source = input_pipeline.create_source(config)
+  probs, labels = [], None
+  for name, seed in (("a", 0), ("b", 1)):
+    _, state, graphdef = train.load_checkpoint(tiny_config(num_train_steps=2, seed=seed), tmp_path / name)
+    model = nnx.merge(graphdef, jax.device_get(state["params"]))
+    batches = list(source.eval_batches(16))
+    p = np.concatenate([np.asarray(jax.nn.softmax(model(source.preprocess(b)))) for b in batches])
+    mask = np.concatenate([b["mask"] for b in batches]).astype(bool)
+    probs.append(p[mask])
+    labels = np.concatenate([b["label"] for b in batches])[mask]
+  mean = (probs[0] + probs[1]) / 2
+  expected_loss = float(np.mean(-np.log(mean[np.arange(20), labels])))
+  assert both["loss"] == pytest.approx(expected_loss, rel=1e-4)
+  assert both["top1_error"] == pytest.approx(float(np.mean(mean.argmax(1) != labels)))
