@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -73,6 +73,24 @@ def schedule_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> t
   total = config.num_train_steps if config.num_train_steps > 0 else int(round(config.num_epochs * steps_per_epoch))
   eval_every = {-1: steps_per_epoch, 0: total}.get(config.eval_every_steps, config.eval_every_steps)
   return steps_per_epoch, total, max(1, eval_every)
+
+
+class StatePlan(NamedTuple):
+  """Everything about the train state that is known before any array exists."""
+
+  graphdef: Any
+  init: Callable[[], dict[str, Any]]  # pure; jit it with out_shardings=shardings
+  tx: Any
+  abstract: Any  # jax.ShapeDtypeStruct pytree
+  shardings: Any  # NamedSharding pytree on the given mesh
+
+
+def plan_state(config: ml_collections.ConfigDict, mesh) -> StatePlan:
+  """Model, optimiser, the state's shapes (``jax.eval_shape``) and where each array lives on ``mesh``."""
+  tx = make_optimizer(config)
+  graphdef, init = steps.init_train_state(make_model_fn(config), tx, config.seed)
+  abstract = jax.eval_shape(init)
+  return StatePlan(graphdef, init, tx, abstract, parallel.state_shardings(mesh, abstract))
 
 
 def make_lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int):
@@ -172,11 +190,8 @@ def load_checkpoint(
 ) -> tuple[int, dict[str, Any], Any]:
   """(step, train state, graphdef) of the newest readable checkpoint in ``workdir`` (or of ``step``), laid out on
   ``mesh`` (default: every device). For evaluation, notebooks and tests."""
-  mesh = mesh or parallel.create_mesh(config.mesh.model)
-  tx = make_optimizer(config)
-  graphdef, init = steps.init_train_state(make_model_fn(config), tx, config.seed)
-  abstract = jax.eval_shape(init)
-  target = checkpoint_lib.abstract_with_shardings(abstract, parallel.state_shardings(mesh, abstract))
+  plan = plan_state(config, mesh or parallel.create_mesh(config.mesh.model))
+  target = checkpoint_lib.abstract_with_shardings(plan.abstract, plan.shardings)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), max_to_keep=10**9)
   try:
     restored = ckpt.restore(step, target) if step is not None else ckpt.restore_latest(target)
@@ -184,7 +199,7 @@ def load_checkpoint(
     ckpt.close()
   if restored is None:
     raise ValueError(f"no checkpoint in {workdir}/checkpoints: train first, or check --workdir")
-  return restored[0], restored[1], graphdef
+  return restored[0], restored[1], plan.graphdef
 
 
 class _QuietOrbax(logging_std.Filter):
@@ -331,12 +346,8 @@ def train_and_evaluate(
   steps_per_epoch, num_train_steps, eval_every = schedule_steps(config, source.steps_per_epoch(config.batch_size))
 
   # ---- Model and optimiser: shapes first, then the state created where it lives --------------------------------
-  make_model = make_model_fn(config)
-  tx = make_optimizer(config)
+  graphdef, init, tx, abstract, shardings = plan_state(config, mesh)
   lr_schedule = make_lr_schedule(config, steps_per_epoch, num_train_steps)
-  graphdef, init = steps.init_train_state(make_model, tx, config.seed)
-  abstract = jax.eval_shape(init)
-  shardings = parallel.state_shardings(mesh, abstract)
   num_params = model_lib.count_params(abstract["params"])
   logging.info("Model %s: %d parameters", config.model.name, num_params)
 

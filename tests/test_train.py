@@ -17,9 +17,7 @@ def first_steps(config, devices, n=2):
   """Losses and final state of n train steps on the given devices (data parallel over all of them)."""
   mesh = parallel.create_mesh(1, devices)
   source = input_pipeline.create_source(config)
-  tx = train.make_optimizer(config)
-  graphdef, init = steps.init_train_state(train.make_model_fn(config), tx, config.seed)
-  shardings = parallel.state_shardings(mesh, jax.eval_shape(init))
+  graphdef, init, tx, _, shardings = train.plan_state(config, mesh)
   state = jax.jit(init, out_shardings=shardings)()
   step = jax.jit(
     steps.make_train_step(graphdef, tx, train.make_lr_schedule(config, 10, 10), source.preprocess),
@@ -124,9 +122,7 @@ def test_evaluation_counts_every_example_exactly_once():
   config.data.num_eval_examples = 21  # 21 = 16 + 5: padding on the second batch, 8 devices
   mesh = parallel.create_mesh(1)
   source = input_pipeline.create_source(config)
-  tx = train.make_optimizer(config)
-  graphdef, init = steps.init_train_state(train.make_model_fn(config), tx, config.seed)
-  shardings = parallel.state_shardings(mesh, jax.eval_shape(init))
+  graphdef, init, _, _, shardings = train.plan_state(config, mesh)
   params = jax.jit(init, out_shardings=shardings)()["params"]
   eval_step = train.jit_eval_step(graphdef, source.preprocess, mesh, shardings["params"])
   result = train.evaluate(eval_step, params, source.eval_batches(16), parallel.batch_sharding(mesh))

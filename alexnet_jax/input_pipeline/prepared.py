@@ -274,6 +274,7 @@ class PreparedSource:
     if epoch is None:  # evaluation: files in order, every example once
       ds = tf.data.TFRecordDataset(files, num_parallel_reads=1)
       ds = ds.map(self._eval_example, num_parallel_calls=parallel, deterministic=True)
+      ds = ds.batch(batch).map(self._to_batch, num_parallel_calls=parallel, deterministic=True)
     else:
       order = np.random.default_rng([self.seed, epoch, jax.process_index()]).permutation(len(files))
       ds = tf.data.Dataset.from_tensor_slices([files[i] for i in order])
@@ -291,8 +292,6 @@ class PreparedSource:
       ds = ds.skip(skip_examples)  # before decoding: skipping costs only reading
       ds = ds.map(self._train_example(_seed(self.seed, epoch)), num_parallel_calls=parallel, deterministic=True)
       ds = ds.batch(batch, drop_remainder=True).map(self._train_batch, num_parallel_calls=parallel, deterministic=True)
-    if epoch is None:
-      ds = ds.batch(batch).map(self._to_batch, num_parallel_calls=parallel, deterministic=True)
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
   # ---- the source interface --------------------------------------------------------------------------------------
