@@ -28,8 +28,9 @@ test-fast: install
 	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 -q -m "not slow" tests
 
 lint: install
-	$(BIN)/ruff check alexnet_jax configs tests benchmarks
-	$(BIN)/ruff format --check alexnet_jax configs tests benchmarks
+	$(BIN)/ruff check alexnet_jax configs tests benchmarks launch
+	$(BIN)/ruff format --check alexnet_jax configs tests benchmarks launch
+	$(BIN)/shellcheck launch/*.sh launch/*.sbatch
 
 # Generate the embedded dataset, prepare it, train a small AlexNet on this machine's own devices, 10-crop evaluate.
 demo: install

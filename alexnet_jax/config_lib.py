@@ -56,7 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.width = 1.0  # < 1 scales every layer down (CPU demos and tests); 1.0 is the paper
   c.model.dropout_rate = 0.5
   c.model.lrn_alpha_over_n = False  # False: alpha as printed in Sec. 3.3; True: alpha/n as in cuda-convnet/Caffe
-  c.model.conv_impl = "split"  # grouped convs as two convs ('split') or feature_group_count ('grouped'): same math
+  # Grouped convs as two convs ('split', fastest on CPU) or one feature_group_count conv ('grouped', which GSPMD
+  # places one group per device of the 'model' axis). 'auto': 'split' when mesh.model=1, else 'grouped'. Same math.
+  c.model.conv_impl = "auto"
   c.model.init = ""  # '': the architecture's own ('paper': N(0, 0.01) and biases of 1; 'owt': PyTorch's default)
   c.model.dtype = "float32"  # compute dtype; parameters stay float32; LRN, softmax and loss run in float32
 
@@ -148,6 +150,13 @@ def unknown_keys_message(unknown: list[str], known) -> str:
   return f"unknown config key(s): {', '.join(hints)}. Valid keys: {', '.join(sorted(known))}"
 
 
+def unknown_override_message(argv: list[str], error: Exception) -> str:
+  """The one-line error for ``--config.KEY=VALUE`` flags that absl could not parse (unknown keys, with hints)."""
+  known = flatten(base_config())
+  given = [a[len("--config.") :].split("=")[0] for a in argv if a.startswith("--config.")]
+  return unknown_keys_message([k for k in given if k not in known] or [str(error)], known)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raise ValueError naming what is wrong (and the valid choices) for unknown keys or impossible values."""
   known = flatten(base_config())
@@ -165,7 +174,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   choice("model.name", config.model.name, model_lib.ARCHITECTURES)
   choice("model.dtype", config.model.dtype, DTYPES)
-  choice("model.conv_impl", config.model.conv_impl, ("split", "grouped"))
+  choice("model.conv_impl", config.model.conv_impl, ("auto", "split", "grouped"))
   choice("model.init", config.model.init, ("", *model_lib.INITS))
   choice("optimizer.weight_decay_mode", config.optimizer.weight_decay_mode, optim.WEIGHT_DECAY_MODES)
   choice("schedule.name", config.schedule.name, optim.SCHEDULES)

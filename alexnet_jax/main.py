@@ -18,6 +18,9 @@ flags.DEFINE_bool("allow_config_change", False, "Resume even though config keys 
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_integer(
+  "heartbeat_timeout_seconds", 100, "Multi-process: how soon the others stop (with an error) after a process dies."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving; rerun to resume
@@ -28,7 +31,8 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from alexnet_jax import distributed
 
-  distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
+  f = flags.FLAGS
+  distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, f.heartbeat_timeout_seconds)
   from alexnet_jax import train
 
   train.quiet_orbax_logs()
@@ -50,10 +54,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError) as e:
     from alexnet_jax import config_lib
 
-    known = config_lib.flatten(config_lib.base_config())
-    given = [a[len("--config.") :].split("=")[0] for a in argv if a.startswith("--config.")]
-    unknown = [k for k in given if k not in known] or [str(e)]
-    print(f"error: {config_lib.unknown_keys_message(unknown, known)}", file=sys.stderr)
+    print(f"error: {config_lib.unknown_override_message(argv, e)}", file=sys.stderr)
     sys.exit(2)
 
 

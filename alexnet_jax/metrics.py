@@ -82,9 +82,10 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
 
 
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard (WORKDIR/tensorboard) + log + WORKDIR/metrics.jsonl on process 0; log only elsewhere."""
+  """TensorBoard (WORKDIR/tensorboard) + log + WORKDIR/metrics.jsonl on process 0; nothing elsewhere (every process
+  computes the same global metrics)."""
   if jax.process_index() > 0:
-    return metric_writers.LoggingWriter()
+    return metric_writers.MultiWriter([])
   return metric_writers.MultiWriter(
     [
       metric_writers.LoggingWriter(),

@@ -70,6 +70,14 @@ def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
   return jax.tree_util.tree_map_with_path(sharding, abstract_state)
 
 
+def bytes_per_device(abstract: Any, shardings: Any) -> int:
+  """The largest number of bytes any one device holds of a pytree laid out by ``shardings``."""
+  per_leaf = jax.tree.map(
+    lambda x, s: int(np.prod(s.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize, abstract, shardings
+  )
+  return int(sum(jax.tree.leaves(per_leaf)))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Batches are split over 'data' on their leading axis (and replicated over 'model')."""
   return NamedSharding(mesh, P("data"))

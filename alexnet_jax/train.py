@@ -52,10 +52,18 @@ def make_model_fn(config: ml_collections.ConfigDict) -> Callable[..., model_lib.
     width=m.width,
     dropout_rate=m.dropout_rate,
     lrn_alpha_over_n=m.lrn_alpha_over_n,
-    conv_impl=m.conv_impl,
+    conv_impl=conv_impl(config),
     init=m.init or None,
     dtype=m.dtype,
   )
+
+
+def conv_impl(config: ml_collections.ConfigDict) -> str:
+  """'auto' -> two convs per grouped layer on one model shard (fastest on CPU); one ``feature_group_count`` conv when
+  the 'model' axis splits the groups over devices (each device then computes its own group, as in the paper)."""
+  if config.model.conv_impl != "auto":
+    return config.model.conv_impl
+  return "split" if config.mesh.model == 1 else "grouped"
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
@@ -301,17 +309,21 @@ class _PreemptionFlag:
 
   def _handle(self, signum, frame):
     del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint at the end of this step, then stopping.")
+    logging.warning("SIGTERM received: saving a checkpoint at the next step all processes reach, then stopping.")
     self.set = True
 
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
-  def reached(self) -> bool:
+  def reached(self, step: int, every: int) -> bool:
+    """With one process: whether SIGTERM came. With several, all must stop at the same step, so they agree (one
+    small all-gather, which waits for the step to finish) only every ``every`` steps, where the loop syncs anyway."""
     if jax.process_count() == 1:
       return self.set
-    from jax.experimental import multihost_utils  # every process must agree to stop at the same step
+    if step % every:
+      return False
+    from jax.experimental import multihost_utils
 
     return bool(multihost_utils.process_allgather(np.asarray(self.set)).any())
 
@@ -501,7 +513,7 @@ def train_and_evaluate(
               )
             state = {**state, "plateau": jax.device_put(plateau, shardings["plateau"])}
 
-        preempted = preemption.reached()
+        preempted = preemption.reached(step, config.log_every_steps)
         if step % config.checkpoint_every_steps == 0 or last or preempted:
           if train_metrics is not None:  # never save a state that followed a non-finite step
             check_finite(train_metrics.compute())
