@@ -63,6 +63,24 @@ def layer_flops(model) -> dict[str, int]:
 # -----------------------------------------------------------------------------------------------------------------
 # The train step.
 # -----------------------------------------------------------------------------------------------------------------
+def step_fn(graphdef, tx, mesh, shardings):
+  """The jitted train step on uint8 batches (mean subtraction inside), constant learning rate, state donated."""
+  import jax
+  import jax.numpy as jnp
+
+  from alexnet_jax import optim, parallel
+  from alexnet_jax import steps as steps_lib
+
+  preprocess = lambda b: b["image"].astype(jnp.float32) - 127.5
+  schedule = optim.base_schedule("constant", learning_rate=0.01, steps_per_epoch=1, total_steps=1)
+  return jax.jit(
+    steps_lib.make_train_step(graphdef, tx, schedule, preprocess),
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, parallel.replicated(mesh)),
+    donate_argnums=0,
+  )
+
+
 def bench_train_step(
   model_name: str,
   batch_size: int,
@@ -73,26 +91,64 @@ def bench_train_step(
   conv_impl: str,
   peak_tflops: float | None,
   show_layers: bool,
+  mesh_model: int = 1,
+  memory_only: bool = False,
+  conv1_impl: str = "auto",
 ) -> dict:
   import functools
 
   import jax
-  import jax.numpy as jnp
   from flax import nnx
 
   from alexnet_jax import model as model_lib
   from alexnet_jax import optim, parallel
   from alexnet_jax import steps as steps_lib
 
-  make_model = functools.partial(model_lib.AlexNet, model_name, width=width, conv_impl=conv_impl, dtype=dtype)
+  if conv_impl == "auto":  # as train.conv_impl
+    conv_impl = "grouped" if mesh_model > 1 and jax.default_backend() != "cpu" else "split"
+  if conv1_impl == "auto":  # as train.conv1_impl
+    conv1_impl = "patches" if jax.default_backend() == "cpu" else "conv"
+  make_model = functools.partial(
+    model_lib.AlexNet, model_name, width=width, conv_impl=conv_impl, conv1_impl=conv1_impl, dtype=dtype
+  )
   tx = optim.paper_sgd()
   graphdef, init = steps_lib.init_train_state(make_model, tx, seed=0)
-  mesh = parallel.create_mesh(1)
+  mesh = parallel.create_mesh(mesh_model)
   parallel.check_batch_size(batch_size, mesh)
-  shardings = parallel.state_shardings(mesh, jax.eval_shape(init))
-  state = jax.jit(init, out_shardings=shardings)()
+  abstract = jax.eval_shape(init)
+  shardings = parallel.state_shardings(mesh, abstract)
   size = model_lib.ARCHITECTURES[model_name].image_size
   rng = np.random.default_rng(0)
+  layout = {  # what every row says about the run, and where the state lives
+    "model": model_name,
+    "batch_size": batch_size,
+    "dtype": dtype,
+    "width": width,
+    "conv_impl": conv_impl,
+    "conv1_impl": conv1_impl,
+    "mesh": dict(mesh.shape),
+    "param_bytes_per_device": parallel.bytes_per_device(abstract["params"], shardings["params"]),
+    "state_bytes_per_device": parallel.bytes_per_device(abstract, shardings),
+  }
+  if memory_only:  # compile only: what each device holds (arguments) and needs besides (temporaries: activations)
+    batch_shapes = {
+      "image": jax.ShapeDtypeStruct((batch_size, size, size, 3), np.uint8),
+      "label": jax.ShapeDtypeStruct((batch_size,), np.int32),
+    }
+    compiled = step_fn(graphdef, tx, mesh, shardings).lower(abstract, batch_shapes).compile()
+    stats = compiled.memory_analysis()
+    return {
+      "what": "train_step_memory",
+      **layout,
+      "argument_bytes_per_device": stats.argument_size_in_bytes,
+      "temp_bytes_per_device": stats.temp_size_in_bytes,
+      "output_bytes_per_device": stats.output_size_in_bytes,
+      "alias_bytes_per_device": stats.alias_size_in_bytes,
+      "device": jax.devices()[0].device_kind,
+      "num_devices": mesh.size,
+      "jax": jax.__version__,
+    }
+  state = jax.jit(init, out_shardings=shardings)()
   batch = parallel.to_global(
     {
       "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
@@ -100,15 +156,7 @@ def bench_train_step(
     },
     parallel.batch_sharding(mesh),
   )
-  preprocess = lambda b: b["image"].astype(jnp.float32) - 127.5
-  step = jax.jit(
-    steps_lib.make_train_step(
-      graphdef, tx, optim.base_schedule("constant", learning_rate=0.01, steps_per_epoch=1, total_steps=1), preprocess
-    ),
-    in_shardings=(shardings, parallel.batch_sharding(mesh)),
-    out_shardings=(shardings, parallel.replicated(mesh)),
-    donate_argnums=0,
-  )
+  step = step_fn(graphdef, tx, mesh, shardings)
 
   abstract_model = nnx.eval_shape(lambda: make_model(rngs=nnx.Rngs(0)))
   per_layer = layer_flops(abstract_model)
@@ -136,11 +184,7 @@ def bench_train_step(
     pass
   row = {
     "what": "train_step",
-    "model": model_name,
-    "batch_size": batch_size,
-    "dtype": dtype,
-    "width": width,
-    "conv_impl": conv_impl,
+    **layout,
     "images_per_sec": batch_size / (ms / 1e3),
     "ms_per_step": ms,
     "ms_per_step_windows": [t * 1e3 for t in times],
@@ -149,7 +193,7 @@ def bench_train_step(
     "mfu": achieved / (peak * 1e12) if peak else None,
     "peak_memory_bytes": memory,
     "device": kind,
-    "num_devices": 1,
+    "num_devices": mesh.size,
     "jax": jax.__version__,
   }
   if show_layers:
@@ -258,7 +302,14 @@ def define_flags() -> None:
   flags.DEFINE_integer("steps", 5, "Steps per timed window (input: batches timed).")
   flags.DEFINE_integer("windows", 3, "Timed windows; the median is reported.")
   flags.DEFINE_float("width", 1.0, "Network width multiplier (1.0 = the paper).")
-  flags.DEFINE_enum("conv_impl", "split", ["split", "grouped"], "Grouped convolutions as two convs or one.")
+  flags.DEFINE_enum(
+    "conv_impl", "auto", ["auto", "split", "grouped"], "Grouped convs as two convs or one (auto: as in training)."
+  )
+  flags.DEFINE_enum(
+    "conv1_impl", "auto", ["auto", "conv", "patches"], "conv1 as a convolution or patches x matrix (auto: CPU patches)."
+  )
+  flags.DEFINE_integer("mesh_model", 1, "Size of the mesh's 'model' axis (2: the paper's split) over all devices.")
+  flags.DEFINE_bool("memory_only", False, "Compile only; print per-device parameter, state and temporary bytes.")
   flags.DEFINE_float("peak_tflops", None, "The device's peak, for MFU where it is not known.")
   flags.DEFINE_bool("layers", False, "Also print the forward FLOPs of every layer.")
   flags.DEFINE_bool("input_only", False, "Benchmark the training input instead of the train step.")
@@ -273,7 +324,20 @@ def main(argv: list[str]) -> None:
       emit(row)
     return
   emit(
-    bench_train_step(f.model, f.batch_size, f.dtype, f.steps, f.windows, f.width, f.conv_impl, f.peak_tflops, f.layers)
+    bench_train_step(
+      f.model,
+      f.batch_size,
+      f.dtype,
+      f.steps,
+      f.windows,
+      f.width,
+      f.conv_impl,
+      f.peak_tflops,
+      f.layers,
+      mesh_model=f.mesh_model,
+      memory_only=f.memory_only,
+      conv1_impl=f.conv1_impl,
+    )
   )
 
 

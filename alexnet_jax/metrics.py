@@ -20,7 +20,6 @@ class TrainMetrics(metrics.Collection):
   top1_error: metrics.Average.from_output("top1_error")
   top5_error: metrics.Average.from_output("top5_error")
   grad_norm: metrics.Average.from_output("grad_norm")
-  param_norm: metrics.LastValue.from_output("param_norm")
   learning_rate: metrics.LastValue.from_output("learning_rate")
   finite: metrics.Average.from_output("finite")
 

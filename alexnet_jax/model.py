@@ -15,6 +15,7 @@ step's key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -76,40 +77,138 @@ ARCHITECTURES: dict[str, Architecture] = {
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's building blocks, as plain functions.
 # ---------------------------------------------------------------------------------------------------------------
+def _lrn_window_sum(sq: Array, n: int) -> Array:
+  """Sum over each channel's window of ``n`` neighbours (zero beyond the edges): n shifted slices, one fused pass."""
+  half, channels = n // 2, sq.shape[-1]
+  padded = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(half, half)])
+  return sum(padded[..., i : i + channels] for i in range(n))
+
+
+def _neg_pow(d: Array, beta: float) -> Array:
+  """d ** -beta; for the paper's beta = 0.75 as rsqrt(d) * sqrt(rsqrt(d)), several times cheaper than pow."""
+  if beta == 0.75:
+    r = jax.lax.rsqrt(d)
+    return r * jnp.sqrt(r)
+  return jax.lax.pow(d, -beta)
+
+
+def _lrn_reference(
+  x: Array, *, k: float = 2.0, n: int = 5, alpha: float = 1e-4, beta: float = 0.75, alpha_over_n: bool = False
+) -> Array:
+  """The formula of Sec. 3.3 written directly (and differentiated by JAX): the reference for the fast path."""
+  a = x.astype(jnp.float32)
+  scale = alpha / n if alpha_over_n else alpha
+  return (a * jax.lax.pow(k + scale * _lrn_window_sum(jnp.square(a), n), -beta)).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _lrn(a: Array, k: float, n: int, scale: float, beta: float) -> Array:
+  return a * _neg_pow(k + scale * _lrn_window_sum(jnp.square(a), n), beta)
+
+
+def _lrn_fwd(a, k, n, scale, beta):
+  d = k + scale * _lrn_window_sum(jnp.square(a), n)
+  return a * _neg_pow(d, beta), (a, d)
+
+
+def _lrn_bwd(k, n, scale, beta, residuals, g):
+  # b_i = a_i d_i^-beta with d_j = k + scale * sum_{m in W(j)} a_m^2, and i in W(j) <=> j in W(i):
+  # dL/da_i = g_i d_i^-beta - 2 scale beta a_i sum_{j in W(i)} g_j a_j d_j^(-beta-1).
+  del k
+  a, d = residuals
+  s = _neg_pow(d, beta)
+  return (g * s - (2.0 * scale * beta) * a * _lrn_window_sum(g * a * s / d, n),)
+
+
+_lrn.defvjp(_lrn_fwd, _lrn_bwd)
+
+
 def local_response_norm(
   x: Array, *, k: float = 2.0, n: int = 5, alpha: float = 1e-4, beta: float = 0.75, alpha_over_n: bool = False
 ) -> Array:
   """Sec. 3.3: b_i = a_i / (k + alpha * sum_{j=i-n/2}^{i+n/2} a_j^2)^beta over channels (the last axis).
 
   ``alpha_over_n=False`` is the formula as printed; ``True`` divides alpha by n, as the authors' cuda-convnet,
-  Caffe and PyTorch do. Computed in float32 whatever the input dtype; the windowed sum is n shifted slices of the
-  zero-padded squares, which XLA fuses into one pass.
+  Caffe and PyTorch do. Computed in float32 whatever the input dtype. The fast path: its gradient is written by hand
+  (one more windowed sum, instead of JAX's transpose of n slices: 4.7x less time for forward + backward on CPU) and
+  ``beta = 0.75`` uses rsqrt instead of pow; ``_lrn_reference`` is the plain formula, and the tests
+  hold the two to float32 rounding.
   """
-  a = x.astype(jnp.float32)
-  half = n // 2
-  sq = jnp.pad(jnp.square(a), [(0, 0)] * (a.ndim - 1) + [(half, half)])
-  channels = a.shape[-1]
-  window_sum = sum(sq[..., i : i + channels] for i in range(n))
   scale = alpha / n if alpha_over_n else alpha
-  return (a * jax.lax.pow(k + scale * window_sum, -beta)).astype(x.dtype)
+  return _lrn(x.astype(jnp.float32), float(k), int(n), float(scale), float(beta)).astype(x.dtype)
 
 
+def _window_slices(x: Array, axis: int, window: int, stride: int) -> list[Array]:
+  """The ``window`` strided slices along ``axis`` whose elementwise maximum is a 1-D max-pool."""
+  n = (x.shape[axis] - window) // stride + 1
+  return [jax.lax.slice_in_dim(x, i, i + stride * (n - 1) + 1, stride, axis) for i in range(window)]
+
+
+def _max_1d(x: Array, axis: int, window: int, stride: int) -> Array:
+  slices = _window_slices(x, axis, window, stride)
+  out = slices[0]
+  for s in slices[1:]:
+    out = jnp.maximum(out, s)
+  return out
+
+
+def _max_1d_grad(x: Array, y: Array, g: Array, axis: int, window: int, stride: int) -> Array:
+  """Gradient of ``y = _max_1d(x)``: each output's gradient to the first maximum of its window."""
+  zero = jnp.zeros((), g.dtype)
+  taken = jnp.zeros(y.shape, bool)
+  routed = []
+  for s in _window_slices(x, axis, window, stride):
+    hit = (s == y) & ~taken
+    taken = taken | hit
+    routed.append(jnp.where(hit, g, zero))
+  length, n = x.shape[axis], y.shape[axis]
+  if (window, stride) == (3, 2):  # input 2b <- offset 0 of output b and offset 2 of b-1; input 2b+1 <- offset 1 of b
+    even = _pad_axis(routed[0], axis, 0, 1) + _pad_axis(routed[2], axis, 1, 0)
+    odd = _pad_axis(routed[1], axis, 0, 1)
+    shape = list(y.shape)
+    shape[axis] = 2 * (n + 1)
+    dx = jax.lax.slice_in_dim(jnp.stack([even, odd], axis=axis + 1).reshape(shape), 0, 2 * n + 1, axis=axis)
+    return _pad_axis(dx, axis, 0, length - (2 * n + 1))
+  dx = jnp.zeros(x.shape, g.dtype)
+  for i, gi in enumerate(routed):  # any other window and stride: interior-padded copies
+    widths = [(0, 0, 0)] * x.ndim
+    widths[axis] = (i, length - i - stride * (n - 1) - 1, stride - 1)
+    dx = dx + jax.lax.pad(gi, zero, widths)
+  return dx
+
+
+def _pad_axis(a: Array, axis: int, before: int, after: int) -> Array:
+  widths = [(0, 0)] * a.ndim
+  widths[axis] = (before, after)
+  return jnp.pad(a, widths)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def overlapping_max_pool(x: Array, window: int = 3, stride: int = 2) -> Array:
   """Sec. 3.4: max-pooling over NHWC with window 3, stride 2, no padding.
 
-  Written as the maximum of window*window strided slices rather than ``lax.reduce_window``: the gradient is then
-  elementwise selects, not ``select_and_scatter`` (which XLA's deterministic GPU mode refuses), and on CPU it is no
-  slower.
+  Separable (a 1-D max over columns, then over rows: 4 maximums of strided slices instead of 8) and not
+  ``lax.reduce_window``, with the gradient written by hand: each output's gradient goes to the first maximum of its
+  window in row-major order (what ``select_and_scatter`` and PyTorch do; JAX's own gradient of ``maximum`` would
+  split ties), scattered with unstrided pads and an interleave. No ``select_and_scatter``, which XLA's deterministic
+  GPU mode refuses.
   """
-  _, h, w, _ = x.shape
-  out_h = (h - window) // stride + 1
-  out_w = (w - window) // stride + 1
-  out = None
-  for i in range(window):
-    for j in range(window):
-      s = x[:, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride, :]
-      out = s if out is None else jnp.maximum(out, s)
-  return out
+  return _max_1d(_max_1d(x, 2, window, stride), 1, window, stride)
+
+
+def _max_pool_fwd(x, window, stride):
+  y = overlapping_max_pool(x, window, stride)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, stride, residuals, g):
+  x, y = residuals
+  columns = _max_1d(x, 2, window, stride)  # recomputed: cheaper than keeping it
+  d_columns = _max_1d_grad(columns, y, g, 1, window, stride)
+  return (_max_1d_grad(x, columns, d_columns, 2, window, stride),)
+
+
+overlapping_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def adaptive_avg_pool(x: Array, size: int) -> Array:
@@ -141,6 +240,8 @@ def grouped_conv(x: Array, kernel: Array, *, groups: int, stride: int, padding: 
     dimension_numbers=("NHWC", "HWIO", "NHWC"),
     feature_group_count=g,
   )
+  if impl == "patches" and groups == 1:
+    return patches_conv(x, kernel, stride=stride, padding=padding)
   if groups == 1 or impl == "grouped":
     return conv(x, kernel, groups)
   if impl != "split":
@@ -148,6 +249,29 @@ def grouped_conv(x: Array, kernel: Array, *, groups: int, stride: int, padding: 
   xs = jnp.split(x, groups, axis=-1)
   ks = jnp.split(kernel, groups, axis=-1)
   return jnp.concatenate([conv(xi, ki, 1) for xi, ki in zip(xs, ks, strict=True)], axis=-1)
+
+
+def patches_conv(x: Array, kernel: Array, *, stride: int, padding: int) -> Array:
+  """A strided convolution as one matrix product: the (kh*kw*C)-long patch under each output position (strided
+  slices, concatenated on channels) times the kernel reshaped to (kh*kw*C, out). The same function as the conv; for
+  conv1 (3 input channels, 11x11, stride 4) XLA's CPU convolution reaches ~27 GFLOP/s and this ~3x that, forward +
+  kernel gradient (no input gradient is needed for the first layer)."""
+  n, h, w, c = x.shape
+  kh, kw, kc, out_channels = kernel.shape
+  if kc != c:
+    raise ValueError("patches_conv computes ungrouped convolutions only")
+  x = jnp.pad(x, [(0, 0), (padding, padding), (padding, padding), (0, 0)])
+  out_h, out_w = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+  patches = jnp.concatenate(
+    [
+      x[:, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride, :]
+      for i in range(kh)
+      for j in range(kw)
+    ],
+    axis=-1,
+  )
+  y = patches.reshape(n * out_h * out_w, kh * kw * c) @ kernel.reshape(kh * kw * c, out_channels)
+  return y.reshape(n, out_h, out_w, out_channels)
 
 
 def dropout(x: Array, rate: float, rng: Array | None) -> Array:
@@ -261,6 +385,7 @@ class AlexNet(nnx.Module):
     dropout_rate: float = 0.5,
     lrn_alpha_over_n: bool = False,
     conv_impl: str = "split",
+    conv1_impl: str = "conv",
     init: str | None = None,
     dtype: str | jnp.dtype = "float32",
     rngs: nnx.Rngs,
@@ -274,6 +399,8 @@ class AlexNet(nnx.Module):
     self.lrn_alpha_over_n = lrn_alpha_over_n
     dtype = jnp.dtype(dtype)
     init = init or ("paper" if name == "paper" else "torch")
+    if conv1_impl not in ("conv", "patches"):
+      raise ValueError(f"model.conv1_impl must be 'conv' or 'patches', got {conv1_impl!r}")
     if init not in INITS:
       raise ValueError(f"model.init must be one of {sorted(INITS)}, got {init!r}")
 
@@ -292,7 +419,7 @@ class AlexNet(nnx.Module):
           groups=arch.conv_groups[i],
           init=init,
           bias_value=1.0 if layer in arch.bias_one else 0.0,
-          impl=conv_impl,
+          impl=conv1_impl if i == 0 else conv_impl,
           dtype=dtype,
           rngs=rngs,
         )

@@ -42,7 +42,8 @@ def make_train_step(
   """A pure ``train_step(state, batch) -> (state, outputs)``; jit it with the shardings you want.
 
   ``outputs`` holds per-example ``loss``, ``top1_error``, ``top5_error`` and scalars ``grad_norm``,
-  ``param_norm``, ``learning_rate`` and ``finite``. When the loss or the gradient norm is not finite the state is
+  ``learning_rate`` and ``finite`` (the parameter norm costs a pass over every parameter: ``global_norm`` it at
+  logging time). When the loss or the gradient norm is not finite the state is
   returned unchanged (``finite`` = 0): a bad batch can never reach the parameters or a checkpoint.
   """
 
@@ -59,20 +60,23 @@ def make_train_step(
 
     (_, (per_example, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     lr = lr_schedule(step) * state["plateau"]["scale"]
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"], learning_rate=lr)
-    params = optax.apply_updates(state["params"], updates)
-
     grad_norm = global_norm(grads)
     finite = jnp.isfinite(per_example.mean()) & jnp.isfinite(grad_norm)
-    new_state = {**state, "step": step + 1, "params": params, "opt_state": opt_state}
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+
+    def apply(state: State) -> State:
+      updates, opt_state = tx.update(grads, state["opt_state"], state["params"], learning_rate=lr)
+      params = optax.apply_updates(state["params"], updates)
+      return {**state, "step": step + 1, "params": params, "opt_state": opt_state}
+
+    # A non-finite step changes nothing. A conditional, not a select over the whole state: XLA's CPU backend runs an
+    # elementwise pass gated by a computed scalar ~4x slower (benchmarks/RESULTS.md).
+    new_state = jax.lax.cond(finite, apply, lambda state: state, state)
     errors = topk_errors(logits, labels)
     outputs = {
       "loss": per_example,
       "top1_error": errors[1],
       "top5_error": errors[5],
       "grad_norm": grad_norm,
-      "param_norm": global_norm(params),
       "learning_rate": lr,
       "finite": finite.astype(jnp.float32),
     }

@@ -176,3 +176,80 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 def test_image_too_small_is_a_clear_error():
   with pytest.raises(ValueError, match="too small"):
     M.AlexNet("paper", image_size=31, rngs=nnx.Rngs(0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The CPU fast paths compute the plain path's function and gradient (benchmarks/RESULTS.md has what they buy).
+# ---------------------------------------------------------------------------------------------------------------
+def value_and_grad_of(f, x):
+  w = jax.random.normal(jax.random.key(9), f(x).shape)  # a random linear readout: every output matters
+  return jax.jit(jax.value_and_grad(lambda x: jnp.sum(f(x) * w)))(x)
+
+
+@pytest.mark.parametrize("alpha_over_n,beta", [(False, 0.75), (True, 0.75), (False, 0.6)])
+def test_lrn_fast_gradient_equals_the_formula_differentiated(alpha_over_n, beta):
+  x = jax.random.uniform(jax.random.key(0), (2, 5, 5, 13), minval=-40, maxval=60)
+  kw = dict(alpha=1e-3, beta=beta, alpha_over_n=alpha_over_n)  # a large alpha, so the window term matters
+  fast, ref = (value_and_grad_of(lambda a, f=f: f(a, **kw), x) for f in (M.local_response_norm, M._lrn_reference))
+  np.testing.assert_allclose(float(fast[0]), float(ref[0]), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(fast[1]), np.asarray(ref[1]), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 13, 13, 5), (2, 14, 16, 3), (1, 27, 27, 4)])
+def test_max_pool_gradient_goes_to_the_first_maximum_like_select_and_scatter(shape):
+  x = jax.random.normal(jax.random.key(1), shape)
+  x = x.at[:, 2, :, :].set(x[:, 1, :, :]).at[:, :, 4, :].set(x[:, :, 3, :])  # ties across rows and columns
+  x = jnp.round(x * 2) / 2  # and many more ties
+  rw = lambda a: jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+  (v, g), (v_ref, g_ref) = value_and_grad_of(M.overlapping_max_pool, x), value_and_grad_of(rw, x)
+  assert float(v) == float(v_ref)
+  # the same routing; where overlapping windows send two gradients to one input, they add in another order
+  np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_other_windows_use_the_general_gradient():
+  x = jnp.round(jax.random.normal(jax.random.key(2), (2, 11, 12, 3)) * 2) / 2
+  for window, stride in ((2, 2), (3, 1), (5, 3)):
+    pool = lambda a, w=window, s=stride: M.overlapping_max_pool(a, w, s)
+    rw = lambda a, w=window, s=stride: jax.lax.reduce_window(
+      a, -jnp.inf, jax.lax.max, (1, w, w, 1), (1, s, s, 1), "VALID"
+    )
+    got, want = value_and_grad_of(pool, x)[1], value_and_grad_of(rw, x)[1]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("stride,padding", [(4, 0), (4, 2), (2, 1)])
+def test_patches_conv_equals_the_convolution(stride, padding):
+  x = jax.random.normal(jax.random.key(3), (2, 35, 35, 3))
+  kernel = jax.random.normal(jax.random.key(4), (11, 11, 3, 8)) * 0.1
+  conv = lambda k: M.grouped_conv(x, k, groups=1, stride=stride, padding=padding, impl="split")
+  patches = lambda k: M.grouped_conv(x, k, groups=1, stride=stride, padding=padding, impl="patches")
+  (v, g), (v_ref, g_ref) = value_and_grad_of(patches, kernel), value_and_grad_of(conv, kernel)
+  np.testing.assert_allclose(float(v), float(v_ref), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["paper", "owt"])
+def test_fast_network_equals_the_plain_network(name, monkeypatch):
+  """Loss and every gradient of the whole network: fast LRN, pooling and conv1 against the formulas as written."""
+  size = 67 if name == "paper" else 64
+  x = jax.random.normal(jax.random.key(5), (4, size, size, 3)) * 50
+  labels = jnp.arange(4) % 10
+
+  def loss_and_grads(conv1_impl):
+    model = M.AlexNet(name, num_classes=10, width=0.125, image_size=size, conv1_impl=conv1_impl, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss = lambda p: -jnp.mean(jax.nn.log_softmax(nnx.merge(graphdef, p)(x, dropout_rng=jax.random.key(6)))[:, labels])
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  fast = loss_and_grads("patches")
+  plain_pool = lambda a, window=3, stride=2: jax.lax.reduce_window(
+    a, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), "VALID"
+  )
+  monkeypatch.setattr(M, "local_response_norm", M._lrn_reference)
+  monkeypatch.setattr(M, "overlapping_max_pool", plain_pool)
+  plain = loss_and_grads("conv")
+  np.testing.assert_allclose(float(fast[0]), float(plain[0]), rtol=1e-5)
+  for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(fast[1]), jax.tree.leaves(plain[1]), strict=True):
+    scale = float(jnp.max(jnp.abs(g_ref))) or 1.0
+    np.testing.assert_allclose(np.asarray(g) / scale, np.asarray(g_ref) / scale, atol=2e-4, err_msg=str(path))

@@ -150,17 +150,18 @@ def test_a_lost_process_ends_the_other_and_the_job_resumes(tmp_path):
 def test_model_axis_trains_like_data_parallel(tmp_path):
   """mesh.model=2 (each device one group of conv2/4/5 and half of every layer) computes what mesh.model=1 does."""
   runs = {}
-  for model_axis in (1, 2):
-    config = tiny_config(**{"mesh.model": model_axis, "num_train_steps": 3, "checkpoint_every_steps": 3})
-    workdir = str(tmp_path / f"model{model_axis}")
-    train.train_and_evaluate(config, workdir)
-    runs[model_axis] = workdir
-  assert_same_run(runs[1], runs[2], steps=[1, 2, 3])
+  for model_axis, impl in ((1, "auto"), (2, "grouped"), (2, "split")):  # auto: 'split' on CPU
+    overrides = {"mesh.model": model_axis, "model.conv_impl": impl, "num_train_steps": 3, "checkpoint_every_steps": 3}
+    workdir = str(tmp_path / f"model{model_axis}_{impl}")
+    train.train_and_evaluate(tiny_config(**overrides), workdir)
+    runs[model_axis, impl] = workdir
+  assert_same_run(runs[1, "auto"], runs[2, "grouped"], steps=[1, 2, 3])
+  assert_same_run(runs[1, "auto"], runs[2, "split"], steps=[1, 2, 3])
 
   # Where the parameters live: every conv layer's output channels and fc6/fc8's columns and fc7's rows are split.
   config = tiny_config(**{"mesh.model": 2})
   mesh = parallel.create_mesh(2)
-  assert train.conv_impl(config) == "grouped"
+  assert train.conv_impl(config) == "split"  # on CPU; 'grouped' on GPU/TPU
   plan = train.plan_state(config, mesh)
   specs = {k: v["kernel"].spec for k, v in plan.shardings["params"].items()}
   assert specs["conv2"] == jax.sharding.PartitionSpec(None, None, None, "model")
