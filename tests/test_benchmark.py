@@ -1,0 +1,65 @@
+"""The benchmark's arithmetic (not its speed): FLOPs per layer, MFU, the per-device memory of a layout, and one row of
+real output from a tiny network."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from flax import nnx
+
+from alexnet_jax import benchmark
+from alexnet_jax import model as M
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_flops_per_layer_by_hand():
+  paper = nnx.eval_shape(lambda: M.AlexNet("paper", rngs=nnx.Rngs(0)))
+  flops = benchmark.layer_flops(paper)
+  # 2 x output positions x (kernel area x input channels per group) x output channels
+  assert flops["conv1"] == 2 * 55 * 55 * 11 * 11 * 3 * 96
+  assert flops["conv2"] == 2 * 27 * 27 * 5 * 5 * 48 * 256  # two groups: 48 input channels each
+  assert flops["conv3"] == 2 * 13 * 13 * 3 * 3 * 256 * 384
+  assert flops["conv5"] == 2 * 13 * 13 * 3 * 3 * 192 * 256
+  assert flops["fc6"] == 2 * 6 * 6 * 256 * 4096
+  assert 3 * sum(flops.values()) == 4_346_440_896  # forward + backward per image, as RESULTS.md quotes
+  owt = benchmark.layer_flops(nnx.eval_shape(lambda: M.AlexNet("owt", rngs=nnx.Rngs(0))))
+  assert owt["conv1"] == 2 * 55 * 55 * 11 * 11 * 3 * 64 and owt["conv2"] == 2 * 27 * 27 * 5 * 5 * 64 * 192
+
+
+@pytest.mark.parametrize("mesh_model", [1, 2])
+def test_rows_from_a_tiny_network(mesh_model):
+  row = benchmark.bench_train_step(
+    "paper", 16, "float32", 1, 1, 0.125, "auto", 100.0, False, mesh_model=mesh_model, memory_only=mesh_model == 2
+  )
+  if mesh_model == 1:
+    assert row["what"] == "train_step" and row["images_per_sec"] > 0
+    assert row["ms_per_step"] == pytest.approx(16 / row["images_per_sec"] * 1e3)
+    assert row["mfu"] == pytest.approx(row["tflops_per_sec"] / 100.0)
+    assert row["tflops_per_sec"] == pytest.approx(row["flops_per_image"] * row["images_per_sec"] / 1e12)
+    assert row["conv1_impl"] == "patches" and row["conv_impl"] == "split"  # the CPU defaults
+  else:
+    assert row["what"] == "train_step_memory" and row["mesh"] == {"data": 4, "model": 2}
+    full = benchmark.bench_train_step("paper", 16, "float32", 1, 1, 0.125, "auto", None, False, memory_only=True)
+    assert 0.5 <= row["param_bytes_per_device"] / full["param_bytes_per_device"] < 0.52
+    assert row["temp_bytes_per_device"] > 0
+
+
+def test_command_line_prints_json(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run(
+    [sys.executable, "-m", "alexnet_jax.benchmark", "--model=owt", "--width=0.125", "--batch_size=4", "--steps=1"]
+    + ["--windows=1", "--dtype=bfloat16", "--layers"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  row = json.loads(out.stdout.strip().splitlines()[-1])
+  assert (
+    row["model"] == "owt" and row["dtype"] == "bfloat16" and set(row["forward_flops_per_layer"]) == set(M.LAYER_NAMES)
+  )
