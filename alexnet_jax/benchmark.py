@@ -104,10 +104,7 @@ def bench_train_step(
   from alexnet_jax import optim, parallel
   from alexnet_jax import steps as steps_lib
 
-  if conv_impl == "auto":  # as train.conv_impl
-    conv_impl = "grouped" if mesh_model > 1 and jax.default_backend() != "cpu" else "split"
-  if conv1_impl == "auto":  # as train.conv1_impl
-    conv1_impl = "patches" if jax.default_backend() == "cpu" else "conv"
+  conv_impl, conv1_impl = model_lib.resolve_conv_impls(conv_impl, conv1_impl, mesh_model)
   make_model = functools.partial(
     model_lib.AlexNet, model_name, width=width, conv_impl=conv_impl, conv1_impl=conv1_impl, dtype=dtype
   )

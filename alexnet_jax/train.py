@@ -44,6 +44,7 @@ class ConfigChangedError(ValueError):
 # -----------------------------------------------------------------------------------------------------------------
 def make_model_fn(config: ml_collections.ConfigDict) -> Callable[..., model_lib.AlexNet]:
   m = config.model
+  conv_impl, conv1_impl = conv_impls(config)
   return functools.partial(
     model_lib.AlexNet,
     m.name,
@@ -52,29 +53,16 @@ def make_model_fn(config: ml_collections.ConfigDict) -> Callable[..., model_lib.
     width=m.width,
     dropout_rate=m.dropout_rate,
     lrn_alpha_over_n=m.lrn_alpha_over_n,
-    conv_impl=conv_impl(config),
-    conv1_impl=conv1_impl(config),
+    conv_impl=conv_impl,
+    conv1_impl=conv1_impl,
     init=m.init or None,
     dtype=m.dtype,
   )
 
 
-def conv_impl(config: ml_collections.ConfigDict) -> str:
-  """What ``model.conv_impl='auto'`` means here: two convs per grouped layer ('split': 2.2x faster on CPU) unless the
-  'model' axis splits the groups over GPUs/TPUs, where one ``feature_group_count`` conv ('grouped') lets each device
-  compute exactly its own group, as in the paper. (XLA's CPU backend needs several times the memory for a sharded
-  grouped conv, so CPU meshes keep 'split'.) Both compute the same function."""
-  if config.model.conv_impl != "auto":
-    return config.model.conv_impl
-  return "grouped" if config.mesh.model > 1 and jax.default_backend() != "cpu" else "split"
-
-
-def conv1_impl(config: ml_collections.ConfigDict) -> str:
-  """What ``model.conv1_impl='auto'`` means here: 'patches' (one matrix product) on CPU, where XLA's convolution
-  is slow for conv1's 3 input channels; 'conv' on GPU/TPU."""
-  if config.model.conv1_impl != "auto":
-    return config.model.conv1_impl
-  return "patches" if jax.default_backend() == "cpu" else "conv"
+def conv_impls(config: ml_collections.ConfigDict) -> tuple[str, str]:
+  """(conv_impl, conv1_impl) for this config on this backend, 'auto' resolved (``model.resolve_conv_impls``)."""
+  return model_lib.resolve_conv_impls(config.model.conv_impl, config.model.conv1_impl, config.mesh.model)
 
 
 def make_optimizer(config: ml_collections.ConfigDict):

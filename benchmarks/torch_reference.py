@@ -32,34 +32,26 @@ from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (channels, kernel, stride, padding, groups, lrn, pool) per conv; image size; adaptive pool; fc widths.
-ARCHS = {
-  "paper": dict(
-    convs=[(96, 11, 4, 0, 1, True, True), (256, 5, 1, 2, 2, True, True), (384, 3, 1, 1, 1, False, False),
-           (384, 3, 1, 1, 2, False, False), (256, 3, 1, 1, 2, False, True)],
-    image_size=227,
-    pooled=None,
-  ),
-  "owt": dict(
-    convs=[(64, 11, 4, 2, 1, False, True), (192, 5, 1, 2, 1, False, True), (384, 3, 1, 1, 1, False, False),
-           (256, 3, 1, 1, 1, False, False), (256, 3, 1, 1, 1, False, True)],
-    image_size=224,
-    pooled=6,
-  ),
-}  # fmt: skip
-
-
-def _scaled(channels: int, width: float) -> int:  # as alexnet_jax.model._scaled
-  return channels if width == 1.0 else max(2, 2 * round(channels * width / 2))
+sys.path.insert(0, ROOT)  # the layer tables come from alexnet_jax.model (jax-only, no install needed)
+from alexnet_jax.model import ARCHITECTURES, _scaled  # noqa: E402
 
 
 class TorchAlexNet(nn.Module):
   def __init__(self, name="paper", num_classes=1000, image_size=None, width=1.0, dropout=0.5, lrn_alpha=1e-4):
     super().__init__()
-    arch = ARCHS[name]
-    self.image_size = image_size or arch["image_size"]
+    arch = ARCHITECTURES[name]
+    self.image_size = image_size or arch.image_size
     layers, in_ch, size = [], 3, self.image_size
-    for ch, k, s, p, g, lrn, pool in arch["convs"]:
+    for ch, k, s, p, g, lrn, pool in zip(
+      arch.conv_channels,
+      arch.conv_kernels,
+      arch.conv_strides,
+      arch.conv_paddings,
+      arch.conv_groups,
+      arch.lrn_after,
+      arch.pool_after,
+      strict=True,
+    ):
       out = _scaled(ch, width)
       layers += [nn.Conv2d(in_ch, out, k, s, p, groups=g), nn.ReLU(inplace=True)]
       size = (size + 2 * p - k) // s + 1
@@ -70,12 +62,12 @@ class TorchAlexNet(nn.Module):
         size = (size - 3) // 2 + 1
       in_ch = out
     self.features = nn.Sequential(*layers)
-    self.pool = nn.AdaptiveAvgPool2d(arch["pooled"]) if arch["pooled"] else nn.Identity()
-    spatial = arch["pooled"] or size
-    hidden = _scaled(4096, width)
-    self.fc6 = nn.Linear(spatial * spatial * in_ch, hidden)
-    self.fc7 = nn.Linear(hidden, hidden)
-    self.fc8 = nn.Linear(hidden, num_classes)
+    self.pool = nn.AdaptiveAvgPool2d(arch.pooled_size) if arch.pooled_size else nn.Identity()
+    spatial = arch.pooled_size or size
+    hidden6, hidden7 = (_scaled(f, width) for f in arch.fc_features)
+    self.fc6 = nn.Linear(spatial * spatial * in_ch, hidden6)
+    self.fc7 = nn.Linear(hidden6, hidden7)
+    self.fc8 = nn.Linear(hidden7, num_classes)
     self.drop = nn.Dropout(dropout)
 
   def forward(self, x):
@@ -181,7 +173,7 @@ def jax_bench(args) -> dict:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--model", default="paper", choices=sorted(ARCHS))
+  parser.add_argument("--model", default="paper", choices=sorted(ARCHITECTURES))
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--steps", type=int, default=3)

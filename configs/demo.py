@@ -19,8 +19,9 @@ instead of waiting for plateaus.
 Hardware and time: 2 CPU cores (one JAX CPU device), about 4 minutes of training and 15 s of 10-crop evaluation.
 Expected: top-1 error near 12-20% (chance: 90%), top-5 near 0.5%, on the 1,000 validation images. Measured here
 (2026-11-22, 2-core EPYC, 2,790 steps in 4 min 0 s): 17.2% top-1 centre crop, 12.3% / 0.1% top-1 / top-5 with the
-paper's 10 crops (15.3% / 0.3% before the CPU fast paths changed the float rounding). The rate drop matters: at epoch 20 (before it) the same run stood at 55% top-1, and a 20-epoch
-version of this recipe ended between 29% and 51% depending on the random draws.
+paper's 10 crops (15.3% / 0.3% before the CPU fast paths changed the float rounding). The rate drop matters: at
+epoch 20 (before it) an earlier run stood at 55% top-1, and a 20-epoch version of this recipe ended between 29% and
+51% depending on the random draws.
 """
 
 from alexnet_jax import config_lib

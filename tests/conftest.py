@@ -22,6 +22,27 @@ from alexnet_jax import config_lib
 assert jax.device_count() == 8, "tests need 8 fake CPU devices (XLA_FLAGS was set too late?)"
 
 
+# The same tiny run on the command line (the CLI, multi-process and sweep tests); each adds its own step counts.
+TINY_FLAGS = [
+  "--config.model.width=0.125",
+  "--config.model.image_size=67",
+  "--config.model.num_classes=10",
+  "--config.batch_size=16",
+  "--config.eval_batch_size=16",
+  "--config.data.num_eval_examples=20",
+  "--config.log_every_steps=1",
+]
+
+
+def cli_env(devices=None):
+  """The environment for a subprocess that runs JAX on the CPU: ``devices`` fake devices (default: one), this
+  session's other XLA flags kept (the collective timeouts), output unbuffered."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  if devices:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  return {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+
+
 def tiny_config(**overrides):
   """The paper's network and recipe at 1/8 width on 67x67 images, 10 classes: seconds per step on a CPU."""
   c = config_lib.base_config()

@@ -11,6 +11,7 @@ from flax import nnx
 
 from alexnet_jax import benchmark
 from alexnet_jax import model as M
+from tests.conftest import cli_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,12 +49,11 @@ def test_rows_from_a_tiny_network(mesh_model):
 
 
 def test_command_line_prints_json(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
   out = subprocess.run(
     [sys.executable, "-m", "alexnet_jax.benchmark", "--model=owt", "--width=0.125", "--batch_size=4", "--steps=1"]
     + ["--windows=1", "--dtype=bfloat16", "--layers"],
     cwd=ROOT,
-    env=env,
+    env=cli_env(),
     capture_output=True,
     text=True,
     timeout=600,

@@ -7,27 +7,17 @@ import sys
 
 import pytest
 
+from tests.conftest import TINY_FLAGS, cli_env
+
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-  "--config.model.width=0.125",
-  "--config.model.image_size=67",
-  "--config.model.num_classes=10",
-  "--config.batch_size=16",
-  "--config.eval_batch_size=16",
-  "--config.data.num_eval_examples=20",
-  "--config.log_every_steps=1",
-  "--config.checkpoint_every_steps=2",
-]
+TINY = [*TINY_FLAGS, "--config.checkpoint_every_steps=2"]
 
 
 def train_cli(workdir, *args, devices=8):
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-  flags.append(f"--xla_force_host_platform_device_count={devices}")
-  env = {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
   cmd = [sys.executable, "-m", "alexnet_jax.main", "--config=configs/synthetic.py", f"--workdir={workdir}", *args]
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  return subprocess.run(cmd, cwd=ROOT, env=cli_env(devices), capture_output=True, text=True, timeout=600)
 
 
 def test_train_then_resume_then_resume_on_one_device(tmp_path):
@@ -83,9 +73,8 @@ def test_paper_network_full_size(tmp_path):
 
 def test_demo_recipe_learns_through_the_command_line(tmp_path):
   """generate -> prepare -> train configs/demo.py -> evaluate --crops=10, each by its command; error << chance."""
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}  # one CPU device: faster than 8 fake ones
-  run = lambda *cmd: subprocess.run(
-    [sys.executable, "-m", *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+  run = lambda *cmd: subprocess.run(  # one CPU device: faster than 8 fake ones
+    [sys.executable, "-m", *cmd], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=900
   )
   out = run("alexnet_jax.shapes", f"--output_dir={tmp_path}/raw", "--train_per_class=200", "--val_per_class=20")
   assert out.returncode == 0, out.stderr[-2000:]

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from tests.conftest import cli_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch")
 SHELL_SCRIPTS = sorted(glob.glob(os.path.join(LAUNCH, "*.sh")) + glob.glob(os.path.join(LAUNCH, "*.sbatch")))
@@ -143,8 +145,7 @@ def test_sweep_runs_locally_and_summarises(tmp_path):
     ' "eval_batch_size": 16, "num_train_steps": 2, "data.num_eval_examples": 20}\n'
     'grid = {"optimizer.learning_rate": [0.01, 0.001]}\n',
   )
-  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-  out = sh(sys.executable, "launch/sweep.py", path, "run", env=env, timeout=900)
+  out = sh(sys.executable, "launch/sweep.py", path, "run", env=cli_env(), timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   table = sh(sys.executable, "launch/sweep.py", path, "summary").stdout.splitlines()
   assert table[0].split() == ["run", "optimizer.learning_rate", "step", "top1_error", "top5_error", "eval_loss"]

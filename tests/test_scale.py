@@ -14,26 +14,10 @@ import numpy as np
 import pytest
 
 from alexnet_jax import evaluate, parallel, train
-from tests.conftest import tiny_config
+from tests.conftest import TINY_FLAGS, cli_env, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-  "--config.model.width=0.125",
-  "--config.model.image_size=67",
-  "--config.model.num_classes=10",
-  "--config.batch_size=16",
-  "--config.eval_batch_size=16",
-  "--config.data.num_eval_examples=20",
-  "--config.log_every_steps=1",
-  "--config.checkpoint_every_steps=3",
-]
-
-
-def _env(devices=None):
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-  if devices:
-    flags.append(f"--xla_force_host_platform_device_count={devices}")
-  return {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+TINY = [*TINY_FLAGS, "--config.checkpoint_every_steps=3"]
 
 
 def _train_cmd(workdir, *args):
@@ -46,14 +30,16 @@ def _launch_cmd(*args, processes=2, devices=4, grace=300, extra=()):
 
 
 def one_process(workdir, *args):
-  out = subprocess.run(_train_cmd(workdir, *args), cwd=ROOT, env=_env(8), capture_output=True, text=True, timeout=900)
+  out = subprocess.run(
+    _train_cmd(workdir, *args), cwd=ROOT, env=cli_env(8), capture_output=True, text=True, timeout=900
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return out.stderr
 
 
 def two_processes(workdir, *args):
   out = subprocess.run(
-    _launch_cmd(*_train_cmd(workdir, *args)), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900
+    _launch_cmd(*_train_cmd(workdir, *args)), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=900
   )
   assert out.returncode == 0, out.stdout[-4000:]
   return out.stdout
@@ -113,7 +99,7 @@ def test_a_lost_process_ends_the_other_and_the_job_resumes(tmp_path):
   proc = subprocess.Popen(
     _launch_cmd(*_train_cmd(workdir, *args)),
     cwd=ROOT,
-    env=_env(),
+    env=cli_env(),
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
@@ -161,7 +147,7 @@ def test_model_axis_trains_like_data_parallel(tmp_path):
   # Where the parameters live: every conv layer's output channels and fc6/fc8's columns and fc7's rows are split.
   config = tiny_config(**{"mesh.model": 2})
   mesh = parallel.create_mesh(2)
-  assert train.conv_impl(config) == "split"  # on CPU; 'grouped' on GPU/TPU
+  assert train.conv_impls(config) == ("split", "patches")  # on CPU; ('grouped', 'conv') on GPU/TPU
   plan = train.plan_state(config, mesh)
   specs = {k: v["kernel"].spec for k, v in plan.shardings["params"].items()}
   assert specs["conv2"] == jax.sharding.PartitionSpec(None, None, None, "model")
