@@ -14,18 +14,27 @@ WORKDIR ?= workdirs/demo
 
 install: $(VENV)/.installed
 
+# The package and the developer tools (tests, lint, the PyTorch reference).
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@ $(VENV)/.installed-package
+
+# The package alone: what the demo (and training) needs.
+$(VENV)/.installed-package: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
 	@touch $@
 
-# Every test, on CPU with $(DEVICES) fake devices (the sharded code paths are the ones tested).
+# Every test, on CPU with $(DEVICES) fake devices (the sharded code paths are the ones tested). The full-size CLI tests
+# (~10 GB each) share one worker (--dist loadgroup), so two never run at once.
 test: install
-	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 -q tests
+	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
 
 test-fast: install
-	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 -q -m "not slow" tests
+	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow" tests
 
 lint: install
 	$(BIN)/ruff check alexnet_jax configs tests benchmarks launch
@@ -33,7 +42,7 @@ lint: install
 	$(BIN)/shellcheck launch/*.sh launch/*.sbatch
 
 # Generate the embedded dataset, prepare it, train a small AlexNet on this machine's own devices, 10-crop evaluate.
-demo: install
+demo: $(VENV)/.installed-package
 	$(BIN)/python -m alexnet_jax.demo --workdir=$(WORKDIR)
 
 bench: install

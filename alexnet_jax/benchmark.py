@@ -250,7 +250,7 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]
     for threads in (1, cores):
       src = PreparedSource(data_dir, image_size=227, seed=0, shuffle_buffer=1, num_threads=threads, **kw)
       files, _ = src._files("train", 0, 1)
-      ds = src._dataset(files, epoch=0, batch=batch_size).repeat()
+      ds = src._train_dataset(files, start_epoch=0, batch=batch_size, per_epoch=src.steps_per_epoch(batch_size))
       it = ds.as_numpy_iterator()
       for _ in range(3):
         next(it)

@@ -32,7 +32,7 @@ SAFE_TO_CHANGE_ON_RESUME = (
   "profile.",
 )
 
-DATA_SOURCES = ("synthetic", "prepared", "tfds")
+DATA_SOURCES = ("auto", "synthetic", "prepared", "tfds")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -82,7 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.warmup_epochs = 0.0  # 'cosine'
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"
+  # 'auto': what data.dir holds (a prepared set -> 'prepared', a TFDS dataset folder -> 'tfds'; no data.dir is an
+  # error); 'prepared', 'tfds' or 'synthetic' by name ('synthetic' refuses a data.dir it would ignore).
+  c.data.source = "auto"
   c.data.dir = ""  # 'prepared': the output of alexnet_jax.prepare; 'tfds': the TFDS data_dir (or a dataset folder)
   c.data.tfds_name = ""  # 'tfds': a TFDS dataset name, e.g. 'imagenet2012' or 'imagenette' (built beforehand)
   c.data.num_train_examples = 1_281_167  # synthetic only (ILSVRC-2012's count, for realistic epochs)
@@ -90,7 +92,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.learnable = True  # synthetic: class-dependent patterns plus noise (False: pure noise, for speed tests)
   c.data.prefetch = 2  # batches put on the devices ahead of the step
   # The paper's augmentation (Sec. 4.1), each switchable for ablations ('prepared' source):
-  c.data.random_crop = True  # random crops of the stored 256x256 images (False: the centre crop)
+  # The crop covers this fraction of the (square) image it is cut from: the paper's 227 of 256. Stored images of
+  # another size are resized on read to model.image_size / crop_fraction (76 for 67x67 crops, 256 for 227x227), so
+  # any prepared set trains any recipe; 0 crops the stored images as they are.
+  c.data.crop_fraction = 227 / 256
+  c.data.random_crop = True  # random crops of the (resized) stored images (False: the centre crop)
   c.data.flip = True  # random horizontal reflections
   c.data.lighting_std = 0.1  # "fancy PCA" lighting: alpha ~ N(0, lighting_std); 0 turns it off
   c.data.subtract_mean = True  # subtract the training set's per-pixel mean image
@@ -192,6 +198,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"model.dropout_rate must be in [0, 1), got {config.model.dropout_rate}")
   if config.mesh.model < 1:
     raise ValueError(f"mesh.model must be >= 1, got {config.mesh.model}")
+  if not 0.0 <= config.data.crop_fraction <= 1.0:
+    raise ValueError(f"data.crop_fraction must be in (0, 1] (or 0: no resizing), got {config.data.crop_fraction}")
   if config.data.eval_crops not in (1, 10):
     raise ValueError(f"data.eval_crops must be 1 or 10, got {config.data.eval_crops}")
   if config.schedule.patience < 1:

@@ -66,7 +66,7 @@ def evaluate_workdirs(
     config = config_from_json(saved)
     if data_dir:
       config.data.dir = data_dir
-      config.data.source = "prepared"
+      config.data.source = "auto"  # whatever that folder holds
     config.data.eval_crops = crops
     if batch_size:
       config.eval_batch_size = batch_size
@@ -101,7 +101,7 @@ def evaluate_workdirs(
     "loss": result["loss"],
     "workdirs": [os.path.abspath(w) for w in workdirs],
     "data_dir": first.data.dir or None,
-    "data_source": first.data.source,
+    "data_source": input_pipeline.resolve_source(first)[0],
   }
   if jax.process_index() == 0:
     eval_dir = os.path.join(os.path.abspath(workdirs[0]), "eval")

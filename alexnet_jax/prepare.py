@@ -23,6 +23,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -81,7 +82,13 @@ def _tfds_imagenet_file(name: str) -> str:
   return path
 
 
-def _tar_split(root: str) -> tuple[list[str], dict[str, list[Record]]]:
+def _val_number(name: str) -> int | None:
+  """n of ``ILSVRC2012_val_<n>.JPEG`` (the label file's line n), or None."""
+  match = re.fullmatch(r"(?:.*/)?ILSVRC2012_val_(\d{8})\.JPEG", name)
+  return int(match.group(1)) if match and int(match.group(1)) > 0 else None
+
+
+def _tar_split(root: str, allow_partial_val: bool = False) -> tuple[list[str], dict[str, list[Record]]]:
   """Index the official tars without extracting them: each image becomes (tar path, byte offset, size)."""
   with open(_tfds_imagenet_file("labels.txt")) as f:
     classes = [line.strip() for line in f if line.strip()]
@@ -104,19 +111,29 @@ def _tar_split(root: str) -> tuple[list[str], dict[str, list[Record]]]:
   with open(_tfds_imagenet_file("validation_labels.txt")) as f:
     val_labels = [index[line.strip()] for line in f if line.strip()]
   val_tar = os.path.join(root, VAL_TAR)
-  val: list[Record] = []
   with tarfile.open(val_tar) as tar:
     members = sorted((m for m in tar if m.isfile()), key=lambda m: m.name)
-  if len(members) != len(val_labels):
-    raise PrepareError(
-      f"{val_tar} holds {len(members)} images but ImageNet's validation labels list "
-      f"{len(val_labels)}: the tar is incomplete or not ILSVRC2012's"
+  numbers = [_val_number(m.name) for m in members]
+  if None in numbers or len(set(numbers)) != len(numbers) or max(numbers, default=0) > len(val_labels):
+    bad = next(
+      (m.name for m, n in zip(members, numbers, strict=True) if n is None or n > len(val_labels)), "duplicates"
     )
-  val = [Record(val_tar, m.offset_data, m.size, lab, m.name) for m, lab in zip(members, val_labels, strict=True)]
+    raise PrepareError(
+      f"{val_tar} is not ILSVRC2012's validation tar: {bad!r} is not ILSVRC2012_val_<n>.JPEG with n in 1.."
+      f"{len(val_labels)}"
+    )
+  if len(members) != len(val_labels) and not allow_partial_val:
+    raise PrepareError(
+      f"{val_tar} holds {len(members)} of ImageNet's {len(val_labels)} validation images: the tar is incomplete "
+      "(download it again), or pass --allow_partial_val to prepare just these (each labelled by its number)"
+    )
+  val = [
+    Record(val_tar, m.offset_data, m.size, val_labels[n - 1], m.name) for m, n in zip(members, numbers, strict=True)
+  ]
   return classes, {"train": train, "val": val}
 
 
-def find_images(root: str) -> tuple[str, list[str], dict[str, list[Record]]]:
+def find_images(root: str, allow_partial_val: bool = False) -> tuple[str, list[str], dict[str, list[Record]]]:
   """(layout, classes, {'train': [...], 'val': [...]}) with a clear error for anything else."""
   if not os.path.isdir(root):
     raise PrepareError(f"--input_dir={root} does not exist or is not a directory")
@@ -124,7 +141,7 @@ def find_images(root: str) -> tuple[str, list[str], dict[str, list[Record]]]:
     missing = [t for t in (TRAIN_TAR, VAL_TAR) if not os.path.exists(os.path.join(root, t))]
     if missing:
       raise PrepareError(f"{root} has one of the official tars but not {missing}: put both in --input_dir")
-    classes, splits = _tar_split(root)
+    classes, splits = _tar_split(root, allow_partial_val)
     return "ilsvrc2012_tars", classes, splits
   train_dir = os.path.join(root, "train")
   if not os.path.isdir(train_dir):
@@ -280,10 +297,11 @@ def prepare(
   num_workers: int = 0,
   max_bad: int = 0,
   check_disk: bool = True,
+  allow_partial_val: bool = False,
 ) -> dict:
   """Prepare ``input_dir`` into ``output_dir``; returns the metadata written to ``DST/alexnet_prepared.json``."""
   started = time.time()
-  layout, classes, splits = find_images(input_dir)
+  layout, classes, splits = find_images(input_dir, allow_partial_val)
   total = sum(len(v) for v in splits.values())
   logging.info(
     "%s: %s layout, %d classes, %s",
@@ -422,6 +440,11 @@ def define_flags() -> None:
   flags.DEFINE_integer("examples_per_shard", 1024, "Images per TFRecord shard.")
   flags.DEFINE_integer("num_workers", 0, "Worker processes (0: one per core).")
   flags.DEFINE_integer("max_bad", 0, "How many unreadable images to skip before failing.")
+  flags.DEFINE_bool(
+    "allow_partial_val",
+    False,
+    "Official tars: accept a validation tar with only some of the 50,000 images (each labelled by its number).",
+  )
 
 
 def main(argv: list[str]) -> int:
@@ -439,6 +462,7 @@ def main(argv: list[str]) -> int:
       examples_per_shard=f.examples_per_shard,
       num_workers=f.num_workers,
       max_bad=f.max_bad,
+      allow_partial_val=f.allow_partial_val,
     )
   except PrepareError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -446,7 +470,7 @@ def main(argv: list[str]) -> int:
   counts = ", ".join(f"{k}: {v['num_examples']}" for k, v in meta["splits"].items())
   print(
     f"prepared {f.output_dir} ({counts}; {meta['num_bad_files']} bad files skipped). "
-    f"Train with --config.data.source=prepared --config.data.dir={f.output_dir}"
+    f"Train with --config.data.dir={f.output_dir}"
   )
   return 0
 

@@ -29,7 +29,6 @@ from alexnet_jax import config_lib
 
 def get_config():
   config = config_lib.base_config()
-  config.data.source = "prepared"
   config.data.dir = "demo_data/shapes_prepared"
   config.data.shuffle_buffer = 6000
   config.model.num_classes = 10

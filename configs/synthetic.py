@@ -2,15 +2,21 @@ r"""The paper's recipe on synthetic data: no files needed, ImageNet-shaped input
 
 For checking an installation, a machine's throughput, or the training loop itself:
 
-  python -m alexnet_jax.main --config=configs/synthetic.py --workdir=/tmp/alexnet_synthetic
+  python -m alexnet_jax.main --config=configs/synthetic.py --workdir=runs/synthetic
 
-Every image is made from its index (class-dependent coarse patterns plus noise), so the loss falls and a run is
-reproducible bit for bit. Evaluation uses 200 synthetic images (a number that does not divide the batch, to keep
-the padding path honest). Expected: the loss falls below ln(1000) = 6.91 within a few hundred steps on a GPU.
-A tiny variant for a laptop CPU:
+Every image is made from its index (class-dependent coarse patterns plus noise), so a network can learn it and a run
+is reproducible bit for bit. Evaluation uses 200 synthetic images (a number that does not divide the batch, to keep
+the padding path honest). At full size the paper's initialisation makes the loss jump over its first steps, so a
+few steps show that the loop runs, not that it learns. A tiny variant that shows learning in a minute on a laptop
+CPU (10 classes, 1/8 width, PyTorch's initialisation, with which a network this thin passes signal; see
+configs/demo.py):
 
-  python -m alexnet_jax.main --config=configs/synthetic.py --workdir=/tmp/s \
-    --config.model.width=0.125 --config.model.image_size=67 --config.batch_size=16 --config.num_train_steps=20
+  python -m alexnet_jax.main --config=configs/synthetic.py --workdir=runs/synthetic_tiny \
+    --config.model.width=0.125 --config.model.image_size=67 --config.model.num_classes=10 \
+    --config.model.init=torch --config.batch_size=16 --config.num_train_steps=300 --config.log_every_steps=50
+
+Expected (tested): the training loss, averaged over the last 50 of the 300 steps, below 1.6 (chance is ln 10 = 2.30;
+measured here 0.5-1.1 from step 250 on; 2026-11-23, 2-core CPU).
 """
 
 from alexnet_jax import config_lib

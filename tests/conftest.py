@@ -46,6 +46,7 @@ def cli_env(devices=None):
 def tiny_config(**overrides):
   """The paper's network and recipe at 1/8 width on 67x67 images, 10 classes: seconds per step on a CPU."""
   c = config_lib.base_config()
+  c.data.source = "synthetic"
   c.model.width = 0.125
   c.model.image_size = 67
   c.model.num_classes = 10

@@ -198,7 +198,8 @@ def test_two_processes_together_see_every_example_once(prepared_dir, monkeypatch
   for process in (0, 1):
     src = source(prepared_dir)
     files, count = src._files("train", process, 2)
-    got = [int(b["index"][0]) for b in src._dataset(files, epoch=0, batch=1).as_numpy_iterator()]
+    epoch0 = src._train_dataset(files, start_epoch=0, batch=1, per_epoch=count).take(count)
+    got = [int(b["index"][0]) for b in epoch0.as_numpy_iterator()]
     assert len(got) == count > 0  # each process reads its own shards, every example in them
     seen += got
   meta = json.loads((prepared_dir / prepare.METADATA).read_text())
@@ -313,3 +314,71 @@ def test_tfds_source_missing_dataset_is_a_clear_error(tmp_path):
 
   with pytest.raises(ValueError, match=r"cannot open the TFDS dataset 'imagenet2012'.*Build it with TFDS first"):
     TfdsSource("imagenet2012", str(tmp_path), image_size=227, seed=0)
+
+
+# ---- no silent misconfiguration -------------------------------------------------------------------------------------
+def test_source_is_inferred_from_data_dir_and_nothing_is_ignored(prepared_dir, tmp_path):
+  import shutil
+
+  from alexnet_jax import config_lib, input_pipeline
+
+  def resolve(**kw):
+    c = config_lib.base_config()
+    for k, v in kw.items():
+      config_lib.set_by_path(c, k, v)
+    return input_pipeline.resolve_source(c)[0]
+
+  assert resolve(**{"data.dir": str(prepared_dir)}) == "prepared"  # data.source='auto', the default
+  tfds_only = tmp_path / "tfds_folder"  # a TFDS dataset folder (prepare writes one; drop its own marker)
+  shutil.copytree(prepared_dir, tfds_only)
+  (tfds_only / prepare.METADATA).unlink()
+  assert resolve(**{"data.dir": str(tfds_only)}) == "tfds"
+  assert resolve(**{"data.source": "synthetic"}) == "synthetic"
+  with pytest.raises(ValueError, match=r"data\.source='synthetic' never reads it"):
+    resolve(**{"data.source": "synthetic", "data.dir": str(prepared_dir)})
+  with pytest.raises(ValueError, match=r"give --config\.data\.dir=DST .* or --config\.data\.source=synthetic"):
+    resolve()
+  with pytest.raises(ValueError, match="is neither a prepared dataset nor a TFDS dataset folder"):
+    resolve(**{"data.dir": str(tmp_path)})
+  with pytest.raises(ValueError, match="does not exist"):
+    resolve(**{"data.dir": str(tmp_path / "typo")})
+
+
+def test_num_classes_must_match_the_data(prepared_dir):
+  with pytest.raises(ValueError, match=r"num_classes=1000 but .* has 10 classes: set --config\.model\.num_classes=10"):
+    source(prepared_dir, num_classes=1000)
+
+
+def test_crops_cover_crop_fraction_of_any_stored_size(prepared_dir, caplog):
+  """Stored at 40, crops of 16 with crop_fraction 0.8: the images are resized to 20 on read, so a crop covers 80% of
+  the scene (cropping the stored 40 directly would cover 40%); the mean image is resized alike."""
+  import logging
+
+  import tensorflow as tf
+
+  with caplog.at_level(logging.INFO):
+    src = source(prepared_dir, image_size=16, crop_fraction=0.8, lighting_std=0.0)
+  assert (src.stored_size, src.view_size) == (STORED, 20) and src.mean_image.shape == (20, 20, 3)
+  assert "resized to 20x20 on read" in caplog.text
+  batch = first_batches(src, 1)[0]
+  assert batch["offset"].max() <= 20 - 16 and batch["image"].shape == (16, 16, 16, 3)
+  meta = json.loads((prepared_dir / prepare.METADATA).read_text())
+  stored = {}
+  for f in meta["splits"]["train"]["files"]:
+    for rec in tf.data.TFRecordDataset(str(prepared_dir / f)).as_numpy_iterator():
+      ex = tf.train.Example.FromString(rec)
+      stored[ex.features.feature["index"].int64_list.value[0]] = ex.features.feature["image"].bytes_list.value[0]
+  for i in range(4):
+    view = src._resize(tf.io.decode_jpeg(stored[int(batch["index"][i])], channels=3)).numpy()
+    (y, x) = batch["offset"][i]
+    window = view[y : y + 16, x : x + 16]
+    np.testing.assert_array_equal(batch["image"][i], window[:, ::-1] if batch["flip"][i] else window)
+  ten = next(source(prepared_dir, image_size=16, crop_fraction=0.8, eval_crops=10).eval_batches(8))
+  assert ten["image"].shape == (8, 10, 16, 16, 3) and ten["offset"].max() == 4
+  # A recipe that needs more detail than was stored is warned about (and still trains).
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    big = source(prepared_dir, image_size=64, crop_fraction=0.8)
+  assert big.view_size == 80 and "upsampled 2.0x" in caplog.text and "--image_size=80" in caplog.text
+  with pytest.raises(ValueError, match="larger than the stored images"):
+    source(prepared_dir, image_size=64)  # crop_fraction None: crop the stored 40x40 as they are

@@ -11,6 +11,7 @@ the devices inside the step, that turns a batch's uint8 ``image`` into the netwo
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterator
 
 import jax
@@ -31,46 +32,89 @@ def eval_index_batches(num_examples: int, global_batch: int) -> Iterator[tuple[n
     yield np.where(mask, idx, 0), mask.astype(np.float32)
 
 
+TFDS_MARKER = "dataset_info.json"
+
+
+def resolve_source(config) -> tuple[str, str]:
+  """(the source a config reads, why): ``data.source='auto'`` decided from what ``data.dir`` holds.
+
+  Nothing is ignored silently: a ``data.dir`` that the named source would not read, or a folder that is neither a
+  prepared set nor a TFDS dataset, is an error that says what to pass.
+  """
+  from alexnet_jax.prepare import METADATA as PREPARED_MARKER
+
+  d = config.data
+  if d.source == "synthetic":
+    if d.dir or d.tfds_name:
+      given = f"data.dir={d.dir!r}" if d.dir else f"data.tfds_name={d.tfds_name!r}"
+      raise ValueError(
+        f"{given} is set but data.source='synthetic' never reads it: drop it to train on synthetic images, or "
+        "set --config.data.source=auto (or prepared/tfds) to train on it."
+      )
+    return "synthetic", "data.source='synthetic'"
+  if d.source == "tfds" or (d.source == "auto" and d.tfds_name):
+    if not (d.dir or d.tfds_name):
+      raise ValueError(
+        "data.source='tfds' needs --config.data.tfds_name=NAME (and data.dir=its TFDS data_dir), or "
+        "data.dir=a TFDS dataset folder"
+      )
+    return "tfds", f"data.tfds_name={d.tfds_name!r}" if d.tfds_name else "data.source='tfds'"
+  if not d.dir:
+    raise ValueError(
+      f"data.source={d.source!r} needs data: give --config.data.dir=DST (a directory made by "
+      "`python -m alexnet_jax.prepare`, or a TFDS dataset folder), or --config.data.source=synthetic to train on "
+      "synthetic images."
+    )
+  if d.source == "prepared":
+    return "prepared", "data.source='prepared'"
+  if os.path.exists(os.path.join(d.dir, PREPARED_MARKER)):
+    return "prepared", f"{d.dir} holds {PREPARED_MARKER} (made by alexnet_jax.prepare)"
+  if os.path.exists(os.path.join(d.dir, TFDS_MARKER)):
+    return "tfds", f"{d.dir} holds {TFDS_MARKER} (a TFDS dataset folder)"
+  what = "does not exist" if not os.path.exists(d.dir) else "is neither a prepared dataset nor a TFDS dataset folder"
+  raise ValueError(
+    f"data.dir={d.dir!r} {what} (no {PREPARED_MARKER}, no {TFDS_MARKER}): run `python -m alexnet_jax.prepare "
+    f"--input_dir=SRC --output_dir={d.dir}` first, or point data.dir at a prepared dataset."
+  )
+
+
 def create_source(config):
-  """The source named by ``config.data.source``."""
-  if config.data.source == "synthetic":
+  """The source ``config.data`` asks for (``auto``: the one its ``data.dir`` holds; logged)."""
+  from absl import logging
+
+  name, why = resolve_source(config)
+  logging.info("Data source: %s (%s)", name, why)
+  image_size = config.model.image_size or _default_image_size(config.model.name)
+  if name == "synthetic":
     from alexnet_jax.input_pipeline.synthetic import SyntheticSource
 
     return SyntheticSource(
       num_classes=config.model.num_classes,
-      image_size=config.model.image_size or _default_image_size(config.model.name),
+      image_size=image_size,
       num_train_examples=config.data.num_train_examples,
       num_eval_examples=config.data.num_eval_examples,
       learnable=config.data.learnable,
       seed=config.seed,
     )
-  if config.data.source in ("prepared", "tfds"):
-    from alexnet_jax.input_pipeline.prepared import PreparedSource
-    from alexnet_jax.input_pipeline.tfds_source import TfdsSource
+  from alexnet_jax.input_pipeline.prepared import PreparedSource
+  from alexnet_jax.input_pipeline.tfds_source import TfdsSource
 
-    d = config.data
-    if config.data.source == "prepared" and not d.dir:
-      raise ValueError("data.source='prepared' needs --config.data.dir=DST (a directory made by alexnet_jax.prepare)")
-    if config.data.source == "tfds" and not (d.dir or d.tfds_name):
-      raise ValueError(
-        "data.source='tfds' needs --config.data.tfds_name=NAME (and data.dir=its TFDS data_dir), or "
-        "data.dir=a TFDS dataset folder"
-      )
-    make = functools.partial(TfdsSource, d.tfds_name) if config.data.source == "tfds" else PreparedSource
-    return make(
-      d.dir,
-      image_size=config.model.image_size or _default_image_size(config.model.name),
-      seed=config.seed,
-      random_crop=d.random_crop,
-      flip=d.flip,
-      lighting_std=d.lighting_std,
-      subtract_mean=d.subtract_mean,
-      device_preprocess=d.device_preprocess,
-      shuffle_buffer=d.shuffle_buffer,
-      eval_crops=d.eval_crops,
-      num_classes=config.model.num_classes,
-    )
-  raise ValueError(f"data.source={config.data.source!r} is not known")
+  d = config.data
+  make = functools.partial(TfdsSource, d.tfds_name) if name == "tfds" else PreparedSource
+  return make(
+    d.dir,
+    image_size=image_size,
+    crop_fraction=d.crop_fraction or None,
+    seed=config.seed,
+    random_crop=d.random_crop,
+    flip=d.flip,
+    lighting_std=d.lighting_std,
+    subtract_mean=d.subtract_mean,
+    device_preprocess=d.device_preprocess,
+    shuffle_buffer=d.shuffle_buffer,
+    eval_crops=d.eval_crops,
+    num_classes=config.model.num_classes,
+  )
 
 
 def _default_image_size(model_name: str) -> int:

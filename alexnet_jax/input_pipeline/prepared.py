@@ -4,10 +4,11 @@ Training: random crops of the stored (256x256) images with random horizontal fli
 mean image subtracted. Evaluation: the centre crop, or the paper's 10 crops (4 corners + centre, and their mirror
 images).
 
-Determinism: epoch e reads this process's shards in an order drawn from (seed, e), shuffles with a buffer seeded by
-(seed, e, process), and draws each example's crop, flip and lighting from (seed, e, example index) with stateless
+Determinism: epoch e reads this process's shards in an order drawn from (seed, e, process), shuffles with a buffer
+seeded the same way, and draws each example's crop, flip and lighting from (seed, e, example index) with stateless
 random ops. So the batch of every step is a pure function of the step, and a resumed run sees what an unbroken one
-would. Each process reads the shards ``p, p + P, p + 2P, ...``; together the processes read every example once
+would. One tf.data pipeline serves the whole run, the next epoch made ready while the current one is read. Each
+process reads the shards ``p, p + P, p + 2P, ...``; together the processes read every example once
 per epoch (each process drops the last partial batch of its epoch).
 
 What crosses to the devices: with ``device_preprocess`` (default) the uint8 crops plus, per crop, its offset and
@@ -29,12 +30,15 @@ import numpy as np
 from alexnet_jax import prepare as prepare_lib
 
 _MIX = 0x9E3779B1  # to spread (seed, epoch, process) over seed space
+_PRIME = 2**31 - 1
 
 
-def _seed(*parts: int) -> int:
+def _seed(*parts):
+  """A seed from (seed, epoch, ...): Python ints give an int, any tf tensor among them gives an int64 tensor (the
+  same value), so a seed drawn inside the pipeline equals one drawn outside it."""
   h = 0
   for p in parts:
-    h = (h * _MIX + int(p) + 1) % (2**31 - 1)
+    h = (h * _MIX + p + 1) % _PRIME
   return h
 
 
@@ -53,6 +57,7 @@ class PreparedSource:
     *,
     image_size: int,
     seed: int,
+    crop_fraction: float | None = None,
     random_crop: bool = True,
     flip: bool = True,
     lighting_std: float = 0.1,
@@ -67,8 +72,16 @@ class PreparedSource:
     self.meta, stats = self._load(data_dir)
     self.stored_size = self.meta["image_size"]
     self.image_size = image_size
-    if image_size > self.stored_size:
-      raise ValueError(f"model input {image_size} is larger than the stored images ({self.stored_size})")
+    # The square the crops are cut from: the stored images, resized on read when the recipe's crop would otherwise
+    # cover another fraction of them than crop_fraction (a set prepared at 256 trained with 67x67 crops, say).
+    self.view_size = round(image_size / crop_fraction) if crop_fraction else self.stored_size
+    if image_size > self.view_size:
+      raise ValueError(
+        f"model input {image_size} is larger than the stored images ({self.stored_size}x{self.stored_size}) of "
+        f"{data_dir}: set data.crop_fraction (the paper's: {227 / 256:.4f}) to resize them on read, or prepare "
+        f"with --image_size={round(image_size * 256 / 227)}"
+      )
+    self._report_resize(data_dir)
     self.num_classes = len(self.meta["classes"])
     if num_classes is not None and num_classes != self.num_classes:
       raise ValueError(
@@ -80,7 +93,7 @@ class PreparedSource:
     if not eval_split or not eval_split["num_examples"]:
       raise ValueError(f"{data_dir} has no validation images (prepare it from a tree with SRC/val/<class>/...)")
     self.num_eval_examples = eval_split["num_examples"]
-    self.mean_image = np.asarray(stats["mean_image"], np.float32)
+    self.mean_image = self._resized_mean(np.asarray(stats["mean_image"], np.float32))
     self.eigenvalues = np.asarray(stats["eigenvalues"], np.float32)
     self.eigenvectors = np.asarray(stats["eigenvectors"], np.float32)
     self.seed = seed
@@ -90,6 +103,44 @@ class PreparedSource:
     self.num_threads = num_threads  # tf.data threads (None: one per core); the input benchmark pins it to 1
     if eval_crops not in (1, 10):
       raise ValueError(f"eval crops must be 1 or 10, got {eval_crops}")
+
+  def _report_resize(self, data_dir: str) -> None:
+    """Say when stored images are resized on read; warn when they are blown up (detail the recipe expects is
+    missing)."""
+    from absl import logging
+
+    stored, view, crop = self.stored_size, self.view_size, self.image_size
+    if view == stored:
+      return
+    message = (
+      f"{data_dir} stores {stored}x{stored} images; {crop}x{crop} crops are cut from them resized to {view}x{view} "
+      f"on read (data.crop_fraction={crop / view:.3f} of the image, as the recipe asks)."
+    )
+    if view > 1.25 * stored:
+      logging.warning(
+        "%s They are upsampled %.1fx: the network sees less detail than the recipe expects. For this recipe, "
+        "prepare with --image_size=%d.",
+        message,
+        view / stored,
+        view,
+      )
+    else:
+      logging.info("%s Preparing with --image_size=%d would save the resize.", message, view)
+
+  def _resized_mean(self, mean_image: np.ndarray) -> np.ndarray:
+    """The mean image at the size the crops are cut from (resized like the images)."""
+    if mean_image.shape[0] == self.view_size:
+      return mean_image
+    import tensorflow as tf
+
+    return tf.image.resize(mean_image, [self.view_size] * 2, method="bicubic", antialias=True).numpy()
+
+  def _resize(self, image):
+    """A decoded stored image resized to view_size x view_size (bicubic, antialiased, back to uint8)."""
+    import tensorflow as tf
+
+    image = tf.image.resize(image, [self.view_size] * 2, method="bicubic", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
   # ---- the dataset on disk: what a subclass (the TFDS source) replaces ------------------------------------------
   def _load(self, data_dir: str) -> tuple[dict, dict]:
@@ -112,13 +163,18 @@ class PreparedSource:
     import tensorflow as tf
 
     crop = self.image_size
+    if self.view_size != self.stored_size:
+      return self._decode_full(jpeg)[offset[0] : offset[0] + crop, offset[1] : offset[1] + crop]
     return tf.io.decode_and_crop_jpeg(jpeg, tf.concat([offset, [crop, crop]], 0), channels=3)
 
   def _decode_full(self, jpeg):
-    """The whole stored (stored_size x stored_size) image."""
+    """The whole image the crops are cut from (view_size x view_size: the stored image, resized if need be)."""
     import tensorflow as tf
 
-    return tf.io.decode_jpeg(jpeg, channels=3)
+    image = tf.io.decode_jpeg(jpeg, channels=3)
+    if self.view_size != self.stored_size:
+      image = self._resize(image)
+    return tf.ensure_shape(image, [self.view_size, self.view_size, 3])
 
   # ---- which files and how many examples each process reads ------------------------------------------------------
   def _files(self, split: str, process: int, count: int) -> tuple[list[str], int]:
@@ -182,18 +238,18 @@ class PreparedSource:
     images = images + shift[..., None, None, :]
     return {"image": images}
 
-  def _train_example(self, epoch_seed: int):
+  def _train_example(self):
     """Per example only what must be: parse, one stateless draw from (seed, epoch, index), decode the patch, flip
     it. The lighting shifts are computed per batch (``_train_batch``). Measured choices (benchmarks/RESULTS.md): one
     draw instead of split + three draws, and a per-example ``tf.cond`` flip (a batch-level uint8 ``tf.where`` ran
     at less than half the speed)."""
     import tensorflow as tf
 
-    size, crop = self.stored_size, self.image_size
+    size, crop = self.view_size, self.image_size
 
-    def fn(record):
+    def fn(record, epoch):
       jpeg, label, index = self._parse(record)
-      seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+      seed = tf.stack([_seed(tf.constant(self.seed, tf.int64), epoch), index])
       u = tf.random.stateless_uniform([3], seed=seed)  # crop y, crop x, flip
       if self.random_crop:  # floor(u * n) is uniform over the n valid offsets (u < 1)
         offset = tf.cast(tf.floor(u[:2] * (size - crop + 1)), tf.int32)
@@ -222,7 +278,7 @@ class PreparedSource:
     import tensorflow as tf
 
     jpeg, label, index = self._parse(record)
-    size, crop = self.stored_size, self.image_size
+    size, crop = self.view_size, self.image_size
     if self.eval_crops == 1:
       centre = (size - crop) // 2
       corners = [(centre, centre)]
@@ -260,7 +316,7 @@ class PreparedSource:
     out["index"] = index  # which stored example each row is (provenance; the step ignores it)
     return out
 
-  def _dataset(self, files: list[str], *, epoch: int | None, batch: int, skip_examples: int = 0):
+  def _options(self):
     import tensorflow as tf
 
     from alexnet_jax import tf_util
@@ -270,28 +326,59 @@ class PreparedSource:
     options.deterministic = True
     threads = self.num_threads or max(1, os.cpu_count() or 1)
     options.threading.private_threadpool_size = threads
-    parallel = threads if self.num_threads else tf.data.AUTOTUNE
-    if epoch is None:  # evaluation: files in order, every example once
-      ds = tf.data.TFRecordDataset(files, num_parallel_reads=1)
-      ds = ds.map(self._eval_example, num_parallel_calls=parallel, deterministic=True)
-      ds = ds.batch(batch).map(self._to_batch, num_parallel_calls=parallel, deterministic=True)
-    else:
-      order = np.random.default_rng([self.seed, epoch, jax.process_index()]).permutation(len(files))
-      ds = tf.data.Dataset.from_tensor_slices([files[i] for i in order])
-      ds = ds.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(16, len(files)),
-        block_length=1,
-        num_parallel_calls=parallel,
-        deterministic=True,
-      )
-      if self.shuffle_buffer > 1:
-        ds = ds.shuffle(
-          self.shuffle_buffer, seed=_seed(self.seed, epoch, jax.process_index()), reshuffle_each_iteration=False
-        )
-      ds = ds.skip(skip_examples)  # before decoding: skipping costs only reading
-      ds = ds.map(self._train_example(_seed(self.seed, epoch)), num_parallel_calls=parallel, deterministic=True)
-      ds = ds.batch(batch, drop_remainder=True).map(self._train_batch, num_parallel_calls=parallel, deterministic=True)
+    return options, (threads if self.num_threads else tf.data.AUTOTUNE)
+
+  def _epoch_records(self, files: list[str], epoch, num_examples: int):
+    """The raw records of one epoch (a tf int64 ``epoch``) in their shuffled order, cut to ``num_examples``: the
+    files in an order drawn from (seed, epoch, process), interleaved, through a shuffle buffer seeded the same way."""
+    import tensorflow as tf
+
+    seed = _seed(tf.constant(self.seed, tf.int64), epoch, jax.process_index())
+    order = tf.random.experimental.stateless_shuffle(tf.range(len(files)), seed=tf.stack([seed, epoch]))
+    ds = tf.data.Dataset.from_tensor_slices(tf.gather(tf.constant(files), order))
+    ds = ds.interleave(
+      tf.data.TFRecordDataset,
+      cycle_length=min(16, len(files)),
+      block_length=1,
+      num_parallel_calls=min(16, len(files)),
+      deterministic=True,
+    )
+    if self.shuffle_buffer > 1:
+      ds = ds.shuffle(self.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+    return ds.take(num_examples).map(lambda record: (record, epoch))
+
+  def _train_dataset(self, files: list[str], *, start_epoch: int, batch: int, per_epoch: int, skip_examples: int = 0):
+    """One pipeline for the whole run: epoch after epoch (each ``per_epoch`` batches), from ``start_epoch``.
+
+    Epochs are interleaved two at a time with blocks of a whole epoch, so the order is exactly epoch e, then e + 1,
+    ..., but the next epoch's files are opened and its shuffle buffer filled while the current one is read: no stall
+    at the boundary (a pipeline per epoch refilled the buffer, and restarted every thread, while training waited).
+    """
+    import tensorflow as tf
+
+    options, parallel = self._options()
+    n = per_epoch * batch
+    epochs = tf.data.Dataset.range(start_epoch, 2**62)
+    ds = epochs.interleave(
+      lambda e: self._epoch_records(files, e, n),
+      cycle_length=2,
+      block_length=n,
+      num_parallel_calls=2,
+      deterministic=True,
+    )
+    ds = ds.skip(skip_examples)  # before decoding: skipping costs only reading
+    ds = ds.map(self._train_example(), num_parallel_calls=parallel, deterministic=True)
+    ds = ds.batch(batch, drop_remainder=True).map(self._train_batch, num_parallel_calls=parallel, deterministic=True)
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+  def _eval_dataset(self, files: list[str], *, batch: int):
+    """Files in order, every example once."""
+    import tensorflow as tf
+
+    options, parallel = self._options()
+    ds = tf.data.TFRecordDataset(files, num_parallel_reads=1)
+    ds = ds.map(self._eval_example, num_parallel_calls=parallel, deterministic=True)
+    ds = ds.batch(batch).map(self._to_batch, num_parallel_calls=parallel, deterministic=True)
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
   # ---- the source interface --------------------------------------------------------------------------------------
@@ -300,10 +387,10 @@ class PreparedSource:
     files, _ = self._files("train", jax.process_index(), jax.process_count())
     per_epoch = self.steps_per_epoch(global_batch)
     epoch, step_in_epoch = divmod(start_step, per_epoch)
-    while True:
-      ds = self._dataset(files, epoch=epoch, batch=local, skip_examples=step_in_epoch * local)
-      yield from ds.take(per_epoch - step_in_epoch).as_numpy_iterator()
-      epoch, step_in_epoch = epoch + 1, 0
+    ds = self._train_dataset(
+      files, start_epoch=epoch, batch=local, per_epoch=per_epoch, skip_examples=step_in_epoch * local
+    )
+    yield from ds.as_numpy_iterator()
 
   def eval_batches(self, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
     """Every validation example once; batches padded (mask 0) so all processes yield the same number."""
@@ -314,14 +401,14 @@ class PreparedSource:
     template = None
     yielded = 0
     if files:
-      for batch in self._dataset(files, epoch=None, batch=local).as_numpy_iterator():
+      for batch in self._eval_dataset(files, batch=local).as_numpy_iterator():
         n = len(batch["label"])
         template = batch
         yield _pad(batch, local, n)
         yielded += 1
     while yielded < num_batches:  # processes with fewer examples keep step with the others
       if template is None:
-        template = next(self._dataset(self._files("val", 0, 1)[0], epoch=None, batch=1).as_numpy_iterator())
+        template = next(self._eval_dataset(self._files("val", 0, 1)[0], batch=1).as_numpy_iterator())
       yield _pad(template, local, 0)
       yielded += 1
 

@@ -29,6 +29,9 @@ class TfdsSource(PreparedSource):
     self.tfds_name = name
     super().__init__(data_dir, **kwargs)
 
+  def _report_resize(self, data_dir: str) -> None:
+    del data_dir  # every TFDS image is resized on read anyway (to view_size directly)
+
   def _load(self, data_dir: str) -> tuple[dict, dict]:
     import tensorflow_datasets as tfds
 
@@ -92,17 +95,19 @@ class TfdsSource(PreparedSource):
     return parsed["image"], tf.cast(parsed["label"], tf.int32), index
 
   def _decode_full(self, jpeg):
-    """Decode any size, then the paper's fixed preprocessing: shorter side to 256 (bicubic, antialiased), centre."""
+    """Decode any size, then the paper's fixed preprocessing: shorter side to the size the crops are cut from (256
+    for 227x227 crops; bicubic, antialiased), and the centre square."""
     import tensorflow as tf
 
+    size = self.view_size
     image = tf.io.decode_image(jpeg, channels=3, expand_animations=False)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = STORED_SIZE / tf.reduce_min(shape)
-    new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), STORED_SIZE)
+    scale = size / tf.reduce_min(shape)
+    new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
     image = tf.image.resize(image, new, method="bicubic", antialias=True)
     image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    top, left = (new[0] - STORED_SIZE) // 2, (new[1] - STORED_SIZE) // 2
-    return tf.ensure_shape(image[top : top + STORED_SIZE, left : left + STORED_SIZE], [STORED_SIZE, STORED_SIZE, 3])
+    top, left = (new[0] - size) // 2, (new[1] - size) // 2
+    return tf.ensure_shape(image[top : top + size, left : left + size], [size, size, 3])
 
   def _decode_patch(self, jpeg, offset):
     crop = self.image_size
