@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -313,9 +314,17 @@ def define_flags() -> None:
   flags.DEFINE_string("data_dir", None, "Prepared data for --input_only (default: generate some).")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
   del argv
-  f = flags.FLAGS
+  try:
+    run_benchmark(flags.FLAGS)
+  except ValueError as e:  # an impossible layout or batch: say what to change
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def run_benchmark(f) -> None:
   if f.input_only:
     for row in bench_input(f.data_dir, f.batch_size, max(f.steps, 10)):
       emit(row)
@@ -340,4 +349,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -30,6 +30,7 @@ SAFE_TO_CHANGE_ON_RESUME = (
   "data.prefetch",
   "mesh.",
   "profile.",
+  "health.",
 )
 
 DATA_SOURCES = ("auto", "synthetic", "prepared", "tfds")
@@ -106,6 +107,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.model = 1  # size of the 'model' axis: 2 = the paper's two-GPU split (Sec. 3.2)
+
+  c.health = ml_collections.ConfigDict()  # alexnet_jax/health.py: a collapse caught at a log step, once
+  c.health.on_collapse = "warn"  # 'warn' (a warning naming the dead layers) or 'stop' (an error; checkpoints kept)
+  c.health.chance_margin = 0.05  # "at chance": |loss - ln(num_classes)| below this (nats) ...
+  c.health.vanishing_grad = 0.1  # ... with the gradient norm below this fraction of the largest logged so far ...
+  c.health.patience = 3  # ... for this many log windows in a row; a layer whose ReLUs are all dead fires at once
 
   c.profile = ml_collections.ConfigDict()
   c.profile.enabled = False  # a jax.profiler trace of a few steps, viewable in TensorBoard's profile tab
@@ -202,6 +209,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"data.crop_fraction must be in (0, 1] (or 0: no resizing), got {config.data.crop_fraction}")
   if config.data.eval_crops not in (1, 10):
     raise ValueError(f"data.eval_crops must be 1 or 10, got {config.data.eval_crops}")
+  choice("health.on_collapse", config.health.on_collapse, ("warn", "stop"))
+  if config.health.patience < 1:
+    raise ValueError(f"health.patience must be >= 1, got {config.health.patience}")
   if config.schedule.patience < 1:
     raise ValueError(f"schedule.patience must be >= 1, got {config.schedule.patience}")
 

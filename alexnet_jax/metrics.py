@@ -13,15 +13,33 @@ import jax
 import numpy as np
 from clu import metric_writers, metrics
 
+from alexnet_jax.model import LAYER_NAMES
+from alexnet_jax.steps import RELU_LAYERS
 
-@flax.struct.dataclass
-class TrainMetrics(metrics.Collection):
-  loss: metrics.Average.from_output("loss")
-  top1_error: metrics.Average.from_output("top1_error")
-  top5_error: metrics.Average.from_output("top5_error")
-  grad_norm: metrics.Average.from_output("grad_norm")
-  learning_rate: metrics.LastValue.from_output("learning_rate")
-  finite: metrics.Average.from_output("finite")
+HEALTH_KINDS = ("grad_norm", "param_norm", "update_ratio", "dead_relu")
+
+
+def _train_metrics() -> type[metrics.Collection]:
+  """The train step's outputs, averaged over a logging window; the parameter norms are those after its last step."""
+  fields = {
+    "loss": metrics.Average.from_output("loss"),
+    "top1_error": metrics.Average.from_output("top1_error"),
+    "top5_error": metrics.Average.from_output("top5_error"),
+    "grad_norm": metrics.Average.from_output("grad_norm"),
+    "param_norm": metrics.LastValue.from_output("param_norm"),
+    "learning_rate": metrics.LastValue.from_output("learning_rate"),
+    "finite": metrics.Average.from_output("finite"),
+  }
+  for layer in LAYER_NAMES:
+    fields[f"grad_norm_{layer}"] = metrics.Average.from_output(f"grad_norm_{layer}")
+    fields[f"param_norm_{layer}"] = metrics.LastValue.from_output(f"param_norm_{layer}")
+    fields[f"update_ratio_{layer}"] = metrics.Average.from_output(f"update_ratio_{layer}")
+  for layer in RELU_LAYERS:
+    fields[f"dead_relu_{layer}"] = metrics.Average.from_output(f"dead_relu_{layer}")
+  return metrics.Collection.create(**fields)
+
+
+TrainMetrics = _train_metrics()
 
 
 @flax.struct.dataclass
@@ -80,15 +98,65 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
     self._file.close()
 
 
+def health_tag(key: str) -> str | None:
+  """``train_grad_norm_conv1`` -> ``grad_norm/conv1`` (TensorBoard groups a tag by what precedes its '/': one
+  group per kind, one curve per layer); None for any other key."""
+  for kind in HEALTH_KINDS:
+    prefix = f"train_{kind}_"
+    if key.startswith(prefix) and key[len(prefix) :] in LAYER_NAMES:
+      return f"{kind}/{key[len(prefix) :]}"
+  return None
+
+
+class _Renamed(metric_writers.MetricWriter):
+  """A writer that passes scalars on under other names (``rename`` -> None drops a key)."""
+
+  def __init__(self, writer: metric_writers.MetricWriter, rename):
+    self._writer, self._rename = writer, rename
+
+  def write_scalars(self, step, scalars):
+    renamed = {self._rename(k): v for k, v in scalars.items() if self._rename(k) is not None}
+    if renamed:
+      self._writer.write_scalars(step, renamed)
+
+  def write_summaries(self, step, values, metadata=None):
+    self._writer.write_summaries(step, values, metadata)
+
+  def write_images(self, step, images):
+    self._writer.write_images(step, images)
+
+  def write_videos(self, step, videos):
+    self._writer.write_videos(step, videos)
+
+  def write_audios(self, step, audios, *, sample_rate):
+    self._writer.write_audios(step, audios, sample_rate=sample_rate)
+
+  def write_texts(self, step, texts):
+    self._writer.write_texts(step, texts)
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    self._writer.write_histograms(step, arrays, num_buckets)
+
+  def write_hparams(self, hparams):
+    self._writer.write_hparams(hparams)
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
   """TensorBoard (WORKDIR/tensorboard) + log + WORKDIR/metrics.jsonl on process 0; nothing elsewhere (every process
-  computes the same global metrics)."""
+  computes the same global metrics). The per-layer health scalars go to metrics.jsonl as they are, to TensorBoard
+  grouped by kind (``grad_norm/conv1``, ...), and not to the log line (31 of them at every log step)."""
   if jax.process_index() > 0:
     return metric_writers.MultiWriter([])
   return metric_writers.MultiWriter(
     [
-      metric_writers.LoggingWriter(),
-      metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")),
+      _Renamed(metric_writers.LoggingWriter(), lambda k: None if health_tag(k) else k),
+      _Renamed(metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")), lambda k: health_tag(k) or k),
       JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
     ]
   )

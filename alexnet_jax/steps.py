@@ -33,6 +33,25 @@ def global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
+def layer_norms(tree: dict[str, Any]) -> dict[str, jax.Array]:
+  """{layer: the L2 norm of all its arrays (kernel and bias)} for a params-shaped tree {layer: {name: array}}."""
+  return {layer: global_norm(sub) for layer, sub in tree.items()}
+
+
+def dead_relu_fractions(activations: dict[str, jax.Array], layers) -> dict[str, jax.Array]:
+  """{layer: the fraction of its units whose ReLU output is zero for every example of the batch}. A unit is a channel
+  of a conv layer (at every position) or a neuron of a dense layer; a layer at 1.0 passes nothing on."""
+  out = {}
+  for layer in layers:
+    a = activations[layer]
+    alive = jnp.any(a > 0, axis=tuple(range(a.ndim - 1)))
+    out[layer] = jnp.mean((~alive).astype(jnp.float32))
+  return out
+
+
+RELU_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # fc8 feeds the softmax: no ReLU
+
+
 def make_train_step(
   graphdef: nnx.GraphDef,
   tx: optax.GradientTransformationExtraArgs,
@@ -41,10 +60,13 @@ def make_train_step(
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
   """A pure ``train_step(state, batch) -> (state, outputs)``; jit it with the shardings you want.
 
-  ``outputs`` holds per-example ``loss``, ``top1_error``, ``top5_error`` and scalars ``grad_norm``,
-  ``learning_rate`` and ``finite`` (the parameter norm costs a pass over every parameter: ``global_norm`` it at
-  logging time). When the loss or the gradient norm is not finite the state is
-  returned unchanged (``finite`` = 0): a bad batch can never reach the parameters or a checkpoint.
+  ``outputs`` holds per-example ``loss``, ``top1_error``, ``top5_error``, scalars ``grad_norm``, ``param_norm``,
+  ``learning_rate`` and ``finite``, and the training-health diagnostics of every layer L: ``grad_norm_L``,
+  ``param_norm_L`` (after the update), ``update_ratio_L`` (the norm of the update over the norm of the parameters it
+  changed) and, for the layers with a ReLU, ``dead_relu_L`` (``dead_relu_fractions``). The norms are reductions fused
+  with the passes that already read the gradients and write the parameters. When the loss or the gradient norm is not
+  finite the state is returned unchanged (``finite`` = 0, update ratios 0): a bad batch can never reach the
+  parameters or a checkpoint.
   """
 
   def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
@@ -54,32 +76,45 @@ def make_train_step(
     images, labels = preprocess(batch), batch["label"]
 
     def loss_fn(params):
-      logits = nnx.merge(graphdef, params)(images, dropout_rng=dropout_rng)
+      logits, acts = nnx.merge(graphdef, params)(images, dropout_rng=dropout_rng, return_activations=True)
       per_example = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-      return per_example.mean(), (per_example, logits)
+      return per_example.mean(), (per_example, logits, dead_relu_fractions(acts, RELU_LAYERS))
 
-    (_, (per_example, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (_, (per_example, logits, dead)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     lr = lr_schedule(step) * state["plateau"]["scale"]
-    grad_norm = global_norm(grads)
+    grad_norms = layer_norms(grads)
+    grad_norm = jnp.sqrt(sum(jnp.square(n) for n in grad_norms.values()))
     finite = jnp.isfinite(per_example.mean()) & jnp.isfinite(grad_norm)
 
-    def apply(state: State) -> State:
+    def apply(state: State) -> tuple[State, dict[str, jax.Array]]:
       updates, opt_state = tx.update(grads, state["opt_state"], state["params"], learning_rate=lr)
       params = optax.apply_updates(state["params"], updates)
-      return {**state, "step": step + 1, "params": params, "opt_state": opt_state}
+      before, update_norms, after = layer_norms(state["params"]), layer_norms(updates), layer_norms(params)
+      ratios = {layer: update_norms[layer] / jnp.maximum(before[layer], 1e-12) for layer in before}
+      return {**state, "step": step + 1, "params": params, "opt_state": opt_state}, {"ratio": ratios, "norm": after}
+
+    def skip(state: State) -> tuple[State, dict[str, jax.Array]]:
+      norms = layer_norms(state["params"])
+      return state, {"ratio": jax.tree.map(jnp.zeros_like, norms), "norm": norms}
 
     # A non-finite step changes nothing. A conditional, not a select over the whole state: XLA's CPU backend runs an
     # elementwise pass gated by a computed scalar ~4x slower (benchmarks/RESULTS.md).
-    new_state = jax.lax.cond(finite, apply, lambda state: state, state)
+    new_state, health = jax.lax.cond(finite, apply, skip, state)
     errors = topk_errors(logits, labels)
     outputs = {
       "loss": per_example,
       "top1_error": errors[1],
       "top5_error": errors[5],
       "grad_norm": grad_norm,
+      "param_norm": jnp.sqrt(sum(jnp.square(n) for n in health["norm"].values())),
       "learning_rate": lr,
       "finite": finite.astype(jnp.float32),
     }
+    for layer in grad_norms:
+      outputs[f"grad_norm_{layer}"] = grad_norms[layer]
+      outputs[f"param_norm_{layer}"] = health["norm"][layer]
+      outputs[f"update_ratio_{layer}"] = health["ratio"][layer]
+    outputs.update({f"dead_relu_{layer}": fraction for layer, fraction in dead.items()})
     return new_state, outputs
 
   return train_step

@@ -74,6 +74,7 @@ def test_demo_recipe_learns_through_the_command_line(tmp_path):
     "--config.log_every_steps=100",
   )
   assert out.returncode == 0, out.stderr[-3000:]
+  assert "at chance" not in out.stderr  # the collapse detector stays silent on a recipe that learns
   out = run("alexnet_jax.evaluate", f"--workdir={tmp_path}/run", "--crops=10")
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads((tmp_path / "run" / "eval" / "step800_10crop.json").read_text())

@@ -1,0 +1,60 @@
+"""Training health: a collapse detector fed the logged train metrics (the per-layer diagnostics come from
+``steps.make_train_step``).
+
+A network that has collapsed to the uniform prediction sits at a loss of ln(num_classes) while its gradient fades;
+one whose ReLUs are all zero in some layer passes nothing on. Either wastes every later step, so the run says so, once,
+at the log step where it becomes clear: a warning (``health.on_collapse='warn'``, the default) or a stop with an
+error (``'stop'``; the checkpoints written so far are kept).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from alexnet_jax.steps import RELU_LAYERS
+
+
+class CollapseError(ValueError):
+  """Training collapsed and ``health.on_collapse='stop'``."""
+
+
+class CollapseDetector:
+  """Fed every logged window of train metrics (``loss``, ``grad_norm``, ``dead_relu_<layer>``, ...).
+
+  It fires when a layer's ReLUs are all dead over a whole window (every unit zero for every example of every batch
+  averaged: ``dead_relu`` = 1), or when for ``patience`` log windows in a row the loss is within ``chance_margin`` of
+  ln(num_classes) and the gradient norm is below ``vanishing_grad`` times the largest logged so far.
+  """
+
+  def __init__(self, num_classes: int, *, chance_margin: float, vanishing_grad: float, patience: int):
+    self.chance = math.log(num_classes)
+    self.chance_margin, self.vanishing_grad, self.patience = chance_margin, vanishing_grad, patience
+    self.max_grad_norm = 0.0
+    self.streak = 0
+    self.fired = False
+
+  def update(self, step: int, values: dict[str, Any]) -> str | None:
+    """The warning, the first time the window ending at ``step`` shows a collapse; None otherwise."""
+    if self.fired:
+      return None
+    loss, grad_norm = float(values["loss"]), float(values["grad_norm"])
+    self.max_grad_norm = max(self.max_grad_norm, grad_norm)
+    dead = [layer for layer in RELU_LAYERS if float(values.get(f"dead_relu_{layer}", 0.0)) >= 1.0]
+    at_chance = abs(loss - self.chance) < self.chance_margin and grad_norm < self.vanishing_grad * self.max_grad_norm
+    self.streak = self.streak + 1 if at_chance else 0
+    if not dead and self.streak < self.patience:
+      return None
+    self.fired = True
+    layers = (
+      f"dead layers (every ReLU zero over the batch): {', '.join(dead)}"
+      if dead
+      else "no layer is entirely dead (the gradient faded instead)"
+    )
+    return (
+      f"Training looks stuck at chance at step {step}: loss {loss:.4f} vs ln({round(math.exp(self.chance))}) = "
+      f"{self.chance:.4f}, gradient norm {grad_norm:.3g} (largest logged {self.max_grad_norm:.3g}); {layers}. "
+      "The per-layer train_grad_norm_*, train_update_ratio_* and train_dead_relu_* in metrics.jsonl show where the "
+      "signal stops. Things to try: --config.model.lrn_alpha_over_n=True, --config.model.init=torch, a lower "
+      "--config.optimizer.learning_rate, in a new --workdir. (health.on_collapse='stop' ends the run here instead.)"
+    )
