@@ -114,7 +114,7 @@ class PreparedSource:
       return
     message = (
       f"{data_dir} stores {stored}x{stored} images; {crop}x{crop} crops are cut from them resized to {view}x{view} "
-      f"on read (data.crop_fraction={crop / view:.3f} of the image, as the recipe asks)."
+      f"on read, so a crop covers {crop / view:.1%} of the image's width (data.crop_fraction, in whole pixels)."
     )
     if view > 1.25 * stored:
       logging.warning(
