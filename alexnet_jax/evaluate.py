@@ -58,6 +58,8 @@ def evaluate_workdirs(
     raise ValueError(f"--crops must be 1 or 10, got {crops}")
   configs, steps_used = [], []
   for workdir in workdirs:
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # and never create a mistyped workdir
+      raise ValueError(f"--workdir={workdir} holds no checkpoints/ folder: train there first, or check the path")
     ckpt = checkpoint_lib.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), max_to_keep=10**9)
     try:
       s, saved = ckpt.read_config(step)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file(
@@ -41,8 +41,7 @@ def main(argv: list[str]) -> int:
       flags.FLAGS.config, flags.FLAGS.workdir, allow_config_change=flags.FLAGS.allow_config_change
     )
   except (ValueError, train.NonFiniteError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)  # once: not also as a log line
     return 1
   return EXIT_PREEMPTED if result["status"] == "preempted" else 0
 

@@ -59,7 +59,7 @@ def eval_results(collection: EvalMetrics) -> dict[str, float]:
 
 
 class JsonlWriter(metric_writers.interface.MetricWriter):
-  """Appends one JSON object per write to ``path``: ``{"step": N, key: value, ...}`` (scalars only)."""
+  """Appends one JSON object per write to ``path``: ``{"step": N, key: value, ...}`` (scalars only), flushed at once."""
 
   def __init__(self, path: str):
     self._path = path
@@ -69,6 +69,7 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     row = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
     self._file.write(json.dumps(row) + "\n")
+    self._file.flush()  # a crash must not lose rows whose checkpoints exist
 
   def write_summaries(self, step, values, metadata=None):
     pass

@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import config_lib, health, input_pipeline, optim, parallel, steps
+from alexnet_jax import config_lib, health, input_pipeline, optim, parallel, steps, workdir_lock
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
 
@@ -335,11 +335,21 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
   """Train (resuming from ``workdir`` if it holds a checkpoint) and evaluate; returns the final metrics.
 
-  The returned dict has ``step``, ``status`` ('completed' or 'preempted') and the last ``eval_*`` values.
+  The returned dict has ``step``, ``status`` ('completed' or 'preempted') and the last ``eval_*`` values. A second
+  run on a workdir that a live run holds stops at once (``workdir_lock.WorkdirLockedError``, naming the holder).
   """
-  # ---- Config and workdir -------------------------------------------------------------------------------------
+  # ---- Config and workdir: one writer per workdir --------------------------------------------------------------
   config_lib.validate(config)
   workdir = prepare_workdir(workdir)
+  lock = workdir_lock.hold(workdir)
+  try:
+    return _run(config, workdir, allow_config_change)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool) -> dict[str, Any]:
   from alexnet_jax import tf_util  # clu's writers import TensorFlow: keep it off the accelerators first
 
   tf_util.hide_accelerators_from_tensorflow()
@@ -479,12 +489,6 @@ def train_and_evaluate(
         if step % config.log_every_steps == 0 or last:
           values = train_metrics.compute()
           check_finite(values)
-          collapse = detector.update(step, values)
-          if collapse and config.health.on_collapse == "stop":
-            ckpt.wait()
-            raise health.CollapseError(collapse)
-          if collapse:
-            logging.warning("%s", collapse)
           elapsed = time.perf_counter() - window_start
           scalars = {f"train_{k}": v for k, v in values.items() if k not in ("learning_rate", "finite")}
           scalars.update(
@@ -495,6 +499,12 @@ def train_and_evaluate(
           )
           writer.write_scalars(step, scalars)
           train_metrics, window_start, window_steps, input_wait = None, time.perf_counter(), 0, 0.0
+          collapse = detector.update(step, values)
+          if collapse and config.health.on_collapse == "stop":
+            ckpt.wait()
+            raise health.CollapseError(collapse)
+          if collapse:
+            logging.warning("%s", collapse)
 
         scheduled_eval = step % eval_every == 0
         if scheduled_eval or last:

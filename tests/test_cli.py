@@ -52,6 +52,7 @@ def test_non_finite_loss_exits_with_a_message(tmp_path):
   )
   assert out.returncode == 1
   assert "NaN/inf" in out.stderr and "last good checkpoint (step 1) is intact" in out.stderr
+  assert out.stderr.count("last good checkpoint") == 1  # one `error:` line, not also a log line
 
 
 def test_demo_recipe_learns_through_the_command_line(tmp_path):

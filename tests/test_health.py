@@ -105,3 +105,5 @@ def test_a_collapsed_run_warns_at_chance_then_stops_when_asked(tmp_path, caplog)
   assert saved == [s for s in (100, 200, 300) if s <= step]  # what was saved before the stop is kept
   rows = (tmp_path / "warn" / "metrics.jsonl").read_text()
   assert all(f"train_{k}_conv1" in rows for k in ("grad_norm", "param_norm", "update_ratio", "dead_relu"))
+  stopped = (tmp_path / "stop" / "metrics.jsonl").read_text()
+  assert f'"step": {step}, ' in stopped  # the window that showed the collapse is written before the stop

@@ -230,3 +230,21 @@ def test_evaluate_cli_function_single_and_ensemble(tmp_path):
   expected_loss = float(np.mean(-np.log(mean[np.arange(20), labels])))
   assert both["loss"] == pytest.approx(expected_loss, rel=1e-4)
   assert both["top1_error"] == pytest.approx(float(np.mean(mean.argmax(1) != labels)))
+
+
+def test_metrics_rows_reach_the_disk_at_once(tmp_path):
+  """metrics.jsonl is flushed at every write: a crash cannot lose rows whose checkpoints exist."""
+  from alexnet_jax import metrics
+
+  writer = metrics.JsonlWriter(str(tmp_path / "metrics.jsonl"))
+  writer.write_scalars(3, {"train_loss": 1.5})
+  assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 3, "train_loss": 1.5}\n'  # before close
+  writer.close()
+
+
+def test_evaluate_never_creates_a_mistyped_workdir(tmp_path):
+  from alexnet_jax import evaluate
+
+  with pytest.raises(ValueError, match="holds no checkpoints/ folder"):
+    evaluate.evaluate_workdirs([str(tmp_path / "typo")], crops=1)
+  assert not (tmp_path / "typo").exists()
