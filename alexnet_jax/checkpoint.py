@@ -1,7 +1,9 @@
 """Checkpoints with orbax: async, atomic, keep-N, restored straight into the current shardings.
 
-Each checkpoint holds two items: ``state`` (the plain train-state pytree) and ``config`` (the run's config as JSON,
-to refuse a resume that would silently change the computation). A step directory is only a checkpoint once orbax
+Each checkpoint holds three items: ``state`` (the plain train-state pytree), ``config`` (the run's config as JSON,
+to refuse a resume that would silently change the computation) and ``fingerprints`` (one exact checksum per array,
+computed on the devices at save and compared at restore: damage that the reader does not trip on, a flipped bit or an
+overwritten block inside the data, is caught too). A step directory is only a checkpoint once orbax
 has committed it (an interrupted save leaves a ``*.orbax-checkpoint-tmp`` folder that is never read). A committed
 step that cannot be read is moved aside to ``WORKDIR/checkpoints_corrupt/`` and the previous step is used, with a
 warning.
@@ -15,8 +17,38 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fingerprints: every saved array's, recorded at save and checked at restore.
+# ---------------------------------------------------------------------------------------------------------------
+_GOLDEN = 0x9E3779B1
+
+
+def _fingerprint(x: jax.Array) -> jax.Array:
+  """sum_i bits_i * w_i mod 2^32 over the array's elements, with w_i = (i * golden) | 1 odd: a changed bit of any
+  element changes the sum (an odd weight times a power of two is never 0 mod 2^32). Integer sums wrap exactly and in
+  any order, so the value is the same on every device layout."""
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32) if x.dtype.itemsize == 4 else x.astype(jnp.uint32)
+  index = jnp.arange(x.size, dtype=jnp.uint32).reshape(x.shape)
+  return jnp.sum(bits * ((index * jnp.uint32(_GOLDEN)) | jnp.uint32(1)), dtype=jnp.uint32)
+
+
+@jax.jit
+def _fingerprints(state: Any) -> Any:
+  return jax.tree.map(_fingerprint, state)
+
+
+def fingerprints(state: Any) -> dict[str, int]:
+  """{array path: its fingerprint} for a state pytree, computed on the devices where the arrays live."""
+  values = jax.device_get(_fingerprints(state))
+  return {jax.tree_util.keystr(path): int(v) for path, v in jax.tree_util.tree_flatten_with_path(values)[0]}
+
+
+class FingerprintMismatchError(ValueError):
+  """A restored array differs from the one that was saved (bit rot, a partial overwrite, a bad copy)."""
 
 
 class Checkpointer:
@@ -28,7 +60,7 @@ class Checkpointer:
     self._manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(self.directory, options=self._options, item_names=("state", "config"))
+    return ocp.CheckpointManager(self.directory, options=self._options, item_names=("state", "config", "fingerprints"))
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -37,17 +69,34 @@ class Checkpointer:
     """Start saving ``state`` at ``step`` (asynchronously; ``wait()`` blocks until it is committed)."""
     if step in self._manager.all_steps():
       return
-    self._manager.save(
+    self._manager.save(  # the fingerprints are computed now, before the next step donates the state's buffers
       step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json)),
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        config=ocp.args.JsonSave(config_json),
+        fingerprints=ocp.args.JsonSave(fingerprints(state)),
+      ),
       force=True,
     )
 
   def restore(self, step: int, abstract_state: Any) -> tuple[int, Any, dict[str, Any]]:
-    """(step, state, saved config) of one given step."""
-    restored = self._manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore())
-    )
+    """(step, state, saved config) of one given step; FingerprintMismatchError if any array differs from what was
+    saved."""
+    items = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
+    verified = os.path.isdir(os.path.join(self.directory, str(step), "fingerprints"))
+    if verified:
+      items["fingerprints"] = ocp.args.JsonRestore()
+    else:
+      logging.warning("Checkpoint at step %d has no fingerprints (saved by an older version): not verified.", step)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if verified:
+      saved, now = dict(restored["fingerprints"]), fingerprints(restored["state"])
+      differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+      if differ:
+        more = " ..." if len(differ) > 4 else ""
+        raise FingerprintMismatchError(
+          f"{len(differ)} array(s) differ from what was saved ({', '.join(differ[:4])}{more})"
+        )
     return step, restored["state"], dict(restored["config"])
 
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
@@ -67,19 +116,27 @@ class Checkpointer:
           type(e).__name__,
           str(e).splitlines()[0] if str(e) else "",
         )
-        self._quarantine(step)
+        try:
+          self._quarantine(step)
+        except OSError as moved:  # a read-only workdir (evaluate may read one): skip the step, move nothing
+          logging.warning("Could not move step %d aside (%s); using the previous step.", step, moved)
     return None
 
   def read_config(self, step: int | None = None) -> tuple[int, dict[str, Any]]:
-    """(step, the config saved with that checkpoint); the newest step by default."""
+    """(step, the config saved with that checkpoint); by default the newest step whose config can be read."""
     steps = self.all_steps()
     if not steps:
       raise ValueError(f"no checkpoint in {self.directory}: train first, or check --workdir")
-    step = steps[-1] if step is None else step
-    if step not in steps:
+    if step is not None and step not in steps:
       raise ValueError(f"no checkpoint for step {step} in {self.directory}; there are {steps}")
-    restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return step, dict(restored["config"])
+    errors = []
+    for s in [step] if step is not None else reversed(steps):
+      try:
+        restored = self._manager.restore(s, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return s, dict(restored["config"])
+      except Exception as e:  # a damaged step: the one before it may be fine
+        errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    raise ValueError(f"no readable checkpoint config in {self.directory} ({'; '.join(errors)})")
 
   def _quarantine(self, step: int) -> None:
     """Move an unreadable step out of the manager's directory (so a later save of that step can succeed)."""

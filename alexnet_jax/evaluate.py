@@ -85,8 +85,9 @@ def evaluate_workdirs(
   parallel.check_batch_size(first.eval_batch_size, mesh, "eval batch size")
   source = input_pipeline.create_source(first)
   graphdefs, params, shardings = [], [], []
-  for workdir, config, s in zip(workdirs, configs, steps_used, strict=True):
-    _, state, graphdef = train.load_checkpoint(config, workdir, mesh=mesh, step=s)
+  for i, (workdir, config) in enumerate(zip(workdirs, configs, strict=True)):
+    # --step: exactly that step; otherwise the newest readable one, falling back past damaged ones as training does.
+    steps_used[i], state, graphdef = train.load_checkpoint(config, workdir, mesh=mesh, step=step)
     graphdefs.append(graphdef)
     params.append(state["params"])
     shardings.append(jax.tree.map(lambda x: x.sharding, state["params"]))

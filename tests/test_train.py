@@ -248,3 +248,43 @@ def test_evaluate_never_creates_a_mistyped_workdir(tmp_path):
   with pytest.raises(ValueError, match="holds no checkpoints/ folder"):
     evaluate.evaluate_workdirs([str(tmp_path / "typo")], crops=1)
   assert not (tmp_path / "typo").exists()
+
+
+def test_fingerprints_are_layout_independent_and_see_one_flipped_bit():
+  x = np.random.default_rng(0).normal(size=(64, 24)).astype(np.float32)
+  mesh = parallel.create_mesh(2)  # 4 x 2: rows over 'data'... any layout gives the same number
+  sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model")))
+  assert checkpoint.fingerprints({"x": sharded}) == checkpoint.fingerprints({"x": jax.device_put(x, jax.devices()[0])})
+  flipped = x.view(np.uint32).copy()
+  flipped[37, 5] ^= 1 << 31  # one bit, the sign of one weight
+  assert checkpoint.fingerprints({"x": flipped.view(np.float32)}) != checkpoint.fingerprints({"x": x})
+  swapped = x.copy()
+  swapped[[0, 1]] = swapped[[1, 0]]  # the same values in other places
+  assert checkpoint.fingerprints({"x": swapped}) != checkpoint.fingerprints({"x": x})
+
+
+def overwrite_inside_state_data(step_dir):
+  """64 bytes in the middle of the largest array data file of a checkpoint, changed (as bit rot or a bad copy
+  would): damage that the reader does not trip on."""
+  data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+  target = max(data_files, key=lambda p: p.stat().st_size)
+  data = bytearray(target.read_bytes())
+  middle = len(data) // 2
+  data[middle : middle + 64] = bytes(b ^ 0x5A for b in data[middle : middle + 64])
+  target.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_with_changed_bytes_is_never_restored(tmp_path, caplog):
+  from alexnet_jax import evaluate
+
+  train.train_and_evaluate(tiny_config(num_train_steps=4), tmp_path)
+  overwrite_inside_state_data(tmp_path / "checkpoints" / "4")
+  with caplog.at_level(logging.WARNING):
+    result = train.train_and_evaluate(tiny_config(num_train_steps=6), tmp_path)  # resumes from 2, not from 4
+  assert "Checkpoint at step 4" in caplog.text and "differ from what was saved" in caplog.text
+  assert result["step"] == 6 and [p.name.split(".")[0] for p in (tmp_path / "checkpoints_corrupt").iterdir()] == ["4"]
+  caplog.clear()
+  overwrite_inside_state_data(tmp_path / "checkpoints" / "6")
+  with caplog.at_level(logging.WARNING):
+    out = evaluate.evaluate_workdirs([str(tmp_path)], crops=1)
+  assert out["step"] == 4 and "Checkpoint at step 6" in caplog.text and "differ from what was saved" in caplog.text
