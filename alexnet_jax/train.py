@@ -467,7 +467,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, allow_config_change: b
       raise NonFiniteError(
         f"The loss or the gradient norm became NaN/inf at or before step {step} (learning rate "
         f"{float(values['learning_rate']):.3g}); the update was not applied and nothing was saved after it: "
-        f"{where}. Lower optimizer.learning_rate or check the input data, then rerun the same command to resume."
+        f"{where}. Check the input data, or lower the rate: rerun with --config.optimizer.learning_rate="
+        f"{float(values['learning_rate']) / 10:.3g} --allow_config_change to resume from that checkpoint with it, or "
+        "start afresh in a new --workdir."
       )
 
   batches = prefetch(source.train_batches(step, config.batch_size), config.data.prefetch, batch_sharding)

@@ -94,8 +94,9 @@ def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
 
 def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
   config = tiny_config(num_train_steps=5, checkpoint_every_steps=1, **{"optimizer.learning_rate": 1e30})
-  with pytest.raises(train.NonFiniteError, match="last good checkpoint \\(step 1\\) is intact"):
+  with pytest.raises(train.NonFiniteError, match="last good checkpoint \\(step 1\\) is intact") as e:
     train.train_and_evaluate(config, tmp_path)
+  assert "--config.optimizer.learning_rate=1e+29 --allow_config_change" in str(e.value)  # advice one can follow
   assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=3).all_steps() == [1]
   _, state, _ = train.load_checkpoint(config, tmp_path)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state["params"])))
