@@ -68,8 +68,9 @@ def test_imagenet_path_rehearsed_end_to_end(tmp_path):
   assert sorted(r["step"] for r in rows if "train_loss" in r)[-1] == 4
   assert [r["eval_num_examples"] for r in rows if "eval_num_examples" in r] == [50]
 
-  # evaluate with the paper's 10 crops: every validation image counted once
-  out = run("alexnet_jax.evaluate", f"--workdir={workdir}", "--crops=10", devices=8)
+  # evaluate with the paper's 10 crops: every validation image counted once (a small batch: 128 x 10 crops at full
+  # size needs ~12 GB)
+  out = run("alexnet_jax.evaluate", f"--workdir={workdir}", "--crops=10", "--batch_size=16", devices=8)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads((workdir / "eval" / "step4_10crop.json").read_text())
   assert (result["step"], result["crops"], result["num_examples"]) == (4, 10, 50)
