@@ -47,6 +47,11 @@ def fingerprints(state: Any) -> dict[str, int]:
   return {jax.tree_util.keystr(path): int(v) for path, v in jax.tree_util.tree_flatten_with_path(values)[0]}
 
 
+def _first_line(error: Exception) -> str:
+  """An exception's first line (readers' errors can run to pages)."""
+  return str(error).splitlines()[0] if str(error) else ""
+
+
 class FingerprintMismatchError(ValueError):
   """A restored array differs from the one that was saved (bit rot, a partial overwrite, a bad copy)."""
 
@@ -114,7 +119,7 @@ class Checkpointer:
           step,
           self.directory,
           type(e).__name__,
-          str(e).splitlines()[0] if str(e) else "",
+          _first_line(e),
         )
         try:
           self._quarantine(step)
@@ -135,7 +140,7 @@ class Checkpointer:
         restored = self._manager.restore(s, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return s, dict(restored["config"])
       except Exception as e:  # a damaged step: the one before it may be fine
-        errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        errors.append(f"step {s}: {type(e).__name__}: {_first_line(e)}")
     raise ValueError(f"no readable checkpoint config in {self.directory} ({'; '.join(errors)})")
 
   def _quarantine(self, step: int) -> None:

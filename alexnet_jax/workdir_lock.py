@@ -62,6 +62,10 @@ class WorkdirLock:
     self._thread: threading.Thread | None = None
     self.held = False
 
+  def _record(self) -> dict[str, Any]:
+    """What the lease says of its holder: who it is, and that it is alive now."""
+    return {**self.me, "heartbeat": time.time()}
+
   def describe(self, holder: dict[str, Any]) -> str:
     age = time.time() - float(holder.get("heartbeat", 0))
     return (
@@ -76,7 +80,7 @@ class WorkdirLock:
     except FileExistsError:
       return False
     with os.fdopen(fd, "w") as f:
-      json.dump({**self.me, "heartbeat": time.time()}, f)
+      json.dump(self._record(), f)
     return True
 
   def _read(self) -> dict[str, Any] | None:
@@ -127,7 +131,7 @@ class WorkdirLock:
       try:
         tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-          json.dump({**self.me, "heartbeat": time.time()}, f)
+          json.dump(self._record(), f)
         os.replace(tmp, self.path)
       except OSError as e:  # a full or vanished disk: the run itself will say so
         logging.warning("Could not refresh the workdir lease %s: %s", self.path, e)
