@@ -95,7 +95,9 @@ def test_a_collapsed_run_warns_at_chance_then_stops_when_asked(tmp_path, caplog,
   fake CPU devices, run beside another busy test, deadlocked in XLA's CPU collectives about one time in three
   (2026-11-24; see benchmarks/RESULTS.md)."""
   create_mesh = parallel.create_mesh
-  monkeypatch.setattr(parallel, "create_mesh", lambda model_axis=1, devices=None: create_mesh(1, jax.devices()[:1]))
+  monkeypatch.setattr(
+    parallel, "create_mesh", lambda model_axis=1, devices=None: create_mesh(model_axis, jax.devices()[:1])
+  )
   config = tiny_config(num_train_steps=300, log_every_steps=25, checkpoint_every_steps=100)
   config.data.num_train_examples = 4800
   with caplog.at_level(logging.WARNING):
