@@ -38,11 +38,6 @@ def layer_norms(tree: dict[str, Any]) -> dict[str, jax.Array]:
   return {layer: global_norm(sub) for layer, sub in tree.items()}
 
 
-def combined_norm(norms: dict[str, jax.Array]) -> jax.Array:
-  """The norm of the whole tree from its layers' norms (``layer_norms``)."""
-  return jnp.sqrt(sum(jnp.square(n) for n in norms.values()))
-
-
 def dead_relu_fractions(activations: dict[str, jax.Array], layers) -> dict[str, jax.Array]:
   """{layer: the fraction of its units whose ReLU output is zero for every example of the batch}. A unit is a channel
   of a conv layer (at every position) or a neuron of a dense layer; a layer at 1.0 passes nothing on."""
@@ -88,7 +83,7 @@ def make_train_step(
     (_, (per_example, logits, dead)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     lr = lr_schedule(step) * state["plateau"]["scale"]
     grad_norms = layer_norms(grads)
-    grad_norm = combined_norm(grad_norms)
+    grad_norm = global_norm(grad_norms)  # the norm of the layers' norms
     finite = jnp.isfinite(per_example.mean()) & jnp.isfinite(grad_norm)
 
     def apply(state: State) -> tuple[State, dict[str, jax.Array]]:
@@ -111,7 +106,7 @@ def make_train_step(
       "top1_error": errors[1],
       "top5_error": errors[5],
       "grad_norm": grad_norm,
-      "param_norm": combined_norm(health["norm"]),
+      "param_norm": global_norm(health["norm"]),
       "learning_rate": lr,
       "finite": finite.astype(jnp.float32),
     }
