@@ -11,8 +11,6 @@ warning.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from typing import Any
 
@@ -20,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+
+from alexnet_jax import storage
 
 # ---------------------------------------------------------------------------------------------------------------
 # Fingerprints: every saved array's, recorded at save and checked at restore.
@@ -58,7 +58,7 @@ class FingerprintMismatchError(ValueError):
 
 class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = storage.resolve(directory)
     self._options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
     )
@@ -88,7 +88,7 @@ class Checkpointer:
     """(step, state, saved config) of one given step; FingerprintMismatchError if any array differs from what was
     saved."""
     items = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
-    verified = os.path.isdir(os.path.join(self.directory, str(step), "fingerprints"))
+    verified = storage.isdir(storage.join(self.directory, str(step), "fingerprints"))
     if verified:
       items["fingerprints"] = ocp.args.JsonRestore()
     else:
@@ -146,11 +146,11 @@ class Checkpointer:
   def _quarantine(self, step: int) -> None:
     """Move an unreadable step out of the manager's directory (so a later save of that step can succeed)."""
     if jax.process_index() == 0:
-      src = os.path.join(self.directory, str(step))
-      dst_dir = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt")
-      os.makedirs(dst_dir, exist_ok=True)
-      dst = os.path.join(dst_dir, f"{step}.{int(time.time())}")
-      shutil.move(src, dst)
+      src = storage.join(self.directory, str(step))
+      dst_dir = storage.join(storage.dirname(self.directory), "checkpoints_corrupt")
+      storage.makedirs(dst_dir)
+      dst = storage.join(dst_dir, f"{step}.{int(time.time())}")
+      storage.move_tree(src, dst)
       logging.warning("Unreadable checkpoint kept for inspection at %s", dst)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils

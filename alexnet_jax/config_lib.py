@@ -21,6 +21,7 @@ SAFE_TO_CHANGE_ON_RESUME = (
   "num_train_steps",
   "num_epochs",
   "log_every_steps",
+  "tensorboard",
   "eval_every_steps",
   "checkpoint_every_steps",
   "keep_checkpoints",
@@ -46,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 90.0  # "roughly 90 cycles through the training set"
   c.num_train_steps = -1  # > 0 overrides num_epochs
   c.log_every_steps = 100
+  c.tensorboard = True  # event files in WORKDIR/tensorboard as well as metrics.jsonl (False: metrics.jsonl only)
   c.eval_every_steps = -1  # -1: once an epoch (what the plateau rule watches); 0: only at the end
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3

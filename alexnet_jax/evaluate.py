@@ -10,7 +10,6 @@ the paper's "5 CNNs"); the JSON then goes to the first workdir's ``eval/``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -52,15 +51,15 @@ def evaluate_workdirs(
   import jax
 
   from alexnet_jax import checkpoint as checkpoint_lib
-  from alexnet_jax import config_lib, input_pipeline, parallel, train
+  from alexnet_jax import config_lib, input_pipeline, parallel, storage, train
 
   if crops not in (1, 10):
     raise ValueError(f"--crops must be 1 or 10, got {crops}")
   configs, steps_used = [], []
   for workdir in workdirs:
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # and never create a mistyped workdir
+    if not storage.isdir(storage.join(workdir, "checkpoints")):  # and never create a mistyped workdir
       raise ValueError(f"--workdir={workdir} holds no checkpoints/ folder: train there first, or check the path")
-    ckpt = checkpoint_lib.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), max_to_keep=10**9)
+    ckpt = checkpoint_lib.Checkpointer(storage.join(storage.resolve(workdir), "checkpoints"), max_to_keep=10**9)
     try:
       s, saved = ckpt.read_config(step)
     finally:
@@ -102,18 +101,18 @@ def evaluate_workdirs(
     "top1_error": result["top1_error"],
     "top5_error": result["top5_error"],
     "loss": result["loss"],
-    "workdirs": [os.path.abspath(w) for w in workdirs],
+    "workdirs": [storage.resolve(w) for w in workdirs],
     "data_dir": first.data.dir or None,
     "data_source": input_pipeline.resolve_source(first)[0],
   }
   if jax.process_index() == 0:
-    eval_dir = os.path.join(os.path.abspath(workdirs[0]), "eval")
-    os.makedirs(eval_dir, exist_ok=True)
+    eval_dir = storage.join(storage.resolve(workdirs[0]), "eval")
+    storage.makedirs(eval_dir)
     name = (
       f"step{steps_used[0]}_{crops}crop.json" if len(workdirs) == 1 else f"ensemble{len(workdirs)}_{crops}crop.json"
     )
-    out["path"] = os.path.join(eval_dir, name)
-    with open(out["path"], "w") as f:
+    out["path"] = storage.join(eval_dir, name)
+    with storage.open(out["path"], "w") as f:
       json.dump(out, f, indent=1)
   return out
 

@@ -4,7 +4,7 @@
 """
 
 import json
-import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from clu import metric_writers, metrics
 
+from alexnet_jax import storage
 from alexnet_jax.model import LAYER_NAMES
 from alexnet_jax.steps import RELU_LAYERS
 
@@ -59,17 +60,34 @@ def eval_results(collection: EvalMetrics) -> dict[str, float]:
 
 
 class JsonlWriter(metric_writers.interface.MetricWriter):
-  """Appends one JSON object per write to ``path``: ``{"step": N, key: value, ...}`` (scalars only), flushed at once."""
+  """Appends one JSON object per write to ``path``: ``{"step": N, key: value, ...}`` (scalars only).
 
-  def __init__(self, path: str):
-    self._path = path
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+  On local disk every row is flushed at once (a crash must not lose rows whose checkpoints exist). Cloud storage has
+  no append: the whole file is uploaded again, at most every ``upload_seconds`` and at every flush and close.
+  """
+
+  def __init__(self, path: str, upload_seconds: float = 30.0):
+    self._path, self._upload_seconds = path, upload_seconds
+    storage.makedirs(storage.dirname(path) or ".")
+    self._file = None
+    if storage.is_url(path):
+      self._rows = []
+      if storage.exists(path):
+        with storage.open(path) as f:
+          self._rows = [f.read()]
+      self._uploaded = time.monotonic()
+    else:
+      self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    row = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()  # a crash must not lose rows whose checkpoints exist
+    row = json.dumps({"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}) + "\n"
+    if self._file is not None:
+      self._file.write(row)
+      self._file.flush()
+      return
+    self._rows.append(row)
+    if time.monotonic() - self._uploaded >= self._upload_seconds:
+      self.flush()
 
   def write_summaries(self, step, values, metadata=None):
     pass
@@ -93,10 +111,18 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
     pass
 
   def flush(self) -> None:
-    self._file.flush()
+    if self._file is not None:
+      self._file.flush()
+      return
+    with storage.open(self._path, "w") as f:
+      f.write("".join(self._rows))
+    self._uploaded = time.monotonic()
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
+    else:
+      self.flush()
 
 
 def health_tag(key: str) -> str | None:
@@ -148,16 +174,14 @@ class _Renamed(metric_writers.MetricWriter):
     self._writer.close()
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
+def create_writer(workdir: str, tensorboard: bool = True) -> metric_writers.MetricWriter:
   """TensorBoard (WORKDIR/tensorboard) + log + WORKDIR/metrics.jsonl on process 0; nothing elsewhere (every process
   computes the same global metrics). The per-layer health scalars go to metrics.jsonl as they are, to TensorBoard
   grouped by kind (``grad_norm/conv1``, ...), and not to the log line (31 of them at every log step)."""
   if jax.process_index() > 0:
     return metric_writers.MultiWriter([])
-  return metric_writers.MultiWriter(
-    [
-      _Renamed(metric_writers.LoggingWriter(), lambda k: None if health_tag(k) else k),
-      _Renamed(metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")), lambda k: health_tag(k) or k),
-      JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
-    ]
-  )
+  writers = [_Renamed(metric_writers.LoggingWriter(), lambda k: None if health_tag(k) else k)]
+  if tensorboard:
+    board = metric_writers.SummaryWriter(storage.join(workdir, "tensorboard"))
+    writers.append(_Renamed(board, lambda k: health_tag(k) or k))
+  return metric_writers.MultiWriter([*writers, JsonlWriter(storage.join(workdir, "metrics.jsonl"))])

@@ -274,8 +274,11 @@ def patches_conv(x: Array, kernel: Array, *, stride: int, padding: int) -> Array
   return y.reshape(n, out_h, out_w, out_channels)
 
 
-def resolve_conv_impls(conv_impl: str, conv1_impl: str, model_axis: int = 1) -> tuple[str, str]:
-  """What 'auto' means for ``conv_impl`` and ``conv1_impl`` on this backend (training and the benchmark agree).
+def resolve_conv_impls(
+  conv_impl: str, conv1_impl: str, model_axis: int = 1, platform: str | None = None
+) -> tuple[str, str]:
+  """What 'auto' means for ``conv_impl`` and ``conv1_impl`` on ``platform`` (default: this backend; ``aot.py``
+  names the target's). Training and the benchmark agree.
 
   Grouped layers: two convs per layer ('split': 2.2x faster on CPU) unless the 'model' axis splits the groups over
   GPUs/TPUs, where one ``feature_group_count`` conv ('grouped') lets each device compute exactly its own group, as in
@@ -283,7 +286,7 @@ def resolve_conv_impls(conv_impl: str, conv1_impl: str, model_axis: int = 1) -> 
   conv1: 'patches' (one matrix product) on CPU, where XLA's convolution is slow for 3 input channels; 'conv' on
   GPU/TPU. Every choice computes the same function.
   """
-  cpu = jax.default_backend() == "cpu"
+  cpu = (platform or jax.default_backend()) == "cpu"
   if conv_impl == "auto":
     conv_impl = "grouped" if model_axis > 1 and not cpu else "split"
   if conv1_impl == "auto":

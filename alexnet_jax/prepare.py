@@ -24,13 +24,14 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
 import sys
 import tarfile
 import time
 
 import numpy as np
 from absl import app, flags, logging
+
+from alexnet_jax import storage
 
 FORMAT_VERSION = 1
 METADATA = "alexnet_prepared.json"
@@ -248,12 +249,12 @@ def write_shard(path: str, records: list[tuple[int, Record]], size: int, quality
         rgb = image.reshape(-1, 3).astype(np.float64) / 255.0  # PCA on [0, 1] pixel values (docs/DEVIATIONS.md)
         pixel_sum += rgb.sum(0)
         outer_sum += rgb.T @ rgb
-  np.savez(path + ".stats.npz", image_sum=image_sum, pixel_sum=pixel_sum, outer_sum=outer_sum, count=count)
+  storage.save_npz(path + ".stats.npz", image_sum=image_sum, pixel_sum=pixel_sum, outer_sum=outer_sum, count=count)
   summary = {"num_examples": count, "bad": bad}
-  with open(path + ".done.json.tmp", "w") as f:
+  with storage.open(path + ".done.json.tmp", "w") as f:
     json.dump(summary, f)
-  os.replace(tmp, path)
-  os.replace(path + ".done.json.tmp", path + ".done.json")  # written last: the shard's commit marker
+  storage.replace(tmp, path)
+  storage.replace(path + ".done.json.tmp", path + ".done.json")  # written last: the shard's commit marker
   return summary
 
 
@@ -310,17 +311,18 @@ def prepare(
     len(classes),
     ", ".join(f"{k} {len(v)} images" for k, v in splits.items()),
   )
-  os.makedirs(output_dir, exist_ok=True)
-  if check_disk:
-    need, free = estimate_bytes(total, image_size, jpeg_quality), shutil.disk_usage(output_dir).free
+  output_dir = storage.resolve(output_dir)
+  storage.makedirs(output_dir)
+  if check_disk and storage.free_bytes(output_dir) is not None:
+    need, free = estimate_bytes(total, image_size, jpeg_quality), storage.free_bytes(output_dir)
     if need > free:
       raise PrepareError(
         f"{output_dir} has {free / 2**30:.1f} GiB free; the prepared data needs about "
         f"{need / 2**30:.1f} GiB. Free space or choose another --output_dir."
       )
-  meta_path = os.path.join(output_dir, METADATA)
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
+  meta_path = storage.join(output_dir, METADATA)
+  if storage.exists(meta_path):
+    with storage.open(meta_path) as f:
       old = json.load(f)
     if (old.get("image_size"), old.get("jpeg_quality")) != (image_size, jpeg_quality):
       raise PrepareError(
@@ -334,17 +336,22 @@ def prepare(
     indexed = list(enumerate(records))
     for shard in range(num_shards):  # round robin: shards differ in size by at most one
       jobs.append((split, shard, num_shards, indexed[shard::num_shards]))
-  todo = [j for j in jobs if not os.path.exists(os.path.join(output_dir, shard_filename(*j[:3])) + ".done.json")]
+  todo = [j for j in jobs if not storage.exists(storage.join(output_dir, shard_filename(*j[:3])) + ".done.json")]
   logging.info("%d shards, %d already done", len(jobs), len(jobs) - len(todo))
 
   workers = num_workers or os.cpu_count() or 1
-  if todo:
+  if todo and workers == 1:  # in this process (also what keeps a process-local file system such as ram:// whole)
+    for i, (split, shard, n, chunk) in enumerate(todo, 1):
+      path = storage.join(output_dir, shard_filename(split, shard, n))
+      write_shard(path, chunk, image_size, jpeg_quality, split == "train")
+      logging.info("shard %d/%d done (%s %d)", i, len(todo), split, shard)
+  elif todo:
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has TensorFlow or JAX loaded
     with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
       futures = {
         pool.submit(
           write_shard,
-          os.path.join(output_dir, shard_filename(split, shard, n)),
+          storage.join(output_dir, shard_filename(split, shard, n)),
           chunk,
           image_size,
           jpeg_quality,
@@ -363,17 +370,17 @@ def prepare(
 
   split_meta, bad, partials = {}, [], []
   for split, shard, n, _ in jobs:
-    base = os.path.join(output_dir, shard_filename(split, shard, n))
-    with open(base + ".done.json") as f:
+    base = storage.join(output_dir, shard_filename(split, shard, n))
+    with storage.open(base + ".done.json") as f:
       summary = json.load(f)
     bad += [{"split": split, **b} for b in summary["bad"]]
     entry = split_meta.setdefault(split, {"num_examples": 0, "files": [], "shard_lengths": []})
-    entry["files"].append(os.path.basename(base))
+    entry["files"].append(storage.basename(base))
     entry["shard_lengths"].append(summary["num_examples"])
     entry["num_examples"] += summary["num_examples"]
     if split == "train":
-      partials.append(dict(np.load(base + ".stats.npz")))
-  with open(os.path.join(output_dir, "bad_files.json"), "w") as f:
+      partials.append(storage.load_npz(base + ".stats.npz"))
+  with storage.open(storage.join(output_dir, "bad_files.json"), "w") as f:
     json.dump(bad, f, indent=1)
   if len(bad) > max_bad:
     listing = "; ".join(f"{b['file']} ({b['reason']})" for b in bad[:5])
@@ -383,7 +390,7 @@ def prepare(
       "them, or raise --max_bad to skip them."
     )
   stats = compute_stats(partials)
-  np.savez(os.path.join(output_dir, STATS), **stats)
+  storage.save_npz(storage.join(output_dir, STATS), **stats)
   metadata = {
     "format_version": FORMAT_VERSION,
     "layout": layout,
@@ -394,8 +401,11 @@ def prepare(
     "splits": split_meta,
     "num_bad_files": len(bad),
   }
-  _write_tfds_metadata(output_dir, classes, image_size, split_meta)
-  with open(meta_path, "w") as f:
+  if storage.tensorflow_only(output_dir):  # TFDS reads and writes through epath, which has no such scheme
+    logging.info("%s: no TFDS metadata written (TFDS cannot open this kind of path)", output_dir)
+  else:
+    _write_tfds_metadata(output_dir, classes, image_size, split_meta)
+  with storage.open(meta_path, "w") as f:
     json.dump(metadata, f, indent=1)
   logging.info("prepared %s in %.0f s", output_dir, time.time() - started)
   return metadata

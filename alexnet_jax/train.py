@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import config_lib, health, input_pipeline, optim, parallel, steps, workdir_lock
+from alexnet_jax import config_lib, health, input_pipeline, optim, parallel, steps, storage, workdir_lock
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
 
@@ -42,9 +42,9 @@ class ConfigChangedError(ValueError):
 # -----------------------------------------------------------------------------------------------------------------
 # Pieces built from the config (also used by evaluate.py and the tests).
 # -----------------------------------------------------------------------------------------------------------------
-def make_model_fn(config: ml_collections.ConfigDict) -> Callable[..., model_lib.AlexNet]:
+def make_model_fn(config: ml_collections.ConfigDict, platform: str | None = None) -> Callable[..., model_lib.AlexNet]:
   m = config.model
-  conv_impl, conv1_impl = conv_impls(config)
+  conv_impl, conv1_impl = conv_impls(config, platform)
   return functools.partial(
     model_lib.AlexNet,
     m.name,
@@ -60,9 +60,11 @@ def make_model_fn(config: ml_collections.ConfigDict) -> Callable[..., model_lib.
   )
 
 
-def conv_impls(config: ml_collections.ConfigDict) -> tuple[str, str]:
-  """(conv_impl, conv1_impl) for this config on this backend, 'auto' resolved (``model.resolve_conv_impls``)."""
-  return model_lib.resolve_conv_impls(config.model.conv_impl, config.model.conv1_impl, config.mesh.model)
+def conv_impls(config: ml_collections.ConfigDict, platform: str | None = None) -> tuple[str, str]:
+  """(conv_impl, conv1_impl) for this config on ``platform`` (default: this backend), 'auto' resolved
+  (``model.resolve_conv_impls``)."""
+  m = config.model
+  return model_lib.resolve_conv_impls(m.conv_impl, m.conv1_impl, config.mesh.model, platform)
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
@@ -93,9 +95,11 @@ class StatePlan(NamedTuple):
 
 
 def plan_state(config: ml_collections.ConfigDict, mesh) -> StatePlan:
-  """Model, optimiser, the state's shapes (``jax.eval_shape``) and where each array lives on ``mesh``."""
+  """Model, optimiser, the state's shapes (``jax.eval_shape``) and where each array lives on ``mesh`` (the model
+  built for the mesh's platform, which ``aot.py`` makes a GPU or TPU that is not here)."""
   tx = make_optimizer(config)
-  graphdef, init = steps.init_train_state(make_model_fn(config), tx, config.seed)
+  platform = mesh.devices.flat[0].platform
+  graphdef, init = steps.init_train_state(make_model_fn(config, platform), tx, config.seed)
   abstract = jax.eval_shape(init)
   return StatePlan(graphdef, init, tx, abstract, parallel.state_shardings(mesh, abstract))
 
@@ -122,6 +126,23 @@ def evaluate(eval_step, params, batches: Iterator[dict[str, np.ndarray]], shardi
   if total is None:
     raise ValueError("the evaluation split is empty")
   return metrics_lib.eval_results(total)
+
+
+def jit_train_step(graphdef, tx, lr_schedule, preprocess, mesh, shardings):
+  """The update step as training runs it: (state, batch) -> (state, TrainMetrics), the state donated. Also what
+  ``aot.py`` compiles for accelerators that are not here."""
+  pure_train_step = steps.make_train_step(graphdef, tx, lr_schedule, preprocess)
+
+  def train_step(state, batch):
+    state, outputs = pure_train_step(state, batch)
+    return state, metrics_lib.TrainMetrics.single_from_model_output(**outputs)
+
+  return jax.jit(
+    train_step,
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, parallel.replicated(mesh)),
+    donate_argnums=0,
+  )
 
 
 def jit_eval_step(graphdef, preprocess, mesh, params_shardings):
@@ -199,7 +220,7 @@ def load_checkpoint(
   ``mesh`` (default: every device). For evaluation, notebooks and tests."""
   plan = plan_state(config, mesh or parallel.create_mesh(config.mesh.model))
   target = checkpoint_lib.abstract_with_shardings(plan.abstract, plan.shardings)
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), max_to_keep=10**9)
+  ckpt = checkpoint_lib.Checkpointer(storage.join(storage.resolve(workdir), "checkpoints"), max_to_keep=10**9)
   try:
     restored = ckpt.restore(step, target) if step is not None else ckpt.restore_latest(target)
   finally:
@@ -210,10 +231,12 @@ def load_checkpoint(
 
 
 class _QuietOrbax(logging_std.Filter):
-  """Orbax narrates every save at INFO; keep its warnings and errors, drop the rest."""
+  """Orbax narrates every save at INFO, and fsspec/gcsfs every file they open in cloud storage: keep their warnings
+  and errors, drop the rest."""
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
+    chatty = ("/orbax/", "/fsspec/", "/gcsfs/")
+    return record.levelno >= logging_std.WARNING or not any(c in record.pathname for c in chatty)
 
 
 def quiet_orbax_logs() -> None:
@@ -226,16 +249,18 @@ def quiet_orbax_logs() -> None:
 # Workdir, manifest and preemption.
 # -----------------------------------------------------------------------------------------------------------------
 def prepare_workdir(workdir: str) -> str:
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  """The workdir, absolute (or a URL), created and proven writable before anything is computed."""
+  workdir = storage.resolve(workdir)
+  storage.check_checkpoint_location(workdir, "--workdir")
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
-    with open(probe, "w") as f:
+    storage.makedirs(workdir)
+    probe = storage.join(workdir, f".write_probe_{jax.process_index()}")
+    with storage.open(probe, "w") as f:
       f.write("ok")
-    os.remove(probe)
-  except OSError as e:
+    storage.remove(probe)
+  except Exception as e:  # OSError locally; the cloud clients raise their own kinds
     raise ValueError(
-      f"workdir {workdir!r} is not writable ({e.strerror or e}); choose a directory you can write to "
+      f"workdir {workdir!r} is not writable ({getattr(e, 'strerror', None) or e}); choose a directory you can write to "
       "with --workdir=DIR."
     ) from e
   return workdir
@@ -290,7 +315,7 @@ def write_manifest(workdir: str, config: ml_collections.ConfigDict, **extra: Any
     "git_sha": _git_sha(),
     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
   }
-  with open(os.path.join(workdir, "run.json"), "w") as f:
+  with storage.open(storage.join(workdir, "run.json"), "w") as f:
     json.dump(manifest, f, indent=2)
 
 
@@ -374,7 +399,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, allow_config_change: b
 
   # ---- Checkpoint: resume, or start afresh ----------------------------------------------------------------------
   config_json = config_lib.to_json(config)
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+  ckpt = checkpoint_lib.Checkpointer(storage.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
   restored = ckpt.restore_latest(checkpoint_lib.abstract_with_shardings(abstract, shardings))
   if restored is not None:
     restored_step, state, saved_config = restored
@@ -398,25 +423,14 @@ def _run(config: ml_collections.ConfigDict, workdir: str, allow_config_change: b
   step = int(state["step"])
 
   # ---- Update and eval steps ------------------------------------------------------------------------------------
-  pure_train_step = steps.make_train_step(graphdef, tx, lr_schedule, source.preprocess)
-
-  def train_step(state, batch):
-    state, outputs = pure_train_step(state, batch)
-    return state, metrics_lib.TrainMetrics.single_from_model_output(**outputs)
-
-  train_step = jax.jit(
-    train_step,
-    in_shardings=(shardings, batch_sharding),
-    out_shardings=(shardings, parallel.replicated(mesh)),
-    donate_argnums=0,
-  )
+  train_step = jit_train_step(graphdef, tx, lr_schedule, source.preprocess, mesh, shardings)
   eval_step = jit_eval_step(graphdef, source.preprocess, mesh, shardings["params"])
 
   def run_eval() -> dict[str, float]:
     return evaluate(eval_step, state["params"], source.eval_batches(config.eval_batch_size), batch_sharding)
 
   # ---- Writers --------------------------------------------------------------------------------------------------
-  writer = metrics_lib.create_writer(workdir)
+  writer = metrics_lib.create_writer(workdir, tensorboard=config.tensorboard)
   write_manifest(
     workdir,
     config,
@@ -472,6 +486,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, allow_config_change: b
         "start afresh in a new --workdir."
       )
 
+  def save(at: int) -> None:
+    nonlocal last_good_ckpt
+    if train_metrics is not None:  # never save a state that followed a non-finite step
+      check_finite(train_metrics.compute())
+    ckpt.save(at, state, config_json)
+    last_good_ckpt = at
+
   batches = prefetch(source.train_batches(step, config.batch_size), config.data.prefetch, batch_sharding)
   try:
     with _PreemptionFlag() as preemption:
@@ -510,7 +531,12 @@ def _run(config: ml_collections.ConfigDict, workdir: str, allow_config_change: b
 
         scheduled_eval = step % eval_every == 0
         if scheduled_eval or last:
-          eval_values = run_eval()
+          try:
+            eval_values = run_eval()
+          except Exception:  # a bad validation shard, say: the steps trained so far are saved before it stops
+            save(step)
+            ckpt.wait()
+            raise
           writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_values.items()})
           result.update({f"eval_{k}": v for k, v in eval_values.items()})
           # Only scheduled evaluations feed the plateau rule: where a run happens to stop must not change it.
@@ -536,10 +562,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, allow_config_change: b
 
         preempted = preemption.reached(step, config.log_every_steps)
         if step % config.checkpoint_every_steps == 0 or last or preempted:
-          if train_metrics is not None:  # never save a state that followed a non-finite step
-            check_finite(train_metrics.compute())
-          ckpt.save(step, state, config_json)
-          last_good_ckpt = step
+          save(step)
         if preempted:
           result["status"] = "preempted"
           logging.warning(

@@ -19,6 +19,8 @@ from typing import Any
 
 from absl import logging
 
+from alexnet_jax import storage
+
 LOCK_FILE = "lock.json"
 
 
@@ -50,7 +52,7 @@ def _alive_here(holder: dict[str, Any]) -> bool:
 
 class WorkdirLock:
   def __init__(self, workdir: str, *, heartbeat_seconds: float = 30.0, expire_seconds: float = 600.0):
-    self.path = os.path.join(workdir, LOCK_FILE)
+    self.path = storage.join(workdir, LOCK_FILE)
     self.heartbeat_seconds, self.expire_seconds = heartbeat_seconds, expire_seconds
     self.me = {
       "host": socket.gethostname(),
@@ -74,7 +76,19 @@ class WorkdirLock:
     )
 
   def _write_new(self) -> bool:
-    """Create the lease if there is none (atomically); False if one exists."""
+    """Create the lease if there is none (atomically); False if one exists.
+
+    Object stores have no exclusive create: there the lease is written when none exists and read back a moment
+    later to see who won a race (two runs that start within that moment could both believe they won; later ones
+    see the lease)."""
+    if storage.is_url(self.path):
+      if storage.exists(self.path):
+        return False
+      record = self._record()
+      with storage.open(self.path, "w") as f:
+        json.dump(record, f)
+      time.sleep(1.0)
+      return self._read() == record
     try:
       fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
@@ -85,16 +99,16 @@ class WorkdirLock:
 
   def _read(self) -> dict[str, Any] | None:
     try:
-      with open(self.path) as f:
+      with storage.open(self.path) as f:
         return json.load(f)
     except FileNotFoundError:
       return None
-    except (OSError, ValueError):
+    except Exception:
       return {}  # unreadable: written by a run killed mid-write (the create and the write are not one step)
 
   def _gone(self, holder: dict[str, Any]) -> bool:
     if not holder:  # an empty or half-written lease: its writer died before finishing it
-      return time.time() - os.path.getmtime(self.path) > self.heartbeat_seconds
+      return time.time() - storage.mtime(self.path) > self.heartbeat_seconds
     if holder.get("host") == self.me["host"]:
       return not _alive_here(holder)
     return time.time() - float(holder.get("heartbeat", 0)) > self.expire_seconds
@@ -109,7 +123,7 @@ class WorkdirLock:
         continue  # released in between: try again
       if not self._gone(holder):
         raise WorkdirLockedError(
-          f"{os.path.dirname(self.path)} is in use by another run ({self.describe(holder)}). Two runs must not "
+          f"{storage.dirname(self.path)} is in use by another run ({self.describe(holder)}). Two runs must not "
           "write one workdir: wait for it, stop it, or use another --workdir. If that run is surely gone (its "
           f"host is down), remove {self.path}."
         )
@@ -117,7 +131,7 @@ class WorkdirLock:
         continue  # another newcomer took it over first: judge the new holder
       logging.warning("Taking over the workdir lease of a run that is gone (%s).", self.describe(holder))
       try:
-        os.remove(self.path)
+        storage.remove(self.path)
       except FileNotFoundError:
         pass
     else:
@@ -129,11 +143,15 @@ class WorkdirLock:
   def _beat(self) -> None:
     while not self._stop.wait(self.heartbeat_seconds):
       try:
+        if storage.is_url(self.path):  # an object is replaced whole by a write
+          with storage.open(self.path, "w") as f:
+            json.dump(self._record(), f)
+          continue
         tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
           json.dump(self._record(), f)
         os.replace(tmp, self.path)
-      except OSError as e:  # a full or vanished disk: the run itself will say so
+      except Exception as e:  # a full or vanished disk: the run itself will say so
         logging.warning("Could not refresh the workdir lease %s: %s", self.path, e)
 
   def release(self) -> None:
@@ -143,7 +161,7 @@ class WorkdirLock:
     if self.held:
       holder = self._read()
       if holder and holder.get("pid") == self.me["pid"] and holder.get("host") == self.me["host"]:
-        os.remove(self.path)
+        storage.remove(self.path)
       self.held = False
 
 

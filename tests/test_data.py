@@ -382,3 +382,34 @@ def test_crops_cover_crop_fraction_of_any_stored_size(prepared_dir, caplog):
   assert big.view_size == 80 and "upsampled 2.0x" in caplog.text and "--image_size=80" in caplog.text
   with pytest.raises(ValueError, match="larger than the stored images"):
     source(prepared_dir, image_size=64)  # crop_fraction None: crop the stored 40x40 as they are
+
+
+# ---- the batch shapes aot.py compiles for ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+  "kw", [{}, {"device_preprocess": False}, {"eval_crops": 10}, {"crop_fraction": 0.9, "eval_crops": 10}]
+)
+def test_batch_spec_is_what_the_pipeline_yields(prepared_dir, kw):
+  """``batch_spec`` (what alexnet_jax.aot compiles for, with no data) against real batches, train and eval, and a
+  data-less source's preprocessing against the real one's output shape."""
+  import jax
+
+  real = source(prepared_dir, **kw)
+  fake = prepared_lib.PreparedSource.for_compile(image_size=CROP, stored_size=STORED, **kw)
+  for train, batch in ((True, first_batches(real, 1)[0]), (False, next(iter(real.eval_batches(16))))):
+    spec = fake.batch_spec(16, train=train)
+    got = {k: (v.shape, jax.dtypes.canonicalize_dtype(v.dtype)) for k, v in batch.items()}
+    assert got == {k: (v.shape, v.dtype) for k, v in spec.items()}, (train, kw)
+    assert jax.eval_shape(fake.preprocess, spec).shape == real.preprocess(batch).shape
+
+
+def test_synthetic_batch_spec_is_what_the_source_yields():
+  import jax
+
+  from alexnet_jax.input_pipeline.synthetic import SyntheticSource
+
+  src = SyntheticSource(
+    num_classes=5, image_size=35, num_train_examples=40, num_eval_examples=10, learnable=True, seed=0
+  )
+  for train, batch in ((True, next(src.train_batches(0, 8))), (False, next(src.eval_batches(8)))):
+    got = {k: (v.shape, jax.dtypes.canonicalize_dtype(v.dtype)) for k, v in batch.items()}
+    assert got == {k: (v.shape, v.dtype) for k, v in src.batch_spec(8, train=train).items()}

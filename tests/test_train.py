@@ -102,6 +102,22 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_pa
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state["params"])))
 
 
+def test_a_failing_final_evaluation_keeps_the_final_checkpoint(tmp_path, monkeypatch):
+  """A bad validation shard must not cost the steps trained: the state is saved before the error goes up, so a rerun
+  (after re-preparing the data) does not train them again."""
+  from alexnet_jax.input_pipeline import synthetic
+
+  def broken(self, global_batch):
+    raise OSError("corrupted record at 76661")
+    yield
+
+  monkeypatch.setattr(synthetic.SyntheticSource, "eval_batches", broken)
+  config = tiny_config(num_train_steps=3, checkpoint_every_steps=2)
+  with pytest.raises(OSError, match="corrupted record"):
+    train.train_and_evaluate(config, tmp_path)
+  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=3).all_steps() == [2, 3]
+
+
 def test_corrupt_checkpoint_falls_back_to_the_previous_step(tmp_path, caplog):
   train.train_and_evaluate(tiny_config(num_train_steps=4), tmp_path)
   ckpt_dir = tmp_path / "checkpoints"

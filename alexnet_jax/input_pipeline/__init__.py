@@ -11,11 +11,17 @@ the devices inside the step, that turns a batch's uint8 ``image`` into the netwo
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 
 import jax
 import numpy as np
+
+from alexnet_jax import storage
+
+
+def spec(shapes: dict[str, tuple[tuple[int, ...], object]]) -> dict[str, jax.ShapeDtypeStruct]:
+  """{key: ShapeDtypeStruct} from {key: (shape, numpy dtype)}, dtypes as JAX holds them (int64 -> int32 unless x64)."""
+  return {k: jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(dtype)) for k, (shape, dtype) in shapes.items()}
 
 
 def eval_index_batches(num_examples: int, global_batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -67,11 +73,11 @@ def resolve_source(config) -> tuple[str, str]:
     )
   if d.source == "prepared":
     return "prepared", "data.source='prepared'"
-  if os.path.exists(os.path.join(d.dir, PREPARED_MARKER)):
+  if storage.exists(storage.join(d.dir, PREPARED_MARKER)):
     return "prepared", f"{d.dir} holds {PREPARED_MARKER} (made by alexnet_jax.prepare)"
-  if os.path.exists(os.path.join(d.dir, TFDS_MARKER)):
+  if storage.exists(storage.join(d.dir, TFDS_MARKER)):
     return "tfds", f"{d.dir} holds {TFDS_MARKER} (a TFDS dataset folder)"
-  what = "does not exist" if not os.path.exists(d.dir) else "is neither a prepared dataset nor a TFDS dataset folder"
+  what = "does not exist" if not storage.exists(d.dir) else "is neither a prepared dataset nor a TFDS dataset folder"
   raise ValueError(
     f"data.dir={d.dir!r} {what} (no {PREPARED_MARKER}, no {TFDS_MARKER}): run `python -m alexnet_jax.prepare "
     f"--input_dir=SRC --output_dir={d.dir}` first, or point data.dir at a prepared dataset."

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import prepare as prepare_lib
+from alexnet_jax import storage
+from alexnet_jax.input_pipeline import spec
 
 _MIX = 0x9E3779B1  # to spread (seed, epoch, process) over seed space
 _PRIME = 2**31 - 1
@@ -145,18 +147,18 @@ class PreparedSource:
   # ---- the dataset on disk: what a subclass (the TFDS source) replaces ------------------------------------------
   def _load(self, data_dir: str) -> tuple[dict, dict]:
     """(metadata with classes, image_size and per-split files/shard_lengths/num_examples; statistics)."""
-    meta_path = os.path.join(data_dir, prepare_lib.METADATA)
-    if not os.path.exists(meta_path):
+    meta_path = storage.join(data_dir, prepare_lib.METADATA)
+    if not storage.exists(meta_path):
       raise ValueError(
         f"data.dir={data_dir!r} is not a prepared dataset (no {prepare_lib.METADATA}): run "
         f"`python -m alexnet_jax.prepare --input_dir=SRC --output_dir={data_dir or 'DST'}` first"
       )
-    with open(meta_path) as f:
+    with storage.open(meta_path) as f:
       meta = json.load(f)
     meta["splits"] = {
-      split: {**m, "files": [os.path.join(data_dir, f) for f in m["files"]]} for split, m in meta["splits"].items()
+      split: {**m, "files": [storage.join(data_dir, f) for f in m["files"]]} for split, m in meta["splits"].items()
     }
-    return meta, dict(np.load(os.path.join(data_dir, prepare_lib.STATS)))
+    return meta, storage.load_npz(storage.join(data_dir, prepare_lib.STATS))
 
   def _decode_patch(self, jpeg, offset):
     """The crop x crop patch at ``offset`` of a stored image, decoding only that patch."""
@@ -412,6 +414,37 @@ class PreparedSource:
         template = next(self._eval_dataset(self._files("val", 0, 1)[0], batch=1).as_numpy_iterator())
       yield _pad(template, local, 0)
       yielded += 1
+
+  @classmethod
+  def for_compile(cls, *, image_size: int, stored_size: int = 256, crop_fraction: float | None = None, **kwargs):
+    """A source with no data behind it, for compiling the steps (``aot.py``): the shapes and the on-device
+    preprocessing of a prepared set of ``stored_size`` images; its statistics are zeros of the right shapes."""
+    self = cls.__new__(cls)
+    self.image_size, self.stored_size = image_size, stored_size
+    self.view_size = round(image_size / crop_fraction) if crop_fraction else stored_size
+    self.mean_image = np.zeros((self.view_size, self.view_size, 3), np.float32)
+    self.subtract_mean = kwargs.get("subtract_mean", True)
+    self.device_preprocess = kwargs.get("device_preprocess", True)
+    self.eval_crops = kwargs.get("eval_crops", 1)
+    return self
+
+  def batch_spec(self, global_batch: int, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of one global batch as ``_to_batch`` makes it (tested against real batches)."""
+    b, c = global_batch, self.image_size
+    views = () if train or self.eval_crops == 1 else (self.eval_crops,)
+    if self.device_preprocess:
+      shapes = {
+        "image": ((b, *views, c, c, 3), np.uint8),
+        "offset": ((b, *views, 2), np.int32),
+        "flip": ((b, *views), np.int32),
+        "shift": ((b, 3), np.float32),
+      }
+    else:
+      shapes = {"image": ((b, *views, c, c, 3), np.float32)}
+    shapes.update({"label": ((b,), np.int32), "index": ((b,), np.int64)})
+    if not train:
+      shapes["mask"] = ((b,), np.float32)
+    return spec(shapes)
 
   def preprocess(self, batch: dict[str, jax.Array]) -> jax.Array:
     """On the device: uint8 crops -> float, minus the mean image's matching window, plus the lighting shift."""

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax.input_pipeline import eval_index_batches
+from alexnet_jax.input_pipeline import eval_index_batches, spec
 
 _TRAIN, _EVAL, _PATTERN = 0, 1, 2
 _CELLS = 8
@@ -71,6 +71,14 @@ class SyntheticSource:
   def eval_batches(self, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
     for indices, mask in eval_index_batches(self.num_eval_examples, global_batch):
       yield {**self._batch(_EVAL, indices), "mask": mask}
+
+  def batch_spec(self, global_batch: int, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of one global batch (what ``aot.py`` compiles for; tested against real batches)."""
+    size = self.image_size
+    shapes = {"image": ((global_batch, size, size, 3), np.uint8), "label": ((global_batch,), np.int32)}
+    if not train:
+      shapes["mask"] = ((global_batch,), np.float32)
+    return spec(shapes)
 
   def preprocess(self, batch: dict[str, jax.Array]) -> jax.Array:
     return batch["image"].astype(jnp.float32) - self.mean_rgb

@@ -1,0 +1,323 @@
+r"""Compile the real train and eval steps for a GPU or TPU that is not here, and say what they need.
+
+``python -m alexnet_jax.aot --config=configs/paper.py --target=h100:8 [--config.KEY=VALUE ...] [--hlo_out=PATH]``
+
+The programs are the ones ``train.py`` runs, built by the same functions (``train.plan_state``,
+``train.jit_train_step``, ``train.jit_eval_step``: the same shardings, donation and dtype policy), lowered for the
+devices of a target topology (``jax.experimental.topologies``) and compiled by that target's own compiler: libtpu for
+Cloud TPU, XLA:GPU with ptxas for NVIDIA GPUs. Nothing runs, and no accelerator or network is needed; only the
+compilers (``make aot-env``: ``jax[tpu]``, ``jax-cuda12-plugin``/``-pjrt`` and ``nvidia-cuda-nvcc-cu12``, in
+``.venv-aot``). MaxText's ``train_compile.py`` does the same for its models.
+
+One JSON line per program (``train``, ``eval``): the per-device memory the compiler plans (arguments, outputs,
+temporaries, peak) against the device's memory, flops per device where the backend reports them (TPU; XLA:GPU
+reports none), and every collective in the compiled program with its count and bytes. A program that does not fit
+exits 1 naming its per-device need, the device's memory and the largest batch that fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+from typing import Any
+
+from absl import app, flags
+
+TARGET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
+GiB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  platform: str  # 'tpu' or 'cuda'
+  memory_bytes: int  # what one device has for a program (HBM per TPU chip; the GPU's memory)
+  chip_config: str = "default"  # TPU: 'megacore' where two TensorCores act as one device
+  topology_prefix: str = ""  # TPU: the name libtpu knows the generation by
+  target_config: str = ""  # GPU: a GpuTargetConfig in text form, in alexnet_jax/targets/
+
+
+CHIPS = {
+  # Cloud TPU: HBM per chip from Google's system-architecture pages.
+  "v4": Chip("tpu", 32 * GiB, "megacore", "v4"),
+  "v5e": Chip("tpu", 16 * GiB, "default", "v5e"),
+  "v5p": Chip("tpu", 95 * GiB, "megacore", "v5"),
+  "v6e": Chip("tpu", 32 * GiB, "default", "v6e"),
+  # NVIDIA: device_memory_size of the target config (what the CUDA driver reports).
+  "h100": Chip("cuda", 84_929_347_584, target_config="h100_gpu_target_config.txtpb"),
+  "a100": Chip("cuda", 85_198_045_184, target_config="a100_gpu_target_config.txtpb"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  name: str
+  chip: Chip
+  devices: list[Any]
+  num_hosts: int
+
+
+def resolve_target(spec: str) -> Target:
+  """``h100:8`` / ``a100:4`` (N GPUs of one host), ``v5e:2x2``, ``v4:2x2x1``, ``v5e:4x4`` (TPU topologies; 4 chips a
+  host, so 4x4 is a 4-host pod slice; a single-host v5e/v6e has up to 8 chips)."""
+  from jax.experimental import topologies
+
+  kind, _, shape = spec.partition(":")
+  chip = CHIPS.get(kind.lower())
+  if chip is None or not shape:
+    raise ValueError(f"--target={spec!r}: expected one of {sorted(CHIPS)} followed by :N (GPUs) or :AxB[xC] (TPU)")
+  if chip.platform == "cuda":
+    if not shape.isdigit() or int(shape) < 1:
+      raise ValueError(f"--target={spec!r}: a GPU target is {kind}:N, N GPUs on one host")
+    with open(os.path.join(TARGET_DIR, chip.target_config)) as f:
+      config = f.read()
+    topology = topologies.get_topology_desc(platform="cuda", target_config=config, topology=f"1x1x{shape}")
+    return Target(spec, chip, list(topology.devices), 1)
+  dims = [int(d) for d in shape.split("x")]
+  if len(dims) not in (2, 3) or min(dims) < 1:
+    raise ValueError(f"--target={spec!r}: a TPU target is {kind}:AxB or {kind}:AxBxC")
+  dims3 = (*dims, 1) if len(dims) == 2 else tuple(dims)
+  chips = dims3[0] * dims3[1] * dims3[2]
+  single_host_8 = len(dims) == 2 and chips == 8 and kind in ("v5e", "v6e")
+  per_host = (dims3[0], dims3[1], 1) if single_host_8 else (min(2, dims3[0]), min(2, dims3[1]), 1)
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # keeps libtpu from looking for a TPU VM's metadata
+  topology = topologies.get_topology_desc(
+    platform="tpu",
+    topology_name=f"{chip.topology_prefix}:{shape}",
+    chip_config_name=chip.chip_config,
+    chips_per_host_bounds=per_host,
+    num_slices=1,
+    wrap=(False, False, False),
+  )
+  hosts = chips // (per_host[0] * per_host[1] * per_host[2])
+  return Target(spec, chip, list(topology.devices), hosts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the compiled program says about itself.
+# ---------------------------------------------------------------------------------------------------------------
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4}
+_DTYPE_BYTES.update({"s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16})
+_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128|f8\w*)\[([\d,]*)\]")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<shape>.+?)\s+(?P<op>[a-z][\w\-]*)\(")
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def _array_bytes(shape_text: str) -> list[int]:
+  sizes = []
+  for dtype, dims in _ARRAY.findall(shape_text):
+    n = 1
+    for d in filter(None, dims.split(",")):
+      n *= int(d)
+    sizes.append(n * _DTYPE_BYTES.get(dtype, 1))
+  return sizes
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+  """{kind: {count, bytes}} of the collectives in a compiled program's HLO (per device: the bytes each result
+  holds). An async pair (``all-gather-start`` / ``-done``) counts once, by its result."""
+  found: dict[str, dict[str, int]] = {}
+  for line in hlo_text.splitlines():
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    op = m.group("op")
+    kind = op[: -len("-start")] if op.endswith("-start") else op
+    if kind not in COLLECTIVES:
+      continue
+    sizes = _array_bytes(m.group("shape"))
+    # An async start returns (operands..., results...): its results are the second half. A plain op with a tuple
+    # shape is several collectives combined into one: all of it.
+    moved = sum(sizes[len(sizes) // 2 :]) if op.endswith("-start") and len(sizes) > 1 else sum(sizes)
+    entry = found.setdefault(kind, {"count": 0, "bytes": 0})
+    entry["count"] += 1
+    entry["bytes"] += moved
+  return found
+
+
+def describe(compiled, target: Target, program: str, mesh, batch_size: int, dtype: str, seconds: float) -> dict:
+  memory = compiled.memory_analysis()
+  argument, output = int(memory.argument_size_in_bytes), int(memory.output_size_in_bytes)
+  temp, alias = int(memory.temp_size_in_bytes), int(memory.alias_size_in_bytes)
+  peak = int(getattr(memory, "peak_memory_in_bytes", 0) or 0) or argument + output - alias + temp
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list):
+    cost = cost[0] if cost else None
+  flops = cost.get("flops") if cost else None
+  return {
+    "target": target.name,
+    "program": program,
+    "num_devices": len(target.devices),
+    "num_hosts": target.num_hosts,
+    "mesh": dict(mesh.shape),
+    "batch_size": batch_size,
+    "dtype": dtype,
+    "argument_bytes": argument,
+    "output_bytes": output,
+    "alias_bytes": alias,
+    "temp_bytes": temp,
+    "peak_bytes": peak,
+    "device_memory_bytes": target.chip.memory_bytes,
+    "fits": peak <= target.chip.memory_bytes,
+    "flops_per_device": float(flops) if flops is not None else None,
+    "collectives": collectives(compiled.as_text()),
+    "compile_seconds": round(seconds, 2),
+  }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The programs: built by train.py's own functions.
+# ---------------------------------------------------------------------------------------------------------------
+def compile_source(config):
+  """The input a real run would feed (shapes, dtypes, on-device preprocessing), without reading any data."""
+  from alexnet_jax import input_pipeline
+  from alexnet_jax.input_pipeline.prepared import PreparedSource
+  from alexnet_jax.input_pipeline.synthetic import SyntheticSource
+
+  image_size = config.model.image_size or input_pipeline._default_image_size(config.model.name)
+  if config.data.source == "synthetic":
+    return SyntheticSource(
+      num_classes=config.model.num_classes,
+      image_size=image_size,
+      num_train_examples=1,
+      num_eval_examples=1,
+      learnable=False,
+      seed=0,
+    )
+  d = config.data
+  return PreparedSource.for_compile(
+    image_size=image_size,
+    crop_fraction=d.crop_fraction or None,
+    subtract_mean=d.subtract_mean,
+    device_preprocess=d.device_preprocess,
+    eval_crops=d.eval_crops,
+  )
+
+
+IMAGENET_TRAIN_EXAMPLES = 1_281_167  # for the learning-rate schedule's epoch length (a scalar in the program)
+
+
+def compile_programs(config, target: Target, programs=("train", "eval")) -> list[tuple[dict, Any]]:
+  """[(description, compiled program)] for each of ``programs``, built exactly as train.py builds them."""
+  import jax
+
+  from alexnet_jax import parallel, train
+
+  mesh = parallel.create_mesh(config.mesh.model, devices=target.devices)
+  parallel.check_batch_size(config.batch_size, mesh, "batch_size")
+  parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  source = compile_source(config)
+  plan = train.plan_state(config, mesh)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), plan.abstract, plan.shardings)
+  steps_per_epoch, total, _ = train.schedule_steps(config, max(1, IMAGENET_TRAIN_EXAMPLES // config.batch_size))
+  lr_schedule = train.make_lr_schedule(config, steps_per_epoch, total)
+
+  def batch(size: int, training: bool):
+    spec = source.batch_spec(size, train=training)
+    sharding = parallel.batch_sharding(mesh)
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in spec.items()}
+
+  results = []
+  for program in programs:
+    started = time.perf_counter()
+    if program == "train":
+      step = train.jit_train_step(plan.graphdef, plan.tx, lr_schedule, source.preprocess, mesh, plan.shardings)
+      lowered, size = step.lower(state, batch(config.batch_size, True)), config.batch_size
+    else:
+      step = train.jit_eval_step(plan.graphdef, source.preprocess, mesh, plan.shardings["params"])
+      lowered, size = step.lower(state["params"], batch(config.eval_batch_size, False)), config.eval_batch_size
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - started
+    results.append((describe(compiled, target, program, mesh, size, config.model.dtype, seconds), compiled))
+  return results
+
+
+def largest_fitting_batch(config, target: Target, program: str, need: dict) -> int | None:
+  """The largest batch (a multiple of the data-parallel devices) whose ``program`` fits: peak memory is affine in
+  the batch, so two compiles predict it and a third checks the prediction (stepping down if it was optimistic)."""
+  key = "batch_size" if program == "train" else "eval_batch_size"
+  data = len(target.devices) // config.mesh.model
+  big = need["batch_size"]
+  small = max(data, (big // 2) // data * data)
+  if small == big:
+    return None
+  probe = config.copy_and_resolve_references()
+  probe[key] = small
+  at_small = compile_programs(probe, target, (program,))[0][0]
+  per_example = (need["peak_bytes"] - at_small["peak_bytes"]) / (big - small)
+  fixed = at_small["peak_bytes"] - per_example * small
+  if per_example <= 0 or fixed > target.chip.memory_bytes:
+    return None
+  guess = int((target.chip.memory_bytes - fixed) // per_example) // data * data
+  for _ in range(4):
+    if guess < data:
+      return None
+    probe[key] = guess
+    if compile_programs(probe, target, (program,))[0][0]["fits"]:
+      return guess
+    guess = int(guess * 0.95) // data * data
+  return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------------------------------------------
+def define_flags() -> None:
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "A config file (configs/NAME.py); override keys with --config.KEY.")
+  flags.DEFINE_string("target", None, "h100:N, a100:N, v4:2x2x1, v5e:2x2, v5e:2x4, v5p:2x2x1, v6e:2x2, v5e:4x4, ...")
+  flags.DEFINE_string("hlo_out", None, "Write the compiled train step's HLO text here.")
+  flags.mark_flags_as_required(["config", "target"])
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  f = flags.FLAGS
+  from alexnet_jax import config_lib
+
+  config = f.config
+  try:
+    config_lib.validate(config)
+    target = resolve_target(f.target)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  try:
+    compiled = compile_programs(config, target)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  for result, _ in compiled:
+    print(json.dumps(result), flush=True)
+  if f.hlo_out:
+    from alexnet_jax import storage
+
+    with storage.open(f.hlo_out, "w") as out:
+      out.write(compiled[0][1].as_text())
+  status = 0
+  for result, _ in compiled:
+    if result["fits"]:
+      continue
+    fits = largest_fitting_batch(config, target, result["program"], result)
+    key = "batch_size" if result["program"] == "train" else "eval_batch_size"
+    advice = f"the largest {key} that fits is {fits}" if fits else "no batch size fits: use more devices"
+    print(
+      f"error: the {result['program']} step at {key}={result['batch_size']} needs {result['peak_bytes'] / GiB:.2f} "
+      f"GiB per device; a {f.target.split(':')[0]} device has {target.chip.memory_bytes / GiB:.2f} GiB: {advice}.",
+      file=sys.stderr,
+    )
+    status = 1
+  return status
+
+
+def run() -> None:
+  define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  run()
