@@ -25,7 +25,9 @@ import sys
 import time
 from typing import Any
 
-from absl import app, flags
+from absl import flags
+
+from alexnet_jax import cli
 
 TARGET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
 GiB = 2**30
@@ -316,7 +318,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
   define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)
 
 
 if __name__ == "__main__":

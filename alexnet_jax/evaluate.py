@@ -14,7 +14,9 @@ import sys
 from typing import Any
 
 import ml_collections
-from absl import app, flags
+from absl import flags
+
+from alexnet_jax import cli
 
 
 def define_flags() -> None:
@@ -123,6 +125,9 @@ def main(argv: list[str]) -> int:
   if not f.workdir:
     print("error: give --workdir=DIR (or DIR1,DIR2,... for an ensemble)", file=sys.stderr)
     return 2
+  if f.crops not in (1, 10):
+    print(f"error: --crops must be 1 or 10, got {f.crops}", file=sys.stderr)
+    return 2
   from alexnet_jax import distributed, train
 
   distributed.initialize(None, None, None)
@@ -143,4 +148,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from alexnet_jax import cli
 
 config_flags.DEFINE_config_file(
   "config", None, "A config file from configs/ (e.g. configs/paper.py).", lock_config=True
@@ -27,8 +29,7 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving; rerun to re
 
 
 def main(argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # cli.parse_flags refused any leftover
   from alexnet_jax import distributed
 
   f = flags.FLAGS
@@ -46,20 +47,9 @@ def main(argv: list[str]) -> int:
   return EXIT_PREEMPTED if result["status"] == "preempted" else 0
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with an unknown ``--config.KEY`` reported as a one-line error listing the valid keys."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    from alexnet_jax import config_lib
-
-    print(f"error: {config_lib.unknown_override_message(argv, e)}", file=sys.stderr)
-    sys.exit(2)
-
-
 def run() -> None:
   """Console-script entry point (``alexnet-train``)."""
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ import tarfile
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from alexnet_jax import storage
+from alexnet_jax import cli, storage
 
 FORMAT_VERSION = 1
 METADATA = "alexnet_prepared.json"
@@ -487,4 +487,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

@@ -42,6 +42,29 @@ def test_unknown_config_key_on_the_command_line(tmp_path):
   assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize(
+  "module, args, says",
+  [
+    ("alexnet_jax.main", ["--config=configs/synthetic.py", "--workdir=W", "--config.num_train_steps=abc"], "abc"),
+    ("alexnet_jax.main", ["--config=configs/synthetic.py", "--workdir=W", "--config.batch_size=8.5"], "8.5"),
+    ("alexnet_jax.main", ["--config=configs/synthetic.py"], "--workdir must have a value"),
+    ("alexnet_jax.main", ["--config=configs/nope.py", "--workdir=W"], "No such file or directory: 'configs/nope.py'"),
+    ("alexnet_jax.main", ["--config=configs/synthetic.py", "--workdir=W", "stray"], "unexpected arguments: ['stray']"),
+    ("alexnet_jax.evaluate", ["--workdir=W", "--crops=3"], "--crops must be 1 or 10"),
+    ("alexnet_jax.prepare", ["--input_dir=S", "--output_dir=D", "--image_size=big"], "--image_size=big"),
+  ],
+)
+def test_every_bad_command_line_exits_2_with_one_error_line(tmp_path, module, args, says):
+  args = [a.replace("=W", f"={tmp_path / 'W'}") for a in args]
+  out = subprocess.run(
+    [sys.executable, "-m", module, *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300
+  )
+  assert out.returncode == 2, out.stderr[-2000:]
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and says in errors[0] and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert not (tmp_path / "W").exists()  # nothing created for a command that was refused
+
+
 def test_non_finite_loss_exits_with_a_message(tmp_path):
   out = train_cli(
     tmp_path,
