@@ -413,3 +413,50 @@ def test_synthetic_batch_spec_is_what_the_source_yields():
   for train, batch in ((True, next(src.train_batches(0, 8))), (False, next(src.eval_batches(8)))):
     got = {k: (v.shape, jax.dtypes.canonicalize_dtype(v.dtype)) for k, v in batch.items()}
     assert got == {k: (v.shape, v.dtype) for k, v in src.batch_spec(8, train=train).items()}
+
+
+# ---- damaged shards -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_damaged_shard_is_named_and_prepare_rewrites_it(raw_tree, prepared_dir, tmp_path, damage, split):
+  import shutil
+
+  data = tmp_path / "prepared"
+  shutil.copytree(prepared_dir, data)
+  meta = json.loads((data / prepare.METADATA).read_text())
+  victim = data / meta["splits"][split]["files"][-1]
+  blob = bytearray(victim.read_bytes())
+  if damage == "flip":
+    blob[len(blob) // 2] ^= 0x40  # one bit inside an image's bytes
+  else:
+    blob = blob[: len(blob) - 100]
+  victim.write_bytes(bytes(blob))
+  src = source(data)
+  with pytest.raises(ValueError) as e:
+    if split == "train":
+      first_batches(src, 7 * 2)
+    else:
+      list(src.eval_batches(16))
+  message = str(e.value)
+  assert f"damaged shard {victim} (" in message and "record at" in message
+  assert f"delete {victim}.done.json and run `python -m alexnet_jax.prepare" in message
+  # What the message says to do works: the marker removed, prepare rewrites that shard and reading succeeds.
+  os.remove(f"{victim}.done.json")
+  prepare.prepare(str(raw_tree), str(data), image_size=STORED, jpeg_quality=95, examples_per_shard=16, max_bad=2)
+  import tensorflow as tf
+
+  assert sum(1 for _ in tf.data.TFRecordDataset(str(victim))) == meta["splits"][split]["shard_lengths"][-1]
+  batches = first_batches(source(data), 7 * 2) if split == "train" else list(source(data).eval_batches(16))
+  assert batches
+
+
+def test_a_missing_stats_file_says_how_to_get_it_back(raw_tree, prepared_dir, tmp_path):
+  import shutil
+
+  data = tmp_path / "prepared"
+  shutil.copytree(prepared_dir, data)
+  os.remove(data / prepare.STATS)
+  with pytest.raises(ValueError, match=r"stats.npz is missing .* run `python -m alexnet_jax.prepare"):
+    source(data)
+  prepare.prepare(str(raw_tree), str(data), image_size=STORED, jpeg_quality=95, examples_per_shard=16, max_bad=2)
+  np.testing.assert_allclose(source(data).mean_image, source(prepared_dir).mean_image)

@@ -158,7 +158,13 @@ class PreparedSource:
     meta["splits"] = {
       split: {**m, "files": [storage.join(data_dir, f) for f in m["files"]]} for split, m in meta["splits"].items()
     }
-    return meta, storage.load_npz(storage.join(data_dir, prepare_lib.STATS))
+    stats = storage.join(data_dir, prepare_lib.STATS)
+    if not storage.exists(stats):
+      raise ValueError(
+        f"{stats} is missing (the training set's mean image and colour statistics): run `python -m "
+        f"alexnet_jax.prepare --input_dir=SRC --output_dir={data_dir}` again: it rewrites it from the finished shards"
+      )
+    return meta, storage.load_npz(stats)
 
   def _decode_patch(self, jpeg, offset):
     """The crop x crop patch at ``offset`` of a stored image, decoding only that patch."""
@@ -393,7 +399,17 @@ class PreparedSource:
     ds = self._train_dataset(
       files, start_epoch=epoch, batch=local, per_epoch=per_epoch, skip_examples=step_in_epoch * local
     )
-    yield from ds.as_numpy_iterator()
+    yield from self._named_faults(ds.as_numpy_iterator(), files)
+
+  def _named_faults(self, batches: Iterator[dict[str, np.ndarray]], files: list[str]):
+    """``batches``, with TensorFlow's "corrupted record at N" (which names no file) turned into an error naming the
+    damaged shard and what to do about it."""
+    import tensorflow as tf
+
+    try:
+      yield from batches
+    except tf.errors.DataLossError as e:
+      raise ValueError(damaged_shard_message(files, e.message, self.data_dir)) from None
 
   def eval_batches(self, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
     """Every validation example once; batches padded (mask 0) so all processes yield the same number."""
@@ -404,7 +420,7 @@ class PreparedSource:
     template = None
     yielded = 0
     if files:
-      for batch in self._eval_dataset(files, batch=local).as_numpy_iterator():
+      for batch in self._named_faults(self._eval_dataset(files, batch=local).as_numpy_iterator(), files):
         n = len(batch["label"])
         template = batch
         yield _pad(batch, local, n)
@@ -465,6 +481,55 @@ class PreparedSource:
     shift = batch["shift"]
     shift = shift.reshape(shift.shape[0], *([1] * (x.ndim - 2)), 3)
     return x + shift
+
+
+def _record_starts_at(path: str, offset: int) -> bool:
+  """Whether a record of the TFRecord file ``path`` or its data starts at byte ``offset`` (TensorFlow names the one
+  or the other), walking the 12-byte headers only."""
+  import struct
+
+  position = 0
+  with storage.open(path, "rb") as f:
+    while position < offset:
+      f.seek(position)
+      header = f.read(8)
+      if len(header) < 8:
+        return False
+      if position + 12 == offset:
+        return True
+      position += 8 + 4 + struct.unpack("<Q", header)[0] + 4  # length, its CRC, the data, its CRC
+  return position == offset
+
+
+def _unreadable(path: str) -> bool:
+  import tensorflow as tf
+
+  try:
+    for _ in tf.data.TFRecordDataset(path):
+      pass
+  except tf.errors.DataLossError:
+    return True
+  return False
+
+
+def damaged_shard_message(files: list[str], message: str, data_dir: str) -> str:
+  """Which of ``files`` TensorFlow's DataLossError ("corrupted record at N", "truncated record at N") is about, and
+  what to do: the shards whose records reach byte N and fail to read."""
+  import re
+
+  found = re.search(r"record at (\d+)", message)
+  offset = int(found.group(1)) if found else None
+  candidates = [p for p in files if offset is None or _record_starts_at(p, offset)]
+  damaged = [p for p in candidates if _unreadable(p)]
+  what = message.strip().splitlines()[0]
+  if not damaged:
+    return f"a shard of {data_dir} is damaged ({what}) and none could be singled out: prepare into a new --output_dir"
+  where = ", ".join(damaged)
+  done = " and ".join(f"{p}.done.json" for p in damaged)
+  return (
+    f"damaged shard {where} ({what}): delete {done} and run `python -m alexnet_jax.prepare --input_dir=SRC "
+    f"--output_dir={data_dir}` again; it rewrites exactly the shards whose marker is gone"
+  )
 
 
 def _pad(batch: dict[str, np.ndarray], size: int, real: int) -> dict[str, np.ndarray]:
