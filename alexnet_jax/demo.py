@@ -27,7 +27,7 @@ def main(argv: list[str]) -> None:
   del argv
   from alexnet_jax import config_lib, evaluate, prepare, shapes, train
 
-  train.quiet_orbax_logs()
+  train.quiet_library_logs()
   data_root = os.path.abspath(flags.FLAGS.data_root)
   raw, prepared = os.path.join(data_root, "shapes"), os.path.join(data_root, "shapes_prepared")
   t0 = time.time()

@@ -130,8 +130,8 @@ def main(argv: list[str]) -> int:
     return 2
   from alexnet_jax import distributed, train
 
+  train.quiet_library_logs()  # before the backends start
   distributed.initialize(None, None, None)
-  train.quiet_orbax_logs()
   try:
     out = evaluate_workdirs(
       f.workdir.split(","), crops=f.crops, data_dir=f.data_dir, step=f.step, batch_size=f.batch_size

@@ -30,13 +30,11 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving; rerun to re
 
 def main(argv: list[str]) -> int:
   del argv  # cli.parse_flags refused any leftover
-  from alexnet_jax import distributed
+  from alexnet_jax import distributed, train
 
+  train.quiet_library_logs()  # before the backends start (JAX logs the ones it does not find)
   f = flags.FLAGS
   distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, f.heartbeat_timeout_seconds)
-  from alexnet_jax import train
-
-  train.quiet_orbax_logs()
   try:
     result = train.train_and_evaluate(
       flags.FLAGS.config, flags.FLAGS.workdir, allow_config_change=flags.FLAGS.allow_config_change

@@ -359,14 +359,14 @@ def prepare(
         ): (split, shard)
         for split, shard, n, chunk in todo
       }
-      done_images = 0
+      done_images, logged = 0, time.time()
       for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
         summary = future.result()
         done_images += summary["num_examples"] + len(summary["bad"])
-        rate = done_images / max(time.time() - started, 1e-9)
-        logging.info("shard %d/%d done (%s %d): %.0f images/s", i, len(todo), *futures[future], rate)
-        print(f"\rprepare: {i}/{len(todo)} shards, {rate:.0f} images/s", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        if i == len(todo) or time.time() - logged >= 10:  # progress as log lines, at most one per 10 s
+          rate = done_images / max(time.time() - started, 1e-9)
+          logging.info("%d/%d shards done (last: %s %d), %.0f images/s", i, len(todo), *futures[future], rate)
+          logged = time.time()
 
   split_meta, bad, partials = {}, [], []
   for split, shard, n, _ in jobs:

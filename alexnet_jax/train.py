@@ -230,19 +230,20 @@ def load_checkpoint(
   return restored[0], restored[1], plan.graphdef
 
 
-class _QuietOrbax(logging_std.Filter):
-  """Orbax narrates every save at INFO, and fsspec/gcsfs every file they open in cloud storage: keep their warnings
-  and errors, drop the rest."""
+class _QuietLibraries(logging_std.Filter):
+  """Orbax narrates every save at INFO, fsspec/gcsfs every file they open in cloud storage, and JAX every backend it
+  did not find ("Unable to initialize backend 'tpu'" on every command): keep their warnings and errors, drop the
+  rest."""
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    chatty = ("/orbax/", "/fsspec/", "/gcsfs/")
+    chatty = ("/orbax/", "/fsspec/", "/gcsfs/", "/jax/_src/xla_bridge.py")
     return record.levelno >= logging_std.WARNING or not any(c in record.pathname for c in chatty)
 
 
-def quiet_orbax_logs() -> None:
-  logging_std.getLogger("absl").addFilter(_QuietOrbax())
+def quiet_library_logs() -> None:
+  logging_std.getLogger("absl").addFilter(_QuietLibraries())
   for handler in logging_std.getLogger().handlers + [logging.get_absl_handler()]:
-    handler.addFilter(_QuietOrbax())
+    handler.addFilter(_QuietLibraries())
 
 
 # -----------------------------------------------------------------------------------------------------------------
