@@ -333,7 +333,12 @@ class _PreemptionFlag:
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if self.set:  # a second SIGTERM: the first one was not enough (a hung step, say); stop now, without saving
+      logging.warning("Second SIGTERM: stopping now, without saving (the last committed checkpoint is kept).")
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+      return
     logging.warning("SIGTERM received: saving a checkpoint at the next step all processes reach, then stopping.")
     self.set = True
 
@@ -367,15 +372,18 @@ def train_and_evaluate(
   # ---- Config and workdir: one writer per workdir --------------------------------------------------------------
   config_lib.validate(config)
   workdir = prepare_workdir(workdir)
-  lock = workdir_lock.hold(workdir)
-  try:
-    return _run(config, workdir, allow_config_change)
-  finally:
-    if lock is not None:
-      lock.release()
+  with _PreemptionFlag() as preemption:  # from here on SIGTERM stops the run cleanly, during setup too
+    lock = workdir_lock.hold(workdir)
+    try:
+      return _run(config, workdir, allow_config_change, preemption)
+    finally:
+      if lock is not None:
+        lock.release()
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool) -> dict[str, Any]:
+def _run(
+  config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool, preemption: _PreemptionFlag
+) -> dict[str, Any]:
   from alexnet_jax import tf_util  # clu's writers import TensorFlow: keep it off the accelerators first
 
   tf_util.hide_accelerators_from_tensorflow()
@@ -496,81 +504,83 @@ def _run(config: ml_collections.ConfigDict, workdir: str, allow_config_change: b
 
   batches = prefetch(source.train_batches(step, config.batch_size), config.data.prefetch, batch_sharding)
   try:
-    with _PreemptionFlag() as preemption:
-      while step < num_train_steps:
-        t0 = time.perf_counter()
-        batch = next(batches)
-        input_wait += time.perf_counter() - t0
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-          state, step_metrics = train_step(state, batch)
-        step += 1
-        window_steps += 1
-        train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
-        for hook in hooks:
-          hook(step)
+    if preemption.reached(step, 1):  # SIGTERM during setup: nothing new to save
+      result["status"] = "preempted"
+      logging.warning("Stopped before training step %d after SIGTERM; rerun the same command to resume.", step + 1)
+    while step < num_train_steps and result["status"] != "preempted":
+      t0 = time.perf_counter()
+      batch = next(batches)
+      input_wait += time.perf_counter() - t0
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, step_metrics = train_step(state, batch)
+      step += 1
+      window_steps += 1
+      train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
+      for hook in hooks:
+        hook(step)
 
-        last = step == num_train_steps
-        if step % config.log_every_steps == 0 or last:
-          values = train_metrics.compute()
-          check_finite(values)
-          elapsed = time.perf_counter() - window_start
-          scalars = {f"train_{k}": v for k, v in values.items() if k not in ("learning_rate", "finite")}
-          scalars.update(
-            learning_rate=values["learning_rate"],
-            images_per_sec=window_steps * config.batch_size / elapsed,
-            input_wait_fraction=input_wait / elapsed,
-            epoch=step / steps_per_epoch,
-          )
-          writer.write_scalars(step, scalars)
-          train_metrics, window_start, window_steps, input_wait = None, time.perf_counter(), 0, 0.0
-          collapse = detector.update(step, values)
-          if collapse and config.health.on_collapse == "stop":
-            ckpt.wait()
-            raise health.CollapseError(collapse)
-          if collapse:
-            logging.warning("%s", collapse)
+      last = step == num_train_steps
+      if step % config.log_every_steps == 0 or last:
+        values = train_metrics.compute()
+        check_finite(values)
+        elapsed = time.perf_counter() - window_start
+        scalars = {f"train_{k}": v for k, v in values.items() if k not in ("learning_rate", "finite")}
+        scalars.update(
+          learning_rate=values["learning_rate"],
+          images_per_sec=window_steps * config.batch_size / elapsed,
+          input_wait_fraction=input_wait / elapsed,
+          epoch=step / steps_per_epoch,
+        )
+        writer.write_scalars(step, scalars)
+        train_metrics, window_start, window_steps, input_wait = None, time.perf_counter(), 0, 0.0
+        collapse = detector.update(step, values)
+        if collapse and config.health.on_collapse == "stop":
+          ckpt.wait()
+          raise health.CollapseError(collapse)
+        if collapse:
+          logging.warning("%s", collapse)
 
-        scheduled_eval = step % eval_every == 0
-        if scheduled_eval or last:
-          try:
-            eval_values = run_eval()
-          except Exception:  # a bad validation shard, say: the steps trained so far are saved before it stops
-            save(step)
-            ckpt.wait()
-            raise
-          writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_values.items()})
-          result.update({f"eval_{k}": v for k, v in eval_values.items()})
-          # Only scheduled evaluations feed the plateau rule: where a run happens to stop must not change it.
-          if config.schedule.name == "paper" and scheduled_eval:
-            s = config.schedule
-            plateau = optim.plateau_update(
-              jax.device_get(state["plateau"]),
-              eval_values["top1_error"],
-              patience=s.patience,
-              factor=s.factor,
-              max_drops=s.max_drops,
-              min_delta=s.min_delta,
-            )
-            if plateau["num_drops"] > int(state["plateau"]["num_drops"]):
-              logging.info(
-                "Validation error has not improved for %d evaluations: learning rate x%g (drop %d of %d)",
-                s.patience,
-                s.factor,
-                plateau["num_drops"],
-                s.max_drops,
-              )
-            state = {**state, "plateau": jax.device_put(plateau, shardings["plateau"])}
-
-        preempted = preemption.reached(step, config.log_every_steps)
-        if step % config.checkpoint_every_steps == 0 or last or preempted:
+      scheduled_eval = step % eval_every == 0
+      if scheduled_eval or last:
+        try:
+          eval_values = run_eval()
+        except Exception:  # a bad validation shard, say: the steps trained so far are saved before it stops
           save(step)
-        if preempted:
-          result["status"] = "preempted"
-          logging.warning(
-            "Stopped at step %d after SIGTERM; the checkpoint is being committed. Rerun the same command to resume.",
-            step,
+          ckpt.wait()
+          raise
+        writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_values.items()})
+        result.update({f"eval_{k}": v for k, v in eval_values.items()})
+        # Only scheduled evaluations feed the plateau rule: where a run happens to stop must not change it.
+        if config.schedule.name == "paper" and scheduled_eval:
+          s = config.schedule
+          plateau = optim.plateau_update(
+            jax.device_get(state["plateau"]),
+            eval_values["top1_error"],
+            patience=s.patience,
+            factor=s.factor,
+            max_drops=s.max_drops,
+            min_delta=s.min_delta,
           )
-          break
+          if plateau["num_drops"] > int(state["plateau"]["num_drops"]):
+            logging.info(
+              "Validation error has not improved for %d evaluations: learning rate x%g (drop %d of %d)",
+              s.patience,
+              s.factor,
+              plateau["num_drops"],
+              s.max_drops,
+            )
+          state = {**state, "plateau": jax.device_put(plateau, shardings["plateau"])}
+
+      preempted = preemption.reached(step, config.log_every_steps) and not last  # at the end: finished anyway
+      if step % config.checkpoint_every_steps == 0 or last or preempted:
+        save(step)
+      if preempted:
+        result["status"] = "preempted"
+        logging.warning(
+          "Stopped at step %d after SIGTERM; the checkpoint is being committed. Rerun the same command to resume.",
+          step,
+        )
+        break
   finally:  # on every path, errors included: pending saves commit, files close, the input thread stops
     batches.close()
     ckpt.close()

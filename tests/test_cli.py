@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -105,3 +106,53 @@ def test_demo_recipe_learns_through_the_command_line(tmp_path):
   assert set(result) >= {"step", "crops", "num_examples", "top1_error", "top5_error"}
   assert result["num_examples"] == 200 and result["crops"] == 10
   assert result["top1_error"] < 0.7 and result["top5_error"] < 0.25, result  # chance: 0.9 and 0.5
+
+
+def signalled_run(workdir, *args, when: list[str]):
+  """Start a tiny training run; one SIGTERM when a log line contains ``when[0]``, the next at ``when[1]``, ..."""
+  cmd = [
+    sys.executable,
+    "-m",
+    "alexnet_jax.main",
+    "--config=configs/synthetic.py",
+    f"--workdir={workdir}",
+    *TINY,
+    *args,
+  ]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(8), stderr=subprocess.PIPE, text=True)
+  log, triggers = [], list(when)
+  for line in proc.stderr:
+    log.append(line)
+    if triggers and triggers[0] in line:
+      proc.send_signal(signal.SIGTERM)
+      triggers.pop(0)
+  return proc.wait(timeout=600), "".join(log)
+
+
+def test_sigterm_during_setup_stops_cleanly_before_training(tmp_path):
+  code, log = signalled_run(tmp_path, "--config.num_train_steps=5", when=["Data source:"])
+  assert code == 75, log[-3000:]
+  assert "Stopped before training step 1 after SIGTERM" in log and "Traceback" not in log
+  assert not (tmp_path / "lock.json").exists()  # the lease is released
+
+
+def test_sigterm_during_the_final_evaluation_still_ends_as_finished(tmp_path):
+  code, log = signalled_run(
+    tmp_path, "--config.num_train_steps=2", "--config.data.num_eval_examples=3000", when=["] [2] epoch="]
+  )
+  assert code == 0, log[-3000:]  # the run had finished: not "stopped early" (75)
+  assert "Finished at step 2" in log and "Stopped at step" not in log
+  assert "2" in os.listdir(tmp_path / "checkpoints")
+
+
+def test_a_second_sigterm_stops_at_once_without_saving(tmp_path):
+  """The first SIGTERM lands in a long evaluation (a step that will not end soon); the second one stops the run."""
+  code, log = signalled_run(
+    tmp_path,
+    "--config.num_train_steps=1000",
+    "--config.eval_every_steps=3",
+    "--config.data.num_eval_examples=5000",
+    when=["] [3] epoch=", "SIGTERM received"],
+  )
+  assert code == -signal.SIGTERM, log[-3000:]
+  assert "Second SIGTERM: stopping now, without saving" in log and "Stopped at step" not in log
