@@ -482,6 +482,12 @@ def main(argv: list[str]) -> int:
     f"prepared {f.output_dir} ({counts}; {meta['num_bad_files']} bad files skipped). "
     f"Train with --config.data.dir={f.output_dir}"
   )
+  if not meta["splits"].get("val", {}).get("num_examples"):
+    print(
+      f"warning: {f.input_dir} has no validation images (no {f.input_dir}/val/<class>/<image>): training evaluates "
+      "on a validation split and will refuse this set until it has one. Add val/ and run the same command again.",
+      file=sys.stderr,
+    )
   return 0
 
 

@@ -460,3 +460,22 @@ def test_a_missing_stats_file_says_how_to_get_it_back(raw_tree, prepared_dir, tm
     source(data)
   prepare.prepare(str(raw_tree), str(data), image_size=STORED, jpeg_quality=95, examples_per_shard=16, max_bad=2)
   np.testing.assert_allclose(source(data).mean_image, source(prepared_dir).mean_image)
+
+
+def test_a_set_without_validation_images_is_reported_and_a_rerun_adds_them(tmp_path):
+  import subprocess
+  import sys
+
+  raw, dst = tmp_path / "raw", tmp_path / "prepared"
+  shapes.generate(str(raw), train_per_class=2, val_per_class=1, size=40, seed=0)
+  os.rename(raw / "val", tmp_path / "val_later")
+  cmd = [sys.executable, "-m", "alexnet_jax.prepare", f"--input_dir={raw}", f"--output_dir={dst}", "--image_size=40"]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  first = subprocess.run([*cmd, "--num_workers=1"], cwd=root, capture_output=True, text=True, timeout=300)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert f"warning: {raw} has no validation images" in first.stderr
+  os.rename(tmp_path / "val_later", raw / "val")
+  second = subprocess.run([*cmd, "--num_workers=1"], cwd=root, capture_output=True, text=True, timeout=300)
+  assert second.returncode == 0 and "no validation images" not in second.stderr, second.stderr[-2000:]
+  meta = json.loads((dst / prepare.METADATA).read_text())
+  assert meta["splits"]["val"]["num_examples"] == len(shapes.CLASSES)
