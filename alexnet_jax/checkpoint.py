@@ -56,6 +56,15 @@ class FingerprintMismatchError(ValueError):
   """A restored array differs from the one that was saved (bit rot, a partial overwrite, a bad copy)."""
 
 
+class DiskFullError(ValueError):
+  """A checkpoint could not be written for lack of space; the committed steps are intact."""
+
+
+def _disk_full(error: Exception) -> bool:
+  text = str(error)
+  return "No space left on device" in text or "RESOURCE_EXHAUSTED" in text or getattr(error, "errno", None) == 28
+
+
 class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int, async_save: bool = True):
     self.directory = storage.resolve(directory)
@@ -74,15 +83,18 @@ class Checkpointer:
     """Start saving ``state`` at ``step`` (asynchronously; ``wait()`` blocks until it is committed)."""
     if step in self._manager.all_steps():
       return
-    self._manager.save(  # the fingerprints are computed now, before the next step donates the state's buffers
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        config=ocp.args.JsonSave(config_json),
-        fingerprints=ocp.args.JsonSave(fingerprints(state)),
-      ),
-      force=True,
-    )
+    try:  # a save first waits for the one before it, whose failure surfaces here
+      self._manager.save(  # the fingerprints are computed now, before the next step donates the state's buffers
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          config=ocp.args.JsonSave(config_json),
+          fingerprints=ocp.args.JsonSave(fingerprints(state)),
+        ),
+        force=True,
+      )
+    except Exception as e:
+      raise self._write_failed(e) from None
 
   def restore(self, step: int, abstract_state: Any) -> tuple[int, Any, dict[str, Any]]:
     """(step, state, saved config) of one given step; FingerprintMismatchError if any array differs from what was
@@ -159,11 +171,29 @@ class Checkpointer:
     self._manager.close()
     self._manager = self._open()
 
+  def _write_failed(self, error: Exception) -> Exception:
+    """The error to raise for a failed write: a full disk said in one line, with what to do; others as they are."""
+    if not _disk_full(error):
+      return error
+    committed = self.all_steps()
+    kept = f"the last committed step ({committed[-1]}) is intact" if committed else "no step had been committed yet"
+    return DiskFullError(
+      f"no space left to write a checkpoint in {self.directory}; {kept}. Free space (or use a --workdir with "
+      "more room) and rerun the same command to resume."
+    )
+
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      raise self._write_failed(e) from None
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      self._manager.close()
+      raise self._write_failed(e) from None
     self._manager.close()
 
 

@@ -236,6 +236,8 @@ class _QuietLibraries(logging_std.Filter):
   rest."""
 
   def filter(self, record: logging_std.LogRecord) -> bool:
+    if record.name == "asyncio" and str(record.msg).startswith("Task exception was never retrieved"):
+      return False  # orbax's writers after a failed save: the error itself reaches the run, once
     chatty = ("/orbax/", "/fsspec/", "/gcsfs/", "/jax/_src/xla_bridge.py")
     return record.levelno >= logging_std.WARNING or not any(c in record.pathname for c in chatty)
 
