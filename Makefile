@@ -10,20 +10,18 @@ TEST_XLA_FLAGS := --xla_force_host_platform_device_count=$(DEVICES) \
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 WORKDIR ?= workdirs/demo
 
-.PHONY: install aot-env test test-fast lint demo bench clean
+.PHONY: install install-aot aot-env test test-fast lint demo bench clean
 
 install: $(VENV)/.installed
 
-# The accelerator compilers for alexnet_jax.aot (libtpu, XLA:GPU's plugin and ptxas) in a venv of their own, so
-# that the CPU tools never look for a TPU or GPU. Their versions are the installed jax's.
+# The accelerator compilers for alexnet_jax.aot (the `aot` extra: libtpu, XLA:GPU's plugin and ptxas, pinned to
+# the jax they serve) in a venv of their own, so that the CPU tools never look for a TPU or GPU.
 AOT_VENV ?= .venv-aot
-aot-env: $(AOT_VENV)/.installed
+install-aot aot-env: $(AOT_VENV)/.installed
 $(AOT_VENV)/.installed: pyproject.toml
 	@test -x $(AOT_VENV)/bin/python || $(PYTHON) -m venv $(AOT_VENV)
 	$(AOT_VENV)/bin/python -m pip install -q --upgrade pip
-	$(AOT_VENV)/bin/python -m pip install -q -e .
-	V=$$($(AOT_VENV)/bin/python -c 'import jax; print(jax.__version__)') && $(AOT_VENV)/bin/python -m pip install -q \
-	  "jax[tpu]==$$V" "jax-cuda12-plugin==$$V" "jax-cuda12-pjrt==$$V" nvidia-cuda-nvcc-cu12
+	$(AOT_VENV)/bin/python -m pip install -q -e '.[aot]'
 	@touch $@
 
 # The package and the developer tools (tests, lint, the PyTorch reference).
@@ -42,7 +40,7 @@ $(VENV)/.installed-package: pyproject.toml
 
 # Every test, on CPU with $(DEVICES) fake devices (the sharded code paths are the ones tested). The full-size CLI tests
 # (~10 GB each) share one worker (--dist loadgroup), so two never run at once.
-test: install aot-env
+test: install install-aot
 	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
 
 test-fast: install

@@ -6,7 +6,7 @@ The programs are the ones ``train.py`` runs, built by the same functions (``trai
 ``train.jit_train_step``, ``train.jit_eval_step``: the same shardings, donation and dtype policy), lowered for the
 devices of a target topology (``jax.experimental.topologies``) and compiled by that target's own compiler: libtpu for
 Cloud TPU, XLA:GPU with ptxas for NVIDIA GPUs. Nothing runs, and no accelerator or network is needed; only the
-compilers (``make aot-env``: ``jax[tpu]``, ``jax-cuda12-plugin``/``-pjrt`` and ``nvidia-cuda-nvcc-cu12``, in
+compilers (``make install-aot``: ``jax[tpu]``, ``jax-cuda12-plugin``/``-pjrt`` and ``nvidia-cuda-nvcc-cu12``, in
 ``.venv-aot``). MaxText's ``train_compile.py`` does the same for its models.
 
 One JSON line per program (``train``, ``eval``): the per-device memory the compiler plans (arguments, outputs,

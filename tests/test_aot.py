@@ -1,6 +1,6 @@
 """alexnet_jax.aot: the real train and eval steps compiled for GPUs and TPUs that are not here.
 
-The compiles run in ``.venv-aot`` (``make aot-env``: libtpu, the CUDA plugin and ptxas), in subprocesses with
+The compiles run in ``.venv-aot`` (``make install-aot``: libtpu, the CUDA plugin and ptxas), in subprocesses with
 ``JAX_PLATFORMS=cpu`` so that nothing looks for a device. What the compiler produced is read independently of the
 module's own summary where that is cheap: the HLO text for the gradient all-reduce, the parameter count for its
 bytes.
@@ -21,7 +21,7 @@ PAPER_PARAMS = 60_965_224  # the paper net's parameter count (model.count_params
 
 def aot_run(*args, timeout=900):
   if not os.path.exists(AOT_PYTHON):
-    pytest.fail("the accelerator compilers are not installed: run `make aot-env` (make test does)")
+    pytest.fail("the accelerator compilers are not installed: run `make install-aot` (make test does)")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # no fake CPU devices: the target's devices
   env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
   cmd = [AOT_PYTHON, "-m", "alexnet_jax.aot", *args]

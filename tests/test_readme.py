@@ -96,7 +96,7 @@ def user_dir(tmp_path_factory):
   from alexnet_jax import shapes
 
   home = tmp_path_factory.mktemp("user")
-  for name in ("configs", "launch", "benchmarks"):
+  for name in ("configs", "launch", "benchmarks", ".venv-aot"):  # .venv-aot: the compilers `make install-aot` installs
     os.symlink(os.path.join(ROOT, name), home / name)
   make_fake_imagenet_tree(str(home / "SRC"), per_class=2, num_val=20)
   shapes.generate(str(home / "my_images"), train_per_class=30, val_per_class=5, size=96, seed=3)
