@@ -212,6 +212,26 @@ def shard_filename(split: str, shard: int, num_shards: int) -> str:
   return f"{DATASET_NAME}-{split}.tfrecord-{shard:05d}-of-{num_shards:05d}"
 
 
+_SHARD_FILE = re.compile(rf"^{DATASET_NAME}-(\w+)\.tfrecord-(\d{{5}})-of-(\d{{5}})(\..*)?$")
+
+
+def shard_inputs(chunk: list[tuple[int, Record]]) -> list[list]:
+  """What a shard is made of, without reading an image: per record its index, label, name and either the file's
+  size and modification time or its place in a tar. A rerun rebuilds a shard whose list differs."""
+  out = []
+  for index, record in chunk:
+    if record.offset >= 0:
+      where = [record.offset, record.size]
+    else:
+      try:
+        stat = os.stat(record.path)
+        where = [stat.st_size, stat.st_mtime_ns]
+      except OSError:
+        where = [-1, -1]
+    out.append([index, record.label, record.name, *where])
+  return out
+
+
 def _example(jpeg: bytes, label: int, index: int, name: str) -> bytes:
   import tensorflow as tf
 
@@ -224,8 +244,11 @@ def _example(jpeg: bytes, label: int, index: int, name: str) -> bytes:
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def write_shard(path: str, records: list[tuple[int, Record]], size: int, quality: int, stats: bool) -> dict:
-  """Write one shard (atomically) and its sidecar ``.done.json`` with counts, bad files and partial statistics."""
+def write_shard(
+  path: str, records: list[tuple[int, Record]], size: int, quality: int, stats: bool, inputs: list | None = None
+) -> dict:
+  """Write one shard (atomically) and its sidecar ``.done.json`` with counts, bad files, the inputs it was made
+  from and partial statistics."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   import tensorflow as tf
 
@@ -250,12 +273,23 @@ def write_shard(path: str, records: list[tuple[int, Record]], size: int, quality
         pixel_sum += rgb.sum(0)
         outer_sum += rgb.T @ rgb
   storage.save_npz(path + ".stats.npz", image_sum=image_sum, pixel_sum=pixel_sum, outer_sum=outer_sum, count=count)
-  summary = {"num_examples": count, "bad": bad}
+  summary = {"num_examples": count, "bad": bad, "inputs": inputs}
   with storage.open(path + ".done.json.tmp", "w") as f:
     json.dump(summary, f)
   storage.replace(tmp, path)
   storage.replace(path + ".done.json.tmp", path + ".done.json")  # written last: the shard's commit marker
   return summary
+
+
+def _remove_stale_shards(output_dir: str, current: set[tuple[str, int, int]]) -> None:
+  """Remove the shards (and their markers) of an earlier run that this run's layout does not have (the input grew or
+  shrank past a shard boundary), so the folder holds one dataset."""
+  if not storage.isdir(output_dir):
+    return
+  for name in storage.listdir(output_dir):
+    m = _SHARD_FILE.match(name)
+    if m and (m.group(1), int(m.group(2)), int(m.group(3))) not in current:
+      storage.remove(storage.join(output_dir, name))
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -336,14 +370,24 @@ def prepare(
     indexed = list(enumerate(records))
     for shard in range(num_shards):  # round robin: shards differ in size by at most one
       jobs.append((split, shard, num_shards, indexed[shard::num_shards]))
-  todo = [j for j in jobs if not storage.exists(storage.join(output_dir, shard_filename(*j[:3])) + ".done.json")]
-  logging.info("%d shards, %d already done", len(jobs), len(jobs) - len(todo))
+  inputs = {j[:3]: shard_inputs(j[3]) for j in jobs}
+  _remove_stale_shards(output_dir, set(inputs))
+
+  def done(job) -> bool:  # committed, and made from exactly the inputs it would be made from now
+    marker = storage.join(output_dir, shard_filename(*job[:3])) + ".done.json"
+    if not storage.exists(marker):
+      return False
+    with storage.open(marker) as f:
+      return json.load(f).get("inputs") == inputs[job[:3]]
+
+  todo = [j for j in jobs if not done(j)]
+  logging.info("%d shards, %d already done from the same inputs", len(jobs), len(jobs) - len(todo))
 
   workers = num_workers or os.cpu_count() or 1
   if todo and workers == 1:  # in this process (also what keeps a process-local file system such as ram:// whole)
     for i, (split, shard, n, chunk) in enumerate(todo, 1):
       path = storage.join(output_dir, shard_filename(split, shard, n))
-      write_shard(path, chunk, image_size, jpeg_quality, split == "train")
+      write_shard(path, chunk, image_size, jpeg_quality, split == "train", inputs[split, shard, n])
       logging.info("shard %d/%d done (%s %d)", i, len(todo), split, shard)
   elif todo:
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has TensorFlow or JAX loaded
@@ -356,6 +400,7 @@ def prepare(
           image_size,
           jpeg_quality,
           split == "train",
+          inputs[split, shard, n],
         ): (split, shard)
         for split, shard, n, chunk in todo
       }

@@ -479,3 +479,34 @@ def test_a_set_without_validation_images_is_reported_and_a_rerun_adds_them(tmp_p
   assert second.returncode == 0 and "no validation images" not in second.stderr, second.stderr[-2000:]
   meta = json.loads((dst / prepare.METADATA).read_text())
   assert meta["splits"]["val"]["num_examples"] == len(shapes.CLASSES)
+
+
+def test_a_rerun_reads_the_input_again_and_rebuilds_exactly_the_shards_that_changed(raw_tree, tmp_path):
+  """After removing the bad files (as prepare's message says) and adding new images, a rerun succeeds, counts every
+  current image and no file that is gone; a rerun with nothing changed rewrites nothing."""
+  import shutil
+
+  raw, dst = tmp_path / "raw", tmp_path / "prepared"
+  shutil.copytree(raw_tree, raw)
+  args = dict(image_size=STORED, jpeg_quality=95, examples_per_shard=16, num_workers=1)
+  with pytest.raises(prepare.PrepareError, match="2 images could not be read"):
+    prepare.prepare(str(raw), str(dst), **args)
+  folder = raw / "train" / shapes.CLASSES[0]
+  os.remove(folder / "truncated.JPEG")
+  os.remove(folder / "empty.JPEG")
+  Image.fromarray(shapes.draw(0, np.random.default_rng(9), 48)).save(folder / "new_one.jpg", quality=95)
+  meta = prepare.prepare(str(raw), str(dst), **args)
+  assert meta["splits"]["train"]["num_examples"] == 120 + 3 + 1 and meta["num_bad_files"] == 0
+  assert json.loads((dst / "bad_files.json").read_text()) == []
+  shards = sorted(dst.glob("*.tfrecord-*"))
+  before = {p.name: p.stat().st_mtime_ns for p in shards}
+  prepare.prepare(str(raw), str(dst), **args)
+  assert {p.name: p.stat().st_mtime_ns for p in sorted(dst.glob("*.tfrecord-*"))} == before
+  # One changed image rebuilds the shard that holds it, and no other.
+  victim = raw / "val" / shapes.CLASSES[1]
+  image = sorted(victim.iterdir())[0]
+  Image.fromarray(shapes.draw(1, np.random.default_rng(11), 48)).save(image, format="JPEG", quality=90)
+  prepare.prepare(str(raw), str(dst), **args)
+  after = {p.name: p.stat().st_mtime_ns for p in sorted(dst.glob("*.tfrecord-*"))}
+  assert [n for n in after if after[n] != before[n]] != [] and all("-val." in n for n in after if after[n] != before[n])
+  assert sum(after[n] != before[n] for n in after if n.endswith(tuple("0123456789"))) == 1
