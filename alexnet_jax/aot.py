@@ -86,6 +86,10 @@ def resolve_target(spec: str) -> Target:
   single_host_8 = len(dims) == 2 and chips == 8 and kind in ("v5e", "v6e")
   per_host = (dims3[0], dims3[1], 1) if single_host_8 else (min(2, dims3[0]), min(2, dims3[1]), 1)
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # keeps libtpu from looking for a TPU VM's metadata
+  # libtpu takes /tmp/libtpu_lockfile so that two processes never drive one TPU; compiling drives none, and two
+  # compiles at once (a test suite, a sweep of targets) would otherwise fail with "Internal error when accessing
+  # libtpu multi-process lockfile".
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   topology = topologies.get_topology_desc(
     platform="tpu",
     topology_name=f"{chip.topology_prefix}:{shape}",
@@ -149,6 +153,7 @@ def describe(compiled, target: Target, program: str, mesh, batch_size: int, dtyp
   if isinstance(cost, list):
     cost = cost[0] if cost else None
   flops = cost.get("flops") if cost else None
+  accessed = cost.get("bytes accessed") if cost else None
   return {
     "target": target.name,
     "program": program,
@@ -165,6 +170,7 @@ def describe(compiled, target: Target, program: str, mesh, batch_size: int, dtyp
     "device_memory_bytes": target.chip.memory_bytes,
     "fits": peak <= target.chip.memory_bytes,
     "flops_per_device": float(flops) if flops is not None else None,
+    "bytes_accessed_per_device": float(accessed) if accessed is not None else None,
     "collectives": collectives(compiled.as_text()),
     "compile_seconds": round(seconds, 2),
   }

@@ -93,6 +93,7 @@ def test_paper_net_on_two_h100s_with_the_model_split(tmp_path):
   train, evaluate = got["train"], got["eval"]
   assert train["num_devices"] == 2 and train["mesh"] == {"data": 1, "model": 2} and train["batch_size"] == 128
   assert train["dtype"] == "bfloat16" and train["flops_per_device"] is None  # XLA:GPU reports no cost analysis
+  assert train["bytes_accessed_per_device"] is None
   assert train["fits"] and train["device_memory_bytes"] > 80 * 10**9
   # Each device holds about half of the parameters and their momentum, in float32.
   assert 0.4 * PAPER_PARAMS * 8 < train["argument_bytes"] < 0.6 * PAPER_PARAMS * 8 + 128 * 227 * 227 * 3
@@ -116,7 +117,7 @@ def test_a_tpu_pod_slice_of_four_hosts_all_reduces_every_gradient():
   assert out.returncode == 0, out.stderr[-3000:]
   train = programs(out)["train"]
   assert train["num_devices"] == 16 and train["num_hosts"] == 4 and train["mesh"] == {"data": 16, "model": 1}
-  assert train["flops_per_device"] > 0  # libtpu's cost analysis
+  assert train["flops_per_device"] > 0 and train["bytes_accessed_per_device"] > 0  # libtpu's cost analysis
   params = 4_587_592  # the paper net at width 0.25 (model.count_params)
   assert train["collectives"]["all-reduce"]["bytes"] >= 4 * params  # float32 gradients, all of them
 
