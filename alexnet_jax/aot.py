@@ -212,6 +212,7 @@ def compile_programs(config, target: Target, programs=("train", "eval")) -> list
   """[(description, compiled program)] for each of ``programs``, built exactly as train.py builds them."""
   import jax
 
+  from alexnet_jax import checkpoint as checkpoint_lib
   from alexnet_jax import parallel, train
 
   mesh = parallel.create_mesh(config.mesh.model, devices=target.devices)
@@ -219,7 +220,7 @@ def compile_programs(config, target: Target, programs=("train", "eval")) -> list
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   source = compile_source(config)
   plan = train.plan_state(config, mesh)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), plan.abstract, plan.shardings)
+  state = checkpoint_lib.abstract_with_shardings(plan.abstract, plan.shardings)
   steps_per_epoch, total, _ = train.schedule_steps(config, max(1, IMAGENET_TRAIN_EXAMPLES // config.batch_size))
   lr_schedule = train.make_lr_schedule(config, steps_per_epoch, total)
 
