@@ -336,13 +336,15 @@ class _PreemptionFlag:
 
   def _handle(self, signum, frame):
     del frame
+    # The flag is set before anything is logged: a second SIGTERM can arrive while the first handler is still
+    # inside logging.warning (Python runs the nested handler there), and must see the first one as taken.
     if self.set:  # a second SIGTERM: the first one was not enough (a hung step, say); stop now, without saving
       logging.warning("Second SIGTERM: stopping now, without saving (the last committed checkpoint is kept).")
       signal.signal(signum, signal.SIG_DFL)
       os.kill(os.getpid(), signum)
       return
-    logging.warning("SIGTERM received: saving a checkpoint at the next step all processes reach, then stopping.")
     self.set = True
+    logging.warning("SIGTERM received: saving a checkpoint at the next step all processes reach, then stopping.")
 
   def __exit__(self, *exc):
     if self._previous is not None:
