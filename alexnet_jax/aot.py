@@ -40,15 +40,18 @@ class Chip:
   chip_config: str = "default"  # TPU: 'megacore' where two TensorCores act as one device
   topology_prefix: str = ""  # TPU: the name libtpu knows the generation by
   target_config: str = ""  # GPU: a GpuTargetConfig in text form, in alexnet_jax/targets/
+  peak_flops: float = 0.0  # dense bfloat16 FLOP/s per device, for the roofline estimate
+  hbm_bytes_per_second: float = 0.0
 
 
 CHIPS = {
-  # Cloud TPU: HBM per chip from Google's system-architecture pages.
-  "v4": Chip("tpu", 32 * GiB, "megacore", "v4"),
-  "v5e": Chip("tpu", 16 * GiB, "default", "v5e"),
-  "v5p": Chip("tpu", 95 * GiB, "megacore", "v5"),
-  "v6e": Chip("tpu", 32 * GiB, "default", "v6e"),
-  # NVIDIA: device_memory_size of the target config (what the CUDA driver reports).
+  # Cloud TPU: HBM per chip, bf16 peak and HBM bandwidth per chip from Google's Cloud TPU system-architecture pages.
+  "v4": Chip("tpu", 32 * GiB, "megacore", "v4", peak_flops=275e12, hbm_bytes_per_second=1200e9),
+  "v5e": Chip("tpu", 16 * GiB, "default", "v5e", peak_flops=197e12, hbm_bytes_per_second=819e9),
+  "v5p": Chip("tpu", 95 * GiB, "megacore", "v5", peak_flops=459e12, hbm_bytes_per_second=2765e9),
+  "v6e": Chip("tpu", 32 * GiB, "default", "v6e", peak_flops=918e12, hbm_bytes_per_second=1640e9),
+  # NVIDIA: device_memory_size of the target config (what the CUDA driver reports); XLA:GPU reports no cost
+  # analysis, so no roofline (H100 SXM: 989 TFLOP/s dense bf16, 3.35 TB/s; A100 SXM 80GB: 312, 2.04).
   "h100": Chip("cuda", 84_929_347_584, target_config="h100_gpu_target_config.txtpb"),
   "a100": Chip("cuda", 85_198_045_184, target_config="a100_gpu_target_config.txtpb"),
 }
@@ -124,23 +127,67 @@ def _array_bytes(shape_text: str) -> list[int]:
 
 def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
   """{kind: {count, bytes}} of the collectives in a compiled program's HLO (per device: the bytes each result
-  holds). An async pair (``all-gather-start`` / ``-done``) counts once, by its result."""
+  holds). An async pair (``all-gather-start`` / ``-done``) counts once, by the ``-done``'s shape: the result alone
+  (a start's tuple also holds its operands, and on TPU a collective-permute's two u32 sync flags)."""
   found: dict[str, dict[str, int]] = {}
   for line in hlo_text.splitlines():
     m = _INSTRUCTION.match(line)
     if not m:
       continue
     op = m.group("op")
-    kind = op[: -len("-start")] if op.endswith("-start") else op
+    if op.endswith("-start"):
+      continue
+    kind = op[: -len("-done")] if op.endswith("-done") else op
     if kind not in COLLECTIVES:
       continue
-    sizes = _array_bytes(m.group("shape"))
-    # An async start returns (operands..., results...): its results are the second half. A plain op with a tuple
-    # shape is several collectives combined into one: all of it.
-    moved = sum(sizes[len(sizes) // 2 :]) if op.endswith("-start") and len(sizes) > 1 else sum(sizes)
+    # A plain op with a tuple shape is several collectives combined into one: all of it.
     entry = found.setdefault(kind, {"count": 0, "bytes": 0})
     entry["count"] += 1
-    entry["bytes"] += moved
+    entry["bytes"] += sum(_array_bytes(m.group("shape")))
+  return found
+
+
+_CUDNN_CONV = re.compile(r'custom_call_target="__cudnn\$conv(?P<kind>\w*)"')
+_CONV_LABELS = re.compile(r"dim_labels=\w+_\w+->(?P<out>\w+)")
+_CONV_WINDOW = re.compile(r"window=\{size=(?P<size>[\dx]+)(?:.*?stride=(?P<stride>[\dx]+))?")
+_OP_NAME = re.compile(r'op_name="(?P<name>[^"]*)"')
+
+
+def convolutions(hlo_text: str) -> list[dict[str, Any]]:
+  """Every convolution in a compiled program's HLO, per device: XLA's ``convolution`` (TPU, CPU) and cuDNN's
+  custom calls (GPU). Each as {dtype, shape, features (output channels), spatial (output height, width), window,
+  stride, backward}: ``backward`` for the gradient convolutions (cuDNN's BackwardInput/-Filter, or an op JAX named
+  ``transpose(...)``), so that the forward ones are each layer's own output as this device computes it."""
+  found = []
+  for line in hlo_text.splitlines():
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    cudnn = _CUDNN_CONV.search(line) if m.group("op") == "custom-call" else None
+    if m.group("op") != "convolution" and not cudnn:
+      continue
+    labels, window = _CONV_LABELS.search(line), _CONV_WINDOW.search(line)
+    arrays = _ARRAY.findall(m.group("shape"))
+    if not (labels and window and arrays):
+      continue
+    dtype, dims = arrays[0]
+    shape = tuple(int(d) for d in filter(None, dims.split(",")))
+    out = labels.group("out")
+    op_name = _OP_NAME.search(line)
+    backward = "transpose(" in (op_name.group("name") if op_name else "")
+    if cudnn:
+      backward = backward or cudnn.group("kind").startswith("Backward")
+    found.append(
+      {
+        "dtype": dtype,
+        "shape": shape,
+        "features": shape[out.index("f")],
+        "spatial": (shape[out.index("0")], shape[out.index("1")]),
+        "window": window.group("size"),
+        "stride": window.group("stride") or "1x1",
+        "backward": backward,
+      }
+    )
   return found
 
 
@@ -172,7 +219,53 @@ def describe(compiled, target: Target, program: str, mesh, batch_size: int, dtyp
     "flops_per_device": float(flops) if flops is not None else None,
     "bytes_accessed_per_device": float(accessed) if accessed is not None else None,
     "collectives": collectives(compiled.as_text()),
+    **roofline(target.chip, flops, accessed),
     "compile_seconds": round(seconds, 2),
+  }
+
+
+def roofline(chip: Chip, flops: float | None, accessed: float | None) -> dict[str, Any]:
+  """An estimate of the step time from the compiler's cost analysis, not a measurement: the longer of the FLOPs at
+  the chip's bf16 peak and the bytes at its HBM bandwidth (JAX's default matmul precision on TPU is one bf16 pass,
+  float32 included). Null where the backend reports no cost analysis (XLA:GPU)."""
+  if not (flops and accessed and chip.peak_flops):
+    return {"roofline_seconds": None, "roofline_bound": None}
+  compute, memory = float(flops) / chip.peak_flops, float(accessed) / chip.hbm_bytes_per_second
+  return {"roofline_seconds": max(compute, memory), "roofline_bound": "compute" if compute >= memory else "memory"}
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT])i?B?\b")
+
+
+def describe_out_of_memory(
+  error: str, target: Target, program: str, mesh, batch_size: int, dtype: str, argument_bytes: int, seconds: float
+) -> dict:
+  """The row for a program the compiler refused for lack of memory (libtpu: RESOURCE_EXHAUSTED): the need is the
+  arguments' bytes per device plus the first size the compiler's message names (its temporaries, or what it used)."""
+  m = _SIZE.search(error.split("RESOURCE_EXHAUSTED", 1)[-1])
+  temp = int(float(m.group(1)) * 1024 ** "KMGT".index(m.group(2)) * 1024) if m else None
+  return {
+    "target": target.name,
+    "program": program,
+    "num_devices": len(target.devices),
+    "num_hosts": target.num_hosts,
+    "mesh": dict(mesh.shape),
+    "batch_size": batch_size,
+    "dtype": dtype,
+    "argument_bytes": argument_bytes,
+    "output_bytes": None,
+    "alias_bytes": None,
+    "temp_bytes": temp,
+    "peak_bytes": argument_bytes + temp if temp is not None else None,
+    "device_memory_bytes": target.chip.memory_bytes,
+    "fits": False,
+    "flops_per_device": None,
+    "bytes_accessed_per_device": None,
+    "collectives": None,
+    "roofline_seconds": None,
+    "roofline_bound": None,
+    "compile_seconds": round(seconds, 2),
+    "compiler_error": error.strip().splitlines()[0][:500],
   }
 
 
@@ -234,41 +327,59 @@ def compile_programs(config, target: Target, programs=("train", "eval")) -> list
     started = time.perf_counter()
     if program == "train":
       step = train.jit_train_step(plan.graphdef, plan.tx, lr_schedule, source.preprocess, mesh, plan.shardings)
-      lowered, size = step.lower(state, batch(config.batch_size, True)), config.batch_size
+      args, size = (state, batch(config.batch_size, True)), config.batch_size
     else:
       step = train.jit_eval_step(plan.graphdef, source.preprocess, mesh, plan.shardings["params"])
-      lowered, size = step.lower(state["params"], batch(config.eval_batch_size, False)), config.eval_batch_size
-    compiled = lowered.compile()
+      args, size = (state["params"], batch(config.eval_batch_size, False)), config.eval_batch_size
+    try:
+      compiled = step.lower(*args).compile()
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      arguments = parallel.bytes_per_device(args, jax.tree.map(lambda a: a.sharding, args))
+      seconds = time.perf_counter() - started
+      row = describe_out_of_memory(str(e), target, program, mesh, size, config.model.dtype, arguments, seconds)
+      results.append((row, None))
+      continue
     seconds = time.perf_counter() - started
     results.append((describe(compiled, target, program, mesh, size, config.model.dtype, seconds), compiled))
   return results
 
 
 def largest_fitting_batch(config, target: Target, program: str, need: dict) -> int | None:
-  """The largest batch (a multiple of the data-parallel devices) whose ``program`` fits: peak memory is affine in
-  the batch, so two compiles predict it and a third checks the prediction (stepping down if it was optimistic)."""
+  """The largest batch (a multiple of the data-parallel devices) whose ``program`` fits. Peak memory is affine in
+  the batch, so two compiles at batches that fit predict it, and a third checks the prediction (stepping down if it
+  was optimistic). The two probes are small (a few dozen examples per device), whatever batch was asked for."""
   key = "batch_size" if program == "train" else "eval_batch_size"
   data = len(target.devices) // config.mesh.model
-  big = need["batch_size"]
-  small = max(data, (big // 2) // data * data)
-  if small == big:
-    return None
   probe = config.copy_and_resolve_references()
-  probe[key] = small
-  at_small = compile_programs(probe, target, (program,))[0][0]
-  per_example = (need["peak_bytes"] - at_small["peak_bytes"]) / (big - small)
-  fixed = at_small["peak_bytes"] - per_example * small
-  if per_example <= 0 or fixed > target.chip.memory_bytes:
-    return None
-  guess = int((target.chip.memory_bytes - fixed) // per_example) // data * data
-  for _ in range(4):
-    if guess < data:
+
+  def compile_at(batch: int) -> dict:
+    probe[key] = batch
+    return compile_programs(probe, target, (program,))[0][0]
+
+  small = max(data, min(need["batch_size"] // 2, 32 * data) // data * data)
+  at_small = compile_at(small)
+  while not at_small["fits"]:  # even a few examples per device do not fit: halve down to one per device
+    if small == data:
       return None
-    probe[key] = guess
-    if compile_programs(probe, target, (program,))[0][0]["fits"]:
+    small = max(data, small // 2 // data * data)
+    at_small = compile_at(small)
+  at_double = compile_at(2 * small) if 2 * small < need["batch_size"] else need
+  if at_double["peak_bytes"] is None or at_double["batch_size"] == small:
+    return small
+  per_example = (at_double["peak_bytes"] - at_small["peak_bytes"]) / (at_double["batch_size"] - small)
+  fixed = at_small["peak_bytes"] - per_example * small
+  if per_example <= 0:
+    return None
+  guess = min(int((target.chip.memory_bytes - fixed) // per_example) // data * data, need["batch_size"] - data)
+  for _ in range(4):
+    if guess <= small:
+      return small
+    if compile_at(guess)["fits"]:
       return guess
     guess = int(guess * 0.95) // data * data
-  return None
+  return small
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -280,6 +391,7 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "A config file (configs/NAME.py); override keys with --config.KEY.")
   flags.DEFINE_string("target", None, "h100:N, a100:N, v4:2x2x1, v5e:2x2, v5e:2x4, v5p:2x2x1, v6e:2x2, v5e:4x4, ...")
   flags.DEFINE_string("hlo_out", None, "Write the compiled train step's HLO text here.")
+  flags.DEFINE_list("programs", ["train", "eval"], "Which programs to compile: train, eval or both.")
   flags.mark_flags_as_required(["config", "target"])
 
 
@@ -292,21 +404,25 @@ def main(argv: list[str]) -> int:
   try:
     config_lib.validate(config)
     target = resolve_target(f.target)
+    unknown = set(f.programs) - {"train", "eval"}
+    if unknown or not f.programs:
+      raise ValueError(f"--programs={','.join(f.programs)}: name train, eval or both")
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   try:
-    compiled = compile_programs(config, target)
+    compiled = compile_programs(config, target, tuple(f.programs))
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   for result, _ in compiled:
     print(json.dumps(result), flush=True)
-  if f.hlo_out:
+  train_program = next((c for r, c in compiled if r["program"] == "train"), None)
+  if f.hlo_out and train_program is not None:
     from alexnet_jax import storage
 
     with storage.open(f.hlo_out, "w") as out:
-      out.write(compiled[0][1].as_text())
+      out.write(train_program.as_text())
   status = 0
   for result, _ in compiled:
     if result["fits"]:
@@ -314,9 +430,14 @@ def main(argv: list[str]) -> int:
     fits = largest_fitting_batch(config, target, result["program"], result)
     key = "batch_size" if result["program"] == "train" else "eval_batch_size"
     advice = f"the largest {key} that fits is {fits}" if fits else "no batch size fits: use more devices"
+    need = (
+      f"needs {result['peak_bytes'] / GiB:.2f} GiB per device"
+      if result["peak_bytes"] is not None
+      else f"does not fit ({result['compiler_error']})"
+    )
     print(
-      f"error: the {result['program']} step at {key}={result['batch_size']} needs {result['peak_bytes'] / GiB:.2f} "
-      f"GiB per device; a {f.target.split(':')[0]} device has {target.chip.memory_bytes / GiB:.2f} GiB: {advice}.",
+      f"error: the {result['program']} step at {key}={result['batch_size']} {need}; a {f.target.split(':')[0]} "
+      f"device has {target.chip.memory_bytes / GiB:.2f} GiB: {advice}.",
       file=sys.stderr,
     )
     status = 1

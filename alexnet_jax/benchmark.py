@@ -105,13 +105,13 @@ def bench_train_step(
   from alexnet_jax import optim, parallel
   from alexnet_jax import steps as steps_lib
 
-  conv_impl, conv1_impl = model_lib.resolve_conv_impls(conv_impl, conv1_impl, mesh_model)
+  conv_impl, conv1_impl = model_lib.resolve_conv_impls(conv_impl, conv1_impl)
+  mesh = parallel.create_mesh(mesh_model)
   make_model = functools.partial(
-    model_lib.AlexNet, model_name, width=width, conv_impl=conv_impl, conv1_impl=conv1_impl, dtype=dtype
+    model_lib.AlexNet, model_name, width=width, conv_impl=conv_impl, conv1_impl=conv1_impl, dtype=dtype, mesh=mesh
   )
   tx = optim.paper_sgd()
   graphdef, init = steps_lib.init_train_state(make_model, tx, seed=0)
-  mesh = parallel.create_mesh(mesh_model)
   parallel.check_batch_size(batch_size, mesh)
   abstract = jax.eval_shape(init)
   shardings = parallel.state_shardings(mesh, abstract)

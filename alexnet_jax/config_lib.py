@@ -59,8 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.width = 1.0  # < 1 scales every layer down (CPU demos and tests); 1.0 is the paper
   c.model.dropout_rate = 0.5
   c.model.lrn_alpha_over_n = False  # False: alpha as printed in Sec. 3.3; True: alpha/n as in cuda-convnet/Caffe
-  # Grouped convs as two convs ('split', fastest on CPU) or one feature_group_count conv ('grouped', which GSPMD
-  # places one group per device of the 'model' axis). 'auto': 'grouped' when mesh.model>1 on GPU/TPU, else 'split'.
+  # Grouped convs as two convs ('split', fastest on CPU) or one feature_group_count conv ('grouped'); 'auto' =
+  # 'split'. Under mesh.model=2 each device runs its own group as one plain conv (model.AlexNet._columns).
   c.model.conv_impl = "auto"
   # conv1 as a convolution ('conv') or as one matrix product over its 11x11x3 patches ('patches', ~3x faster on
   # XLA's CPU backend). 'auto': 'patches' on CPU, 'conv' on GPU/TPU. Same function.

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
@@ -77,10 +78,22 @@ ARCHITECTURES: dict[str, Architecture] = {
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's building blocks, as plain functions.
 # ---------------------------------------------------------------------------------------------------------------
-def _lrn_window_sum(sq: Array, n: int) -> Array:
-  """Sum over each channel's window of ``n`` neighbours (zero beyond the edges): n shifted slices, one fused pass."""
+def _lrn_window_sum(sq: Array, n: int, axis_name: str | None = None) -> Array:
+  """Sum over each channel's window of ``n`` neighbours (zero beyond the edges): n shifted slices, one fused pass.
+
+  With ``axis_name`` (inside ``shard_map``, channels split over that mesh axis in order) the window reaches across
+  the split: each device receives its neighbours' ``n // 2`` edge channels (two ``ppermute`` of a thin slice), and
+  zeros only at the ends of the whole channel axis. The same sums as on one device."""
   half, channels = n // 2, sq.shape[-1]
-  padded = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(half, half)])
+  if axis_name is None:
+    padded = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(half, half)])
+  else:
+    if channels < half:
+      raise ValueError(f"LRN over a channel split needs at least {half} channels per device, got {channels}")
+    devices = jax.lax.axis_size(axis_name)
+    from_left = jax.lax.ppermute(sq[..., channels - half :], axis_name, [(i, i + 1) for i in range(devices - 1)])
+    from_right = jax.lax.ppermute(sq[..., :half], axis_name, [(i + 1, i) for i in range(devices - 1)])
+    padded = jnp.concatenate([from_left, sq, from_right], axis=-1)
   return sum(padded[..., i : i + channels] for i in range(n))
 
 
@@ -93,38 +106,52 @@ def _neg_pow(d: Array, beta: float) -> Array:
 
 
 def _lrn_reference(
-  x: Array, *, k: float = 2.0, n: int = 5, alpha: float = 1e-4, beta: float = 0.75, alpha_over_n: bool = False
+  x: Array,
+  *,
+  k: float = 2.0,
+  n: int = 5,
+  alpha: float = 1e-4,
+  beta: float = 0.75,
+  alpha_over_n: bool = False,
+  axis_name: str | None = None,
 ) -> Array:
   """The formula of Sec. 3.3 written directly (and differentiated by JAX): the reference for the fast path."""
   a = x.astype(jnp.float32)
   scale = alpha / n if alpha_over_n else alpha
-  return (a * jax.lax.pow(k + scale * _lrn_window_sum(jnp.square(a), n), -beta)).astype(x.dtype)
+  return (a * jax.lax.pow(k + scale * _lrn_window_sum(jnp.square(a), n, axis_name), -beta)).astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _lrn(a: Array, k: float, n: int, scale: float, beta: float) -> Array:
-  return a * _neg_pow(k + scale * _lrn_window_sum(jnp.square(a), n), beta)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _lrn(a: Array, k: float, n: int, scale: float, beta: float, axis_name: str | None) -> Array:
+  return a * _neg_pow(k + scale * _lrn_window_sum(jnp.square(a), n, axis_name), beta)
 
 
-def _lrn_fwd(a, k, n, scale, beta):
-  d = k + scale * _lrn_window_sum(jnp.square(a), n)
+def _lrn_fwd(a, k, n, scale, beta, axis_name):
+  d = k + scale * _lrn_window_sum(jnp.square(a), n, axis_name)
   return a * _neg_pow(d, beta), (a, d)
 
 
-def _lrn_bwd(k, n, scale, beta, residuals, g):
+def _lrn_bwd(k, n, scale, beta, axis_name, residuals, g):
   # b_i = a_i d_i^-beta with d_j = k + scale * sum_{m in W(j)} a_m^2, and i in W(j) <=> j in W(i):
   # dL/da_i = g_i d_i^-beta - 2 scale beta a_i sum_{j in W(i)} g_j a_j d_j^(-beta-1).
   del k
   a, d = residuals
   s = _neg_pow(d, beta)
-  return (g * s - (2.0 * scale * beta) * a * _lrn_window_sum(g * a * s / d, n),)
+  return (g * s - (2.0 * scale * beta) * a * _lrn_window_sum(g * a * s / d, n, axis_name),)
 
 
 _lrn.defvjp(_lrn_fwd, _lrn_bwd)
 
 
 def local_response_norm(
-  x: Array, *, k: float = 2.0, n: int = 5, alpha: float = 1e-4, beta: float = 0.75, alpha_over_n: bool = False
+  x: Array,
+  *,
+  k: float = 2.0,
+  n: int = 5,
+  alpha: float = 1e-4,
+  beta: float = 0.75,
+  alpha_over_n: bool = False,
+  axis_name: str | None = None,
 ) -> Array:
   """Sec. 3.3: b_i = a_i / (k + alpha * sum_{j=i-n/2}^{i+n/2} a_j^2)^beta over channels (the last axis).
 
@@ -132,10 +159,11 @@ def local_response_norm(
   Caffe and PyTorch do. Computed in float32 whatever the input dtype. The fast path: its gradient is written by hand
   (one more windowed sum, instead of JAX's transpose of n slices: 4.7x less time for forward + backward on CPU) and
   ``beta = 0.75`` uses rsqrt instead of pow; ``_lrn_reference`` is the plain formula, and the tests
-  hold the two to float32 rounding.
+  hold the two to float32 rounding. ``axis_name``: the channels are split over that mesh axis (inside
+  ``shard_map``); the window still spans all channels, through a halo of ``n // 2`` channels at each split.
   """
   scale = alpha / n if alpha_over_n else alpha
-  return _lrn(x.astype(jnp.float32), float(k), int(n), float(scale), float(beta)).astype(x.dtype)
+  return _lrn(x.astype(jnp.float32), float(k), int(n), float(scale), float(beta), axis_name).astype(x.dtype)
 
 
 def _window_slices(x: Array, axis: int, window: int, stride: int) -> list[Array]:
@@ -274,23 +302,19 @@ def patches_conv(x: Array, kernel: Array, *, stride: int, padding: int) -> Array
   return y.reshape(n, out_h, out_w, out_channels)
 
 
-def resolve_conv_impls(
-  conv_impl: str, conv1_impl: str, model_axis: int = 1, platform: str | None = None
-) -> tuple[str, str]:
+def resolve_conv_impls(conv_impl: str, conv1_impl: str, platform: str | None = None) -> tuple[str, str]:
   """What 'auto' means for ``conv_impl`` and ``conv1_impl`` on ``platform`` (default: this backend; ``aot.py``
   names the target's). Training and the benchmark agree.
 
-  Grouped layers: two convs per layer ('split': 2.2x faster on CPU) unless the 'model' axis splits the groups over
-  GPUs/TPUs, where one ``feature_group_count`` conv ('grouped') lets each device compute exactly its own group, as in
-  the paper (XLA's CPU backend needs several times the memory for a sharded grouped conv, so CPU meshes keep 'split').
-  conv1: 'patches' (one matrix product) on CPU, where XLA's convolution is slow for 3 input channels; 'conv' on
-  GPU/TPU. Every choice computes the same function.
+  Grouped layers: two convs per layer ('split': 2.2x faster on CPU than one ``feature_group_count`` conv). Under the
+  model split (``mesh.model=2``) every device holds one group and runs one ungrouped conv, so the choice matters only
+  without it. conv1: 'patches' (one matrix product) on CPU, where XLA's convolution is slow for 3 input channels;
+  'conv' on GPU/TPU. Every choice computes the same function.
   """
-  cpu = (platform or jax.default_backend()) == "cpu"
   if conv_impl == "auto":
-    conv_impl = "grouped" if model_axis > 1 and not cpu else "split"
+    conv_impl = "split"
   if conv1_impl == "auto":
-    conv1_impl = "patches" if cpu else "conv"
+    conv1_impl = "patches" if (platform or jax.default_backend()) == "cpu" else "conv"
   return conv_impl, conv1_impl
 
 
@@ -357,15 +381,20 @@ class Conv(nnx.Module):
     self.stride, self.padding, self.groups, self.impl, self.dtype = stride, padding, groups, impl, dtype
 
   def __call__(self, x: Array) -> Array:
+    return self.compute(x, self.kernel[...], self.bias[...], self.groups)
+
+  def compute(self, x: Array, kernel: Array, bias: Array, groups: int) -> Array:
+    """This layer's arithmetic on given weights: what ``__call__`` does, and what each device does with its own
+    slice of the kernel inside the model split (``groups=1`` there: a device holds one group)."""
     y = grouped_conv(
       x.astype(self.dtype),
-      self.kernel[...].astype(self.dtype),
-      groups=self.groups,
+      kernel.astype(self.dtype),
+      groups=groups,
       stride=self.stride,
       padding=self.padding,
       impl=self.impl,
     )
-    return y + self.bias[...].astype(self.dtype)
+    return y + bias.astype(self.dtype)
 
 
 class Dense(nnx.Module):
@@ -408,6 +437,7 @@ class AlexNet(nnx.Module):
     conv1_impl: str = "conv",
     init: str | None = None,
     dtype: str | jnp.dtype = "float32",
+    mesh: jax.sharding.Mesh | None = None,
     rngs: nnx.Rngs,
   ):
     if name not in ARCHITECTURES:
@@ -417,6 +447,9 @@ class AlexNet(nnx.Module):
     self.image_size = image_size or arch.image_size
     self.dropout_rate = dropout_rate
     self.lrn_alpha_over_n = lrn_alpha_over_n
+    # The paper's two columns (Sec. 3.2): with a 'model' mesh axis, each device computes its own slice of every
+    # conv layer (``_columns``). The mesh is static: it decides how the function is computed, not what it is.
+    self.mesh = mesh if mesh is not None and dict(mesh.shape).get("model", 1) > 1 else None
     dtype = jnp.dtype(dtype)
     init = init or ("paper" if name == "paper" else "torch")
     if conv1_impl not in ("conv", "patches"):
@@ -469,16 +502,12 @@ class AlexNet(nnx.Module):
     self, x: Array, *, dropout_rng: Array | None = None, return_activations: bool = False
   ) -> Array | tuple[Array, dict[str, Array]]:
     """Logits (float32) for NHWC images; dropout is applied only when ``dropout_rng`` is given (training)."""
-    acts: dict[str, Array] = {}
     arch = self.arch
-    for i, conv in enumerate((self.conv1, self.conv2, self.conv3, self.conv4, self.conv5)):
-      x = jax.nn.relu(conv(x))
-      if arch.lrn_after[i]:
-        x = local_response_norm(x, alpha_over_n=self.lrn_alpha_over_n)
-      acts[f"conv{i + 1}"] = x
-      if arch.pool_after[i]:
-        x = overlapping_max_pool(x)
-        acts[f"pool{i + 1}"] = x
+    weights = [(c.kernel[...], c.bias[...]) for c in self._convs()]
+    if self.mesh is None:
+      x, acts = self._conv_tower(x, weights)
+    else:
+      x, acts = self._columns(x, weights)
     if arch.pooled_size:
       x = adaptive_avg_pool(x, arch.pooled_size)
     x = x.reshape(x.shape[0], -1)
@@ -490,6 +519,73 @@ class AlexNet(nnx.Module):
     logits = self.fc8(x).astype(jnp.float32)
     acts["fc8"] = logits
     return (logits, acts) if return_activations else logits
+
+  def _convs(self) -> tuple[Conv, ...]:
+    return (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5)
+
+  def _conv_tower(
+    self, x: Array, weights: list[tuple[Array, Array]], axis_name: str | None = None
+  ) -> tuple[Array, dict[str, Array]]:
+    """conv1 .. pool5 on the given weights. With ``axis_name`` this is one device's part of the model split (inside
+    ``shard_map``): ``weights`` and the activations hold this device's slice of the output channels."""
+    acts: dict[str, Array] = {}
+    arch = self.arch
+    for i, (conv, (kernel, bias)) in enumerate(zip(self._convs(), weights, strict=True)):
+      groups = conv.groups
+      if axis_name is not None and i > 0:
+        x, groups = _column_input(x, groups, axis_name)
+      x = jax.nn.relu(conv.compute(x, kernel, bias, groups))
+      if arch.lrn_after[i]:
+        x = local_response_norm(x, alpha_over_n=self.lrn_alpha_over_n, axis_name=axis_name)
+      acts[f"conv{i + 1}"] = x
+      if arch.pool_after[i]:
+        x = overlapping_max_pool(x)
+        acts[f"pool{i + 1}"] = x
+    return x, acts
+
+  def _columns(self, x: Array, weights: list[tuple[Array, Array]]) -> tuple[Array, dict[str, Array]]:
+    """The conv layers split over the mesh's 'model' axis as the paper split them over two GPUs (Sec. 3.2, Fig. 2):
+    every device computes its own slice of each layer's output channels (``shard_map``), so with 2 devices and the
+    paper's groups, device g computes exactly group g of conv2, conv4 and conv5 from its own activations. Activations
+    cross devices only into conv3 (an all-gather of conv2's channels), the LRN's halo of n//2 channels at the split,
+    and after pool5, where the fully connected layers (split by ``parallel.py``'s shardings) take all channels."""
+    model = dict(self.mesh.shape)["model"]
+    for conv, (kernel, _) in zip(self._convs(), weights, strict=True):
+      out = kernel.shape[-1]
+      if out % model or (conv.groups > 1 and model % conv.groups and conv.groups != model):
+        raise ValueError(
+          f"mesh.model={model} cannot split a conv layer of {out} channels in {conv.groups} groups: use mesh.model=2 "
+          "(the paper's split) or 1"
+        )
+    weight_specs = [(P(None, None, None, "model"), P("model"))] * len(weights)
+    channels = P("data", None, None, "model")
+    names = [f"conv{i + 1}" for i in range(5)] + [f"pool{i + 1}" for i in range(5) if self.arch.pool_after[i]]
+    tower = jax.shard_map(
+      functools.partial(self._conv_tower, axis_name="model"),
+      mesh=self.mesh,
+      in_specs=(P("data"), weight_specs),
+      out_specs=(channels, {name: channels for name in names}),
+    )
+    return tower(x, weights)
+
+
+def _column_input(x: Array, groups: int, axis_name: str) -> tuple[Array, int]:
+  """One device's input to a conv layer inside the model split, and the groups left to compute on it.
+
+  The device holds a contiguous slice of the previous layer's channels. A layer with one group per device reads
+  only that slice (the paper: conv2, conv4 and conv5 see only their own GPU's maps); any other layer needs every
+  channel (conv3: the paper's GPUs exchange their maps there), then the slice of the channels of the device's group.
+  """
+  devices = jax.lax.axis_size(axis_name)
+  if groups == devices:
+    return x, 1
+  x = jax.lax.all_gather(x, axis_name, axis=x.ndim - 1, tiled=True)
+  if groups == 1:
+    return x, 1
+  # several devices per group: the group's input channels, chosen by this device's place on the axis
+  width = x.shape[-1] // groups
+  group = jax.lax.axis_index(axis_name) // (devices // groups)
+  return jax.lax.dynamic_slice_in_dim(x, group * width, width, axis=x.ndim - 1), 1
 
 
 def count_params(tree) -> int:

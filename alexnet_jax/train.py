@@ -42,9 +42,11 @@ class ConfigChangedError(ValueError):
 # -----------------------------------------------------------------------------------------------------------------
 # Pieces built from the config (also used by evaluate.py and the tests).
 # -----------------------------------------------------------------------------------------------------------------
-def make_model_fn(config: ml_collections.ConfigDict, platform: str | None = None) -> Callable[..., model_lib.AlexNet]:
+def make_model_fn(config: ml_collections.ConfigDict, mesh) -> Callable[..., model_lib.AlexNet]:
+  """The model's constructor for ``mesh``: its platform resolves 'auto' implementations, and a 'model' axis > 1
+  splits the conv layers over devices as the paper did (``model.AlexNet._columns``)."""
   m = config.model
-  conv_impl, conv1_impl = conv_impls(config, platform)
+  conv_impl, conv1_impl = conv_impls(config, mesh.devices.flat[0].platform)
   return functools.partial(
     model_lib.AlexNet,
     m.name,
@@ -57,6 +59,7 @@ def make_model_fn(config: ml_collections.ConfigDict, platform: str | None = None
     conv1_impl=conv1_impl,
     init=m.init or None,
     dtype=m.dtype,
+    mesh=mesh,
   )
 
 
@@ -64,7 +67,7 @@ def conv_impls(config: ml_collections.ConfigDict, platform: str | None = None) -
   """(conv_impl, conv1_impl) for this config on ``platform`` (default: this backend), 'auto' resolved
   (``model.resolve_conv_impls``)."""
   m = config.model
-  return model_lib.resolve_conv_impls(m.conv_impl, m.conv1_impl, config.mesh.model, platform)
+  return model_lib.resolve_conv_impls(m.conv_impl, m.conv1_impl, platform)
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
@@ -98,8 +101,7 @@ def plan_state(config: ml_collections.ConfigDict, mesh) -> StatePlan:
   """Model, optimiser, the state's shapes (``jax.eval_shape``) and where each array lives on ``mesh`` (the model
   built for the mesh's platform, which ``aot.py`` makes a GPU or TPU that is not here)."""
   tx = make_optimizer(config)
-  platform = mesh.devices.flat[0].platform
-  graphdef, init = steps.init_train_state(make_model_fn(config, platform), tx, config.seed)
+  graphdef, init = steps.init_train_state(make_model_fn(config, mesh), tx, config.seed)
   abstract = jax.eval_shape(init)
   return StatePlan(graphdef, init, tx, abstract, parallel.state_shardings(mesh, abstract))
 

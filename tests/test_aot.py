@@ -8,6 +8,7 @@ bytes.
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -31,6 +32,61 @@ def aot_run(*args, timeout=900):
 def programs(out) -> dict[str, dict]:
   rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
   return {r["program"]: r for r in rows}
+
+
+# ---- what the paper's layout allows, from the layer sizes ----------------------------------------------------------
+# Each conv layer's output channels, by the output's spatial size (conv3, conv4 and conv5 are all 13 x 13).
+PAPER_CONV_CHANNELS = {55: [96], 27: [256], 13: [384, 384, 256]}
+# Where the paper's two GPUs exchanged activations, per example: conv2's maps into conv3, pool5 into fc6, and the
+# fully connected layers' 4096 + 1000 outputs; plus the LRN's halo of n//2 = 2 channels each way at the split, after
+# conv1 (55 x 55) and conv2 (27 x 27). Forward and backward, at most float32.
+EXCHANGED_PER_EXAMPLE = 2 * 4 * (13 * 13 * 256 + 6 * 6 * 256 + 4096 + 1000)
+HALO_PER_EXAMPLE = 2 * 4 * 2 * 2 * (55 * 55 + 27 * 27)
+# One array result: "= bf16[64,13,13,256]{layout} all-gather(" (read here, independently of aot.py's reader).
+RESULT = re.compile(r"=\s*(?P<dtype>[a-z]+\d*)\[(?P<dims>[\d,]*)\]\S*\s+(?P<op>[a-z][\w\-]*)\(")
+
+
+def collective_budget(*, model: int, data: int, batch_per_device: int) -> int:
+  """The most a train step may move per device: one float32 copy of this device's parameters for the gradient
+  all-reduce (when there is more than one data-parallel replica), the paper's activation exchanges (when the
+  model is split), and 1 MiB for the metrics and scalars."""
+  grads = 4 * (PAPER_PARAMS // model + 4096) if data > 1 else 0
+  activations = (EXCHANGED_PER_EXAMPLE + HALO_PER_EXAMPLE) * batch_per_device if model > 1 else 0
+  return grads + activations + 2**20
+
+
+def result_shapes(hlo: str, ops: tuple[str, ...]) -> list[tuple[str, tuple[int, ...]]]:
+  """(dtype, dims) of every instruction ``ops`` with one array as its result."""
+  found = []
+  for m in RESULT.finditer(hlo):
+    if m.group("op") in ops:
+      found.append((m.group("dtype"), tuple(int(d) for d in m.group("dims").split(",") if d)))
+  return found
+
+
+def assert_paper_layout(hlo: str, train: dict, *, model: int, data: int, batch: int):
+  """What the compiled train step of the paper net must show, read from its HLO."""
+  b = batch // data
+  forward = [c for c in aot.convolutions(hlo) if not c["backward"]]
+  # Every conv layer's output as this device computes it: the layer's channels / model, each exactly once. With the
+  # split, conv2, conv4 and conv5 are one group each (128, 192, 128): no device computes a full-width group layer.
+  by_size: dict[int, list[int]] = {}
+  for c in forward:
+    assert c["shape"][0] == b, c  # this device's share of the batch
+    by_size.setdefault(c["spatial"][0], []).append(c["features"])
+  assert {k: sum(v) for k, v in by_size.items()} == {k: sum(v) // model for k, v in PAPER_CONV_CHANNELS.items()}
+  if model == 2:
+    assert {k: sorted(v) for k, v in by_size.items()} == {55: [48], 27: [128], 13: [128, 192, 192]}
+  # conv1 is the accelerator's convolution (11 x 11, stride 4), not the CPU's matrix-product 'patches' path.
+  assert any(c["window"] == "11x11" and c["stride"] == "4x4" for c in forward)
+  # All-gathers move activations (batch-major: this device's examples), never a kernel.
+  for dtype, dims in result_shapes(hlo, ("all-gather", "all-gather-done")):
+    assert dims and dims[0] == b, (dtype, dims)
+  moved = sum(v["bytes"] for v in train["collectives"].values())
+  assert moved <= collective_budget(model=model, data=data, batch_per_device=b), train["collectives"]
+  # The LRN (rsqrt), the softmax (exp) and the loss (log) are computed in float32, whatever the model's dtype.
+  special = result_shapes(hlo, ("rsqrt", "exponential", "log"))
+  assert special and {dtype for dtype, _ in special} == {"f32"}, special
 
 
 # ---- the HLO reading, on hand-written lines -------------------------------------------------------------------------
@@ -101,6 +157,35 @@ def test_paper_net_on_two_h100s_with_the_model_split(tmp_path):
   text = hlo.read_text()
   assert "HloModule" in text and "__cudnn$conv" in text  # XLA:GPU's program (cuDNN convolutions), not the CPU's
   assert aot.collectives(text) == train["collectives"]
+  assert_paper_layout(text, train, model=2, data=1, batch=128)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "target,model,data",
+  [("v5e:2x2", 2, 2), ("h100:8", 1, 8), ("v5e:2x4", 1, 8)],
+)
+def test_the_paper_layout_in_what_the_compiler_produced(tmp_path, target, model, data):
+  """The model split on a TPU slice (data 2 x model 2), and data parallelism on 8 GPUs and 8 TPU chips."""
+  hlo = tmp_path / "train.hlo"
+  out = aot_run(
+    "--config=configs/paper.py",
+    f"--target={target}",
+    f"--config.mesh.model={model}",
+    "--config.model.dtype=bfloat16",
+    "--config.eval_batch_size=64",
+    f"--hlo_out={hlo}",
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  train = programs(out)["train"]
+  assert train["mesh"] == {"data": data, "model": model} and train["fits"]
+  text = hlo.read_text()
+  assert aot.collectives(text) == train["collectives"]
+  assert_paper_layout(text, train, model=model, data=data, batch=128)
+  if data > 1:  # the gradient all-reduce carries every parameter this device holds (bf16 at least)
+    assert train["collectives"]["all-reduce"]["bytes"] >= 2 * PAPER_PARAMS // model
+  if target.startswith("v5e"):  # libtpu's cost analysis gives the roofline estimate
+    assert train["roofline_seconds"] > 0 and train["roofline_bound"] in ("compute", "memory")
 
 
 @pytest.mark.slow

@@ -126,6 +126,58 @@ def test_split_and_grouped_networks_agree():
   np.testing.assert_allclose(np.asarray(a(x)), np.asarray(b(x)), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name,size", [("paper", 67), ("owt", 64)])
+def test_the_model_split_computes_the_same_network_and_its_gradient(name, size):
+  """mesh.model=2 (each device its own slice of every conv layer, inside shard_map; the LRN's window across the split
+  through a halo) against one device: the same activations, logits and gradients."""
+  from alexnet_jax import parallel
+
+  mesh = parallel.create_mesh(2)  # data 4 x model 2
+  kw = dict(width=0.125, image_size=size, num_classes=10, dropout_rate=0.0, rngs=nnx.Rngs(0))
+  one, split = M.AlexNet(name, **kw), M.AlexNet(name, mesh=mesh, **{**kw, "rngs": nnx.Rngs(0)})
+  x = jax.random.normal(jax.random.key(1), (8, size, size, 3)) * 20
+
+  def run(model, **jit_kw):
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def loss(p, x):
+      logits, acts = nnx.merge(graphdef, p)(x, return_activations=True)
+      return jnp.sum(logits**2) + sum(jnp.sum(jnp.sin(a)) for a in acts.values()), acts
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True), **jit_kw)(params, x)
+
+  params = nnx.split(split, nnx.Param)[1]
+  shardings = (parallel.state_shardings(mesh, params), parallel.batch_sharding(mesh))
+  (loss_one, acts_one), grads_one = run(one)
+  (loss_split, acts_split), grads_split = run(split, in_shardings=shardings)
+  assert acts_split["conv2"].sharding.spec == jax.sharding.PartitionSpec("data", None, None, "model")
+  np.testing.assert_allclose(float(loss_split), float(loss_one), rtol=1e-5)
+  for key in acts_one:
+    np.testing.assert_allclose(np.asarray(acts_split[key]), np.asarray(acts_one[key]), rtol=1e-4, atol=1e-4)
+  for a, b in zip(jax.tree.leaves(grads_one), jax.tree.leaves(grads_split), strict=True):
+    a, b = np.asarray(a), np.asarray(b)  # float32 sums in another order: to rounding of the largest entries
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+
+
+def test_lrn_across_a_channel_split_sees_its_neighbours():
+  """The halo: each device's window reaches n//2 channels into the next device's (zeros only at the ends)."""
+  from jax.sharding import PartitionSpec as P
+
+  from alexnet_jax import parallel
+
+  mesh = parallel.create_mesh(4)  # data 2 x model 4: three splits
+  x = jax.random.normal(jax.random.key(2), (2, 3, 3, 16)) * 30
+  split = jax.shard_map(
+    lambda a: M.local_response_norm(a, axis_name="model"),
+    mesh=mesh,
+    in_specs=P("data", None, None, "model"),
+    out_specs=P("data", None, None, "model"),
+  )
+  np.testing.assert_allclose(np.asarray(jax.jit(split)(x)), np.asarray(M._lrn_reference(x)), rtol=1e-5)
+  grad = lambda f: jax.grad(lambda a: jnp.sum(jnp.cos(f(a))))(x)
+  np.testing.assert_allclose(np.asarray(grad(jax.jit(split))), np.asarray(grad(M._lrn_reference)), rtol=1e-4, atol=1e-6)
+
+
 def test_overlapping_max_pool_matches_reduce_window():
   x = jax.random.normal(jax.random.key(1), (2, 13, 13, 5))
   ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
