@@ -10,7 +10,7 @@ TEST_XLA_FLAGS := --xla_force_host_platform_device_count=$(DEVICES) \
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 WORKDIR ?= workdirs/demo
 
-.PHONY: install install-aot aot-env test test-fast lint demo bench clean
+.PHONY: install install-aot aot-env install-colab test test-fast lint demo bench clean
 
 install: $(VENV)/.installed
 
@@ -24,31 +24,45 @@ $(AOT_VENV)/.installed: pyproject.toml
 	$(AOT_VENV)/bin/python -m pip install -q -e '.[aot]'
 	@touch $@
 
+# Google Colab's runtime (constraints/colab.txt: Python 3.13, jax 0.7.2, flax 0.11.2, ...) in a venv of its own, and
+# this package installed into it with those versions held (tests/test_colab.py checks that none of them changed).
+COLAB_VENV ?= .venv-colab
+COLAB_PYTHON ?= $(shell PYENV_VERSION=3.13.0 pyenv which python 2>/dev/null || command -v python3.13)
+install-colab: $(COLAB_VENV)/.installed
+$(COLAB_VENV)/.installed: pyproject.toml constraints/colab.txt
+	@test -n "$(COLAB_PYTHON)" || { echo "error: no Python 3.13 (Colab's): install it or set COLAB_PYTHON=" >&2; exit 1; }
+	@test -x $(COLAB_VENV)/bin/python || $(COLAB_PYTHON) -m venv $(COLAB_VENV)
+	$(COLAB_VENV)/bin/python -m pip install -q --upgrade pip
+	$(COLAB_VENV)/bin/python -m pip install -q -r constraints/colab.txt
+	$(COLAB_VENV)/bin/python -m pip freeze > $(COLAB_VENV)/colab-before.txt
+	$(COLAB_VENV)/bin/python -m pip install -q -c constraints/colab.txt .
+	@touch $@
+
 # The package and the developer tools (tests, lint, the PyTorch reference).
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,tf]'
 	@touch $@ $(VENV)/.installed-package
 
-# The package alone: what the demo (and training) needs.
+# The package and TensorFlow (tf.data): what the demo (and training) needs.
 $(VENV)/.installed-package: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[tf]'
 	@touch $@
 
 # Every test, on CPU with $(DEVICES) fake devices (the sharded code paths are the ones tested). The full-size CLI tests
 # (~10 GB each) share one worker (--dist loadgroup), so two never run at once.
-test: install install-aot
+test: install install-aot install-colab
 	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
 
 test-fast: install
 	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow" tests
 
 lint: install
-	$(BIN)/ruff check alexnet_jax configs tests benchmarks launch
-	$(BIN)/ruff format --check alexnet_jax configs tests benchmarks launch
+	$(BIN)/ruff check alexnet_jax configs tests benchmarks launch notebooks
+	$(BIN)/ruff format --check alexnet_jax configs tests benchmarks launch notebooks
 	$(BIN)/shellcheck launch/*.sh launch/*.sbatch
 
 # Generate the embedded dataset, prepare it, train a small AlexNet on this machine's own devices, 10-crop evaluate.

@@ -11,9 +11,10 @@ from typing import Any
 import flax
 import jax
 import numpy as np
+from absl import logging
 from clu import metric_writers, metrics
 
-from alexnet_jax import storage
+from alexnet_jax import compat, storage
 from alexnet_jax.model import LAYER_NAMES
 from alexnet_jax.steps import RELU_LAYERS
 
@@ -181,7 +182,9 @@ def create_writer(workdir: str, tensorboard: bool = True) -> metric_writers.Metr
   if jax.process_index() > 0:
     return metric_writers.MultiWriter([])
   writers = [_Renamed(metric_writers.LoggingWriter(), lambda k: None if health_tag(k) else k)]
-  if tensorboard:
+  if tensorboard and not compat.has_tensorflow():
+    logging.warning("No TensorBoard summaries: %s metrics.jsonl has every row.", compat.TENSORFLOW_HINT)
+  elif tensorboard:
     board = metric_writers.SummaryWriter(storage.join(workdir, "tensorboard"))
     writers.append(_Renamed(board, lambda k: health_tag(k) or k))
   return metric_writers.MultiWriter([*writers, JsonlWriter(storage.join(workdir, "metrics.jsonl"))])

@@ -189,6 +189,14 @@ def resize_and_center_crop(data: bytes, size: int) -> np.ndarray:
       im = im.convert("RGB")
   except Exception as e:
     raise ValueError(f"{type(e).__name__}: {e}") from e
+  return square_crop(im, size)
+
+
+def square_crop(im, size: int) -> np.ndarray:
+  """An RGB PIL image with its shorter side rescaled to ``size`` (bicubic, antialiased), central square kept: the
+  paper's test-time view (Sec. 2), and what ``inference.Predictor`` does to any image it is given."""
+  from PIL import Image
+
   w, h = im.size
   scale = size / min(w, h)
   nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -508,6 +516,13 @@ def main(argv: list[str]) -> int:
   if not f.input_dir or not f.output_dir:
     print("error: give --input_dir=SRC and --output_dir=DST", file=sys.stderr)
     return 2
+  try:
+    from alexnet_jax import compat
+
+    compat.require_tensorflow("prepare")
+  except compat.TensorFlowMissing as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   try:
     meta = prepare(
       f.input_dir,

@@ -78,6 +78,45 @@ class TorchAlexNet(nn.Module):
     return self.fc8(x)
 
 
+class TorchvisionAlexNet(nn.Module):
+  """torchvision's ``models.AlexNet`` module for module, so that its state_dict has torchvision's exact names and
+  shapes (``features.0.weight`` ... ``classifier.6.bias``) and its forward pass is torchvision's: NCHW input,
+  adaptive average pooling to 6x6, NCHW flatten, dropout before fc6 and fc7. (torchvision itself is not installed
+  here; this is its architecture, written out.)"""
+
+  def __init__(self, num_classes: int = 1000, dropout: float = 0.5):
+    super().__init__()
+    self.features = nn.Sequential(
+      nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+      nn.ReLU(inplace=True),
+      nn.MaxPool2d(kernel_size=3, stride=2),
+      nn.Conv2d(64, 192, kernel_size=5, padding=2),
+      nn.ReLU(inplace=True),
+      nn.MaxPool2d(kernel_size=3, stride=2),
+      nn.Conv2d(192, 384, kernel_size=3, padding=1),
+      nn.ReLU(inplace=True),
+      nn.Conv2d(384, 256, kernel_size=3, padding=1),
+      nn.ReLU(inplace=True),
+      nn.Conv2d(256, 256, kernel_size=3, padding=1),
+      nn.ReLU(inplace=True),
+      nn.MaxPool2d(kernel_size=3, stride=2),
+    )
+    self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+    self.classifier = nn.Sequential(
+      nn.Dropout(p=dropout),
+      nn.Linear(256 * 6 * 6, 4096),
+      nn.ReLU(inplace=True),
+      nn.Dropout(p=dropout),
+      nn.Linear(4096, 4096),
+      nn.ReLU(inplace=True),
+      nn.Linear(4096, num_classes),
+    )
+
+  def forward(self, x):
+    x = torch.flatten(self.avgpool(self.features(x)), 1)
+    return self.classifier(x)
+
+
 def load_jax_params(net: TorchAlexNet, params) -> None:
   """Copy a JAX parameter tree (``nnx.to_pure_dict`` of ``alexnet_jax.model.AlexNet``) into ``net``."""
   import numpy as np

@@ -147,6 +147,7 @@ def test_readme_commands_run_as_written(user_dir):
   assert paper["num_examples"] == 20 and paper["data_source"] == "prepared"
   mine = json.loads((user_dir / "runs" / "mine" / "eval" / "step2_10crop.json").read_text())
   assert mine["num_examples"] == 50
+  assert len(list((user_dir / "runs" / "mine" / "figures").glob("*.png"))) == 5
   assert (user_dir / "two" / "checkpoints" / "3").is_dir()
 
 

@@ -102,6 +102,9 @@ def create_source(config):
       learnable=config.data.learnable,
       seed=config.seed,
     )
+  from alexnet_jax import compat
+
+  compat.require_tensorflow(f"data.source={name!r}")
   from alexnet_jax.input_pipeline.prepared import PreparedSource
   from alexnet_jax.input_pipeline.tfds_source import TfdsSource
 

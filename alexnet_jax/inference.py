@@ -1,0 +1,184 @@
+"""A trained run, ready to use: ``Predictor.from_workdir(DIR)`` gives the network of DIR's newest readable
+checkpoint with the run's own preprocessing, for notebooks, figures and your own images.
+
+  p = Predictor.from_workdir("workdirs/demo")
+  probs = p.predict(images)             # uint8 [N, H, W, 3] of any size (or a list of such) -> [N, classes]
+  fc7 = p.features(images, "fc7")       # any layer of model.LAYER_NAMES, or pool1/pool2/pool5
+  images, labels = p.validation_images(16)  # the run's own validation images (a prepared set), stored size
+
+Preprocessing is the run's evaluation path: an image is rescaled so that its shorter side is the prepared set's
+stored size and its central square kept (what ``prepare`` did), resized to the size the run cut crops from
+(``data.crop_fraction``), centre-cropped to the network's input, and the run's mean image subtracted (or, on the
+synthetic source, the mean pixel value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass
+class Predictor:
+  config: Any  # the run's ml_collections config, as saved with the checkpoint
+  step: int
+  params: Any
+  graphdef: Any
+  source: Any  # the run's data source (its preprocessing, its classes)
+  class_names: list[str]
+
+  @classmethod
+  def from_workdir(cls, workdir: str, step: int | None = None, data_dir: str | None = None) -> Predictor:
+    """The run in ``workdir`` (its newest readable checkpoint, or ``step``). ``data_dir``: where the run's prepared
+    set is now, if it moved (its mean image and class names are read from there)."""
+    from alexnet_jax import checkpoint as checkpoint_lib
+    from alexnet_jax import evaluate, input_pipeline, parallel, storage, train
+
+    checkpoints = storage.join(storage.resolve(workdir), "checkpoints")
+    if not storage.isdir(checkpoints):
+      raise ValueError(f"{workdir} holds no checkpoints/ folder: train there first, or check the path")
+    ckpt = checkpoint_lib.Checkpointer(checkpoints, max_to_keep=10**9)
+    try:
+      _, saved = ckpt.read_config(step)
+    finally:
+      ckpt.close()
+    config = evaluate.config_from_json(saved)
+    if data_dir:
+      config.data.dir, config.data.source = data_dir, "auto"
+    config.data.eval_crops = 1
+    mesh = parallel.create_mesh(1, devices=jax.devices()[:1])  # one device: a notebook's, or this machine's first
+    config.mesh.model = 1
+    step_used, state, graphdef = train.load_checkpoint(config, workdir, mesh=mesh, step=step)
+    source = input_pipeline.create_source(config)
+    meta = getattr(source, "meta", None)
+    names = list(meta["classes"]) if meta else [f"class {i}" for i in range(config.model.num_classes)]
+    return cls(config, step_used, jax.device_get(state["params"]), graphdef, source, names)
+
+  # ---- the network ------------------------------------------------------------------------------------------------
+  @property
+  def image_size(self) -> int:
+    return self.source.image_size
+
+  def batch(self, images: np.ndarray | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Images of any size -> the batch the run's ``preprocess`` takes (uint8 crops and where they were cut)."""
+    crop = self.image_size
+    stored = getattr(self.source, "stored_size", None)
+    view = getattr(self.source, "view_size", crop)
+    crops = []
+    for image in images:
+      image = _as_uint8_rgb(image)
+      if stored:  # what prepare did, then the run's resize on read
+        image = _square(image, stored)
+        if view != stored:
+          image = _resize(image, view)
+      else:
+        image = _square(image, view)
+      centre = (image.shape[0] - crop) // 2
+      crops.append(image[centre : centre + crop, centre : centre + crop])
+    n = len(crops)
+    out = {"image": np.stack(crops)}
+    if stored:
+      centre = (view - crop) // 2
+      out.update(
+        offset=np.full((n, 2), centre, np.int32), flip=np.zeros((n,), np.int32), shift=np.zeros((n, 3), np.float32)
+      )
+    return out
+
+  def _forward(self, images, with_activations: bool):
+    batch = {k: jnp.asarray(v) for k, v in self.batch(images).items()}
+    return _run_network(self.graphdef, self.params, self.source.preprocess, batch, with_activations)
+
+  def predict(self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+    """Class probabilities [N, classes] (softmax of the logits; no dropout)."""
+    return np.concatenate(
+      [
+        np.asarray(jax.nn.softmax(self._forward(images[i : i + batch_size], False)))
+        for i in _chunks(images, batch_size)
+      ]
+    )
+
+  def features(self, images: np.ndarray | Sequence[np.ndarray], layer: str = "fc7", batch_size: int = 64) -> np.ndarray:
+    """One layer's activations for each image, flattened to [N, features]: ``fc7`` is the paper's 4096-d feature
+    (before dropout) that Fig. 4 compares by Euclidean distance."""
+    out = []
+    for i in _chunks(images, batch_size):
+      _, acts = self._forward(images[i : i + batch_size], True)
+      if layer not in acts:
+        raise ValueError(f"no layer {layer!r}: choose one of {sorted(acts)}")
+      out.append(np.asarray(acts[layer]).reshape(len(images[i : i + batch_size]), -1))
+    return np.concatenate(out)
+
+  def conv1_kernels(self) -> np.ndarray:
+    """conv1's kernels as [count, height, width, 3] (the paper's Fig. 3)."""
+    return np.asarray(self.params["conv1"]["kernel"]).transpose(3, 0, 1, 2)
+
+  # ---- the run's own data -----------------------------------------------------------------------------------------
+  def validation_images(self, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, S, S, 3] at the stored size, labels [N]) from the run's validation split, in order."""
+    meta = getattr(self.source, "meta", None)
+    if not meta:  # the synthetic source: its evaluation images
+      batch = next(self.source.eval_batches(count or 16))
+      real = int(batch["mask"].sum())
+      return batch["image"][:real], batch["label"][:real]
+    from PIL import Image
+
+    from alexnet_jax import compat, storage
+
+    compat.require_tensorflow("reading the prepared validation images")
+    import tensorflow as tf
+
+    images, labels = [], []
+    files = [storage.join(self.source.data_dir, f) for f in meta["splits"]["val"]["files"]]
+    for record in tf.data.TFRecordDataset(files):
+      jpeg, label, _ = self.source._parse(record)
+      images.append(np.asarray(Image.open(io.BytesIO(jpeg.numpy())).convert("RGB")))
+      labels.append(int(label))
+      if count and len(images) >= count:
+        break
+    return np.stack(images), np.asarray(labels, np.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 4))
+def _run_network(graphdef, params, preprocess, batch, with_activations: bool):
+  from flax import nnx
+
+  model = nnx.merge(graphdef, params)
+  x = preprocess(batch)
+  return model(x, return_activations=True) if with_activations else model(x)
+
+
+def _chunks(images, batch_size: int) -> range:
+  return range(0, len(images), batch_size)
+
+
+def _as_uint8_rgb(image) -> np.ndarray:
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, axis=-1)
+  if image.shape[-1] == 4:
+    image = image[..., :3]
+  if image.dtype != np.uint8:
+    image = np.clip(np.round(image * (255.0 if image.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
+  return image
+
+
+def _square(image: np.ndarray, size: int) -> np.ndarray:
+  """The shorter side rescaled to ``size`` and the central square kept (what ``prepare`` does)."""
+  from PIL import Image
+
+  from alexnet_jax import prepare
+
+  return prepare.square_crop(Image.fromarray(image), size)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+  from PIL import Image
+
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0))

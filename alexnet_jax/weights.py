@@ -1,0 +1,160 @@
+"""Weights in and out: torchvision's AlexNet into our ``owt`` network, and ours out as a PyTorch state_dict or a
+safetensors file.
+
+torchvision's ``alexnet(weights="IMAGENET1K_V1")`` is our ``owt`` architecture (the "one weird trick" single column:
+64-192-384-256-256, no LRN, 224x224, adaptive average pooling to 6x6). The names and layouts differ:
+
+  ours                          torchvision
+  conv1..conv5 kernel (HWIO)    features.{0,3,6,8,10}.weight (OIHW)
+  fc6..fc8 kernel (in, out)     classifier.{1,4,6}.weight (out, in)
+  fc6's rows in (h, w, c) order  its columns in (c, h, w) order: torchvision flattens NCHW, we flatten NHWC
+
+The paper's network exports under our own layer names (``conv1.weight`` ... ``fc8.bias``; a grouped layer's weight is
+(out, in/groups, kh, kw), as ``nn.Conv2d(groups=2)`` holds it), with fc6 in the same NCHW order.
+
+A weights file is data, never code: ``.pth``/``.pt`` files are read with ``torch.load(..., weights_only=True)`` and
+``.safetensors`` with safetensors' numpy reader. A state_dict whose keys or shapes differ from what the network
+needs is refused, with every difference listed.
+
+torchvision's ImageNet weights expect its own preprocessing: RGB scaled to [0, 1], then normalised by
+``TORCHVISION_MEAN`` / ``TORCHVISION_STD``; ``evaluate`` applies it when the run's config says
+``data.normalize='torchvision'`` (``import_torchvision`` writes such a run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+TORCHVISION_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # IMAGENET1K_V1
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+TORCHVISION_LAYERS = {
+  "conv1": "features.0",
+  "conv2": "features.3",
+  "conv3": "features.6",
+  "conv4": "features.8",
+  "conv5": "features.10",
+  "fc6": "classifier.1",
+  "fc7": "classifier.4",
+  "fc8": "classifier.6",
+}
+
+
+class WeightsError(ValueError):
+  """A weights file that does not fit the network: the message lists every difference."""
+
+
+def _torch_names(model_name: str) -> dict[str, str]:
+  return TORCHVISION_LAYERS if model_name == "owt" else {layer: layer for layer in TORCHVISION_LAYERS}
+
+
+def _fc6_spatial(params: Mapping[str, Any]) -> tuple[int, int]:
+  """(spatial side, channels) of the maps fc6 reads: its input length / conv5's channels = side squared."""
+  channels = params["conv5"]["kernel"].shape[-1]
+  side = int(round((params["fc6"]["kernel"].shape[0] // channels) ** 0.5))
+  if side * side * channels != params["fc6"]["kernel"].shape[0]:
+    raise WeightsError(f"fc6's {params['fc6']['kernel'].shape[0]} inputs are not {channels} square maps")
+  return side, channels
+
+
+def to_torch_state_dict(params: Mapping[str, Any], model_name: str = "owt") -> dict[str, np.ndarray]:
+  """Our parameters (``nnx.to_pure_dict`` of the network) -> {name: float32 array} in PyTorch's layouts."""
+  names = _torch_names(model_name)
+  side, channels = _fc6_spatial(params)
+  out = {}
+  for layer, torch_name in names.items():
+    kernel = np.asarray(params[layer]["kernel"], np.float32)
+    if layer.startswith("conv"):
+      weight = kernel.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    elif layer == "fc6":  # rows (h, w, c) -> columns (c, h, w)
+      weight = kernel.reshape(side, side, channels, -1).transpose(3, 2, 0, 1).reshape(kernel.shape[1], -1)
+    else:
+      weight = kernel.T
+    out[f"{torch_name}.weight"] = np.ascontiguousarray(weight)
+    out[f"{torch_name}.bias"] = np.asarray(params[layer]["bias"], np.float32)
+  return out
+
+
+def from_torch_state_dict(
+  state_dict: Mapping[str, Any], target: Mapping[str, Any], model_name: str = "owt"
+) -> dict[str, dict[str, np.ndarray]]:
+  """A PyTorch state_dict -> our parameters, shaped like ``target`` (our network's parameters or their shapes).
+  Refused with every difference listed if a key is missing or unexpected, or a shape does not match."""
+  expected = {k: v.shape for k, v in to_torch_state_dict(_zeros_like(target), model_name).items()}
+  got = {k: tuple(np.shape(v)) for k, v in state_dict.items()}
+  problems = [f"missing {k} {expected[k]}" for k in expected if k not in got]
+  problems += [f"unexpected {k} {got[k]}" for k in got if k not in expected]
+  problems += [f"{k}: {got[k]}, expected {expected[k]}" for k in expected if k in got and got[k] != expected[k]]
+  if problems:
+    raise WeightsError(
+      f"the weights do not fit model.name={model_name!r} with these layer sizes ({len(problems)} differences): "
+      + "; ".join(problems)
+    )
+  side, channels = _fc6_spatial(target)
+  params: dict[str, dict[str, np.ndarray]] = {}
+  for layer, torch_name in _torch_names(model_name).items():
+    weight = np.asarray(state_dict[f"{torch_name}.weight"], np.float32)
+    if layer.startswith("conv"):
+      kernel = weight.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    elif layer == "fc6":  # columns (c, h, w) -> rows (h, w, c)
+      kernel = weight.reshape(-1, channels, side, side).transpose(2, 3, 1, 0).reshape(-1, weight.shape[0])
+    else:
+      kernel = weight.T
+    params[layer] = {"kernel": kernel, "bias": np.asarray(state_dict[f"{torch_name}.bias"], np.float32)}
+  return params
+
+
+def _zeros_like(tree: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+  return {layer: {k: np.zeros(v.shape, np.float32) for k, v in p.items()} for layer, p in tree.items()}
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+  """A state_dict from a ``.pth``/``.pt`` file (``torch.load(weights_only=True)``: tensors only, no code) or a
+  ``.safetensors`` file, as numpy arrays."""
+  from alexnet_jax import storage
+
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load
+
+    with storage.open(path, "rb") as f:
+      return dict(load(f.read()))
+  import io
+
+  import torch
+
+  with storage.open(path, "rb") as f:
+    loaded = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+  if not isinstance(loaded, Mapping):
+    raise WeightsError(f"{path} holds a {type(loaded).__name__}, not a state_dict (a mapping of names to tensors)")
+  return {k: v.detach().float().numpy() for k, v in loaded.items()}
+
+
+def torchvision_state_dict() -> dict[str, np.ndarray]:
+  """torchvision's IMAGENET1K_V1 AlexNet weights, downloaded by ``torch.hub`` (needs internet; cached by torch)."""
+  import torch
+
+  loaded = torch.hub.load_state_dict_from_url(TORCHVISION_URL, map_location="cpu", weights_only=True)
+  return {k: v.float().numpy() for k, v in loaded.items()}
+
+
+def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str) -> None:
+  """Write ``state_dict`` as ``.safetensors`` (by the name's ending) or as a PyTorch ``.pth`` file."""
+  from alexnet_jax import storage
+
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import save
+
+    data = save({k: np.ascontiguousarray(v) for k, v in state_dict.items()})
+  else:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({k: torch.from_numpy(np.array(v, copy=True)) for k, v in state_dict.items()}, buffer)
+    data = buffer.getvalue()
+  with storage.open(path, "wb") as f:
+    f.write(data)

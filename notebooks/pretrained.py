@@ -1,0 +1,112 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     name: python3
+# ---
+
+# %% [markdown]
+# # torchvision's pretrained AlexNet in our network
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/alexnet_jax/blob/main/notebooks/pretrained.ipynb)
+# (replace `OWNER` with where this repository lives)
+#
+# torchvision's `alexnet(weights="IMAGENET1K_V1")` is our `owt` architecture. This notebook downloads its weights
+# (with internet; `torch.hub` caches them), loads them into our JAX network (`alexnet_jax.weights`: the file is read
+# as data, `weights_only=True`), and classifies a few photos with torchvision's preprocessing. Without internet (or
+# in CI's test mode) random weights of the same shapes stand in, so every cell still runs.
+
+# %% Setup: in Colab, clone the repository and install it into Colab's runtime (nothing it ships is replaced)
+import os
+import subprocess
+import sys
+
+IN_COLAB = "google.colab" in sys.modules
+TEST_MODE = os.environ.get("ALEXNET_JAX_NOTEBOOK_TEST") == "1"  # CI: no download, random weights
+REPO_URL = "https://github.com/OWNER/alexnet_jax"  # @param {type:"string"}
+
+if IN_COLAB and not os.path.exists("/content/alexnet_jax"):
+  subprocess.run(["git", "clone", "-q", "--depth=1", REPO_URL, "/content/alexnet_jax"], check=True)
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "/content/alexnet_jax"], check=True)
+if IN_COLAB:
+  os.chdir("/content/alexnet_jax/notebooks")
+try:
+  import alexnet_jax  # noqa: F401
+except ImportError:  # a clone without the package installed: run from its source
+  sys.path.insert(0, os.path.abspath(".."))
+
+# %% Parameters
+WEIGHTS = "torchvision"  # @param ["torchvision", "a .pth or .safetensors path"] {allow-input: true}
+
+# %% The weights
+import numpy as np
+from flax import nnx
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import weights
+
+network = model_lib.AlexNet("owt", dropout_rate=0.0, rngs=nnx.Rngs(0))
+graphdef, ours = nnx.split(network, nnx.Param)
+ours = nnx.to_pure_dict(ours)
+state_dict, source = None, "random weights (no download)"
+if not TEST_MODE:
+  try:
+    if WEIGHTS == "torchvision":
+      state_dict, source = weights.torchvision_state_dict(), weights.TORCHVISION_URL
+    else:
+      state_dict, source = weights.load_state_dict(WEIGHTS), WEIGHTS
+  except Exception as e:  # no internet, no torch: say so and go on with random weights
+    print(f"could not load {WEIGHTS}: {type(e).__name__}: {e}")
+if state_dict is None:
+  state_dict = weights.to_torch_state_dict(ours, "owt")  # our random initialisation, in torchvision's layout
+params = weights.from_torch_state_dict(state_dict, ours, "owt")
+print(f"loaded {len(state_dict)} arrays from {source}")
+
+# %% [markdown]
+# ## Predictions
+# torchvision's preprocessing: shorter side to 256, central 224x224, RGB scaled to [0, 1] and normalised by
+# ImageNet's channel means and deviations. The photos are drawn here (no download); upload your own in Colab.
+
+# %%
+import jax
+import jax.numpy as jnp
+from PIL import Image
+
+from alexnet_jax import prepare
+
+
+def preprocess(image: np.ndarray) -> np.ndarray:
+  square = prepare.square_crop(Image.fromarray(image).convert("RGB"), 256)
+  crop = square[16:240, 16:240].astype(np.float32) / 255.0
+  return (crop - np.asarray(weights.TORCHVISION_MEAN)) / np.asarray(weights.TORCHVISION_STD)
+
+
+photos = {}
+if IN_COLAB and not TEST_MODE:
+  import io
+
+  from google.colab import files
+
+  photos = {name: np.asarray(Image.open(io.BytesIO(data))) for name, data in files.upload().items()}
+if not photos:
+  from alexnet_jax import shapes
+
+  rng = np.random.default_rng(0)
+  photos = {name: shapes.draw(i, rng, 320) for i, name in enumerate(shapes.CLASSES[:3])}
+
+batch = jnp.asarray(np.stack([preprocess(p) for p in photos.values()]), jnp.float32)
+probabilities = np.asarray(jax.nn.softmax(nnx.merge(graphdef, params)(batch)))
+for name, p in zip(photos, probabilities, strict=True):
+  best = np.argsort(p)[::-1][:5]
+  print(f"{name}: " + ", ".join(f"class {c} {p[c]:.1%}" for c in best))
+
+# %% [markdown]
+# ## On a prepared ImageNet
+# torchvision reports 56.522% top-1 / 79.066% top-5 accuracy for these weights (ILSVRC-2012 validation, one centre
+# crop). Our `evaluate` cannot check that figure yet: it needs torchvision's normalisation in the prepared-data path
+# (the README's "Pretrained weights" section says what exists and what does not).

@@ -1,0 +1,92 @@
+"""notebooks/: committed without outputs, in step with their jupytext sources, Colab-ready (an "Open in Colab"
+link, a Colab-aware setup cell, a `# @param` cell, no editable install), and executed top to bottom in test mode
+(ALEXNET_JAX_NOTEBOOK_TEST=1: a few steps on a tiny dataset), here and inside Colab's stack (.venv-colab: Python
+3.13, jax 0.7.2, ...), showing their figures."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import cli_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
+ORDER = ["quickstart", "explore", "pretrained"]  # explore uses the quickstart's run
+COLAB_PYTHON = os.path.join(ROOT, ".venv-colab", "bin", "python")
+
+
+def name(path):
+  return os.path.basename(path)[: -len(".ipynb")]
+
+
+def load(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def test_the_notebooks_are_the_three_named():
+  assert sorted(map(name, NOTEBOOKS)) == sorted(ORDER)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=name)
+def test_committed_clean_in_step_with_its_source_and_colab_ready(path):
+  jupytext = pytest.importorskip("jupytext")
+  nb = load(path)
+  code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+  assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "strip the outputs"
+  paired = jupytext.read(path[: -len(".ipynb")] + ".py")
+  source = lambda cells: [("".join(c["source"]) if isinstance(c["source"], list) else c["source"]) for c in cells]
+  assert source(nb["cells"]) == source(paired.cells), f"run `jupytext --sync {os.path.basename(path)}`"
+  text = "\n".join(source(nb["cells"]))
+  assert f"colab.research.google.com/github/OWNER/alexnet_jax/blob/main/notebooks/{name(path)}.ipynb" in text
+  assert "# @param" in text and 'IN_COLAB = "google.colab" in sys.modules' in text
+  assert "pip install -e" not in text and "--editable" not in text
+
+
+def execute(python: str, devices: int, tmp_path) -> dict[str, dict]:
+  env = {**cli_env(devices), "ALEXNET_JAX_NOTEBOOK_TEST": "1", "ALEXNET_JAX_NOTEBOOK_DIR": str(tmp_path)}
+  if python == COLAB_PYTHON:  # jaxlib 0.7.2 aborts on XLA flags it does not know
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["PYTHONPATH"] = ROOT
+  executed = {}
+  for nb in ORDER:
+    out = tmp_path / f"{nb}.executed.ipynb"
+    run = subprocess.run(
+      [python, os.path.join(ROOT, "tests", "run_notebook.py"), os.path.join(ROOT, "notebooks", f"{nb}.ipynb"), out],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=1800,
+    )
+    assert run.returncode == 0, f"{nb}: {run.stderr[-4000:]}"
+    executed[nb] = load(out)
+  return executed
+
+
+def images(nb: dict) -> int:
+  return sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+
+
+def check(executed: dict[str, dict]):
+  assert images(executed["quickstart"]) >= 1  # the training curves
+  assert images(executed["explore"]) >= 4  # Fig. 3, Fig. 4 left and right, the confusion matrix
+  text = json.dumps(executed["quickstart"])
+  assert "top-1 error" in text and "checkpoints: ['4']" in text
+  assert "loaded 16 arrays" in json.dumps(executed["pretrained"])
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_here(tmp_path):
+  check(execute(sys.executable, 1, tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("colab")
+def test_every_notebook_runs_on_colabs_stack(tmp_path):
+  if not os.path.exists(os.path.join(ROOT, ".venv-colab", ".installed")):
+    pytest.fail("Colab's stack is not installed: run `make install-colab` (make test does)")
+  check(execute(COLAB_PYTHON, 1, tmp_path))
