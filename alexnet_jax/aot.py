@@ -293,6 +293,7 @@ def compile_source(config):
     image_size=image_size,
     crop_fraction=d.crop_fraction or None,
     subtract_mean=d.subtract_mean,
+    normalize=d.normalize,
     device_preprocess=d.device_preprocess,
     eval_crops=d.eval_crops,
   )

@@ -35,6 +35,7 @@ SAFE_TO_CHANGE_ON_RESUME = (
 )
 
 DATA_SOURCES = ("auto", "synthetic", "prepared", "tfds")
+NORMALIZATIONS = ("mean_image", "torchvision")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -103,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.flip = True  # random horizontal reflections
   c.data.lighting_std = 0.1  # "fancy PCA" lighting: alpha ~ N(0, lighting_std); 0 turns it off
   c.data.subtract_mean = True  # subtract the training set's per-pixel mean image
+  # 'mean_image': the paper's (pixel values minus the mean image, when subtract_mean); 'torchvision': RGB / 255 minus
+  # torchvision's channel means, over its deviations (what torchvision's pretrained weights expect)
+  c.data.normalize = "mean_image"
   c.data.device_preprocess = True  # ship uint8 crops and finish on the device (identical numbers, 4x fewer bytes)
   c.data.shuffle_buffer = 10_000  # examples in tf.data's shuffle buffer
   c.data.eval_crops = 1  # periodic evaluation: 1 (centre) or 10 (the paper's 10 crops)
@@ -198,6 +202,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   choice("optimizer.weight_decay_mode", config.optimizer.weight_decay_mode, optim.WEIGHT_DECAY_MODES)
   choice("schedule.name", config.schedule.name, optim.SCHEDULES)
   choice("data.source", config.data.source, DATA_SOURCES)
+  choice("data.normalize", config.data.normalize, NORMALIZATIONS)
   for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     if config[key] <= 0:
       raise ValueError(f"{key} must be positive, got {config[key]}")
@@ -219,7 +224,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  """Keys whose values differ between two (JSON) configs and that matter for the computation."""
-  a, b = flatten(saved), flatten(current)
+  """Keys whose values differ between two (JSON) configs and that matter for the computation. A key the saved
+  config lacks (saved by an older version) counts as its default: a new option left at its default changes
+  nothing."""
+  defaults = flatten(to_json(base_config()))
+  a, b = {**defaults, **flatten(saved)}, flatten(current)
   diff = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
   return [k for k in diff if not any(k == s or (s.endswith(".") and k.startswith(s)) for s in SAFE_TO_CHANGE_ON_RESUME)]

@@ -17,20 +17,26 @@ A weights file is data, never code: ``.pth``/``.pt`` files are read with ``torch
 needs is refused, with every difference listed.
 
 torchvision's ImageNet weights expect its own preprocessing: RGB scaled to [0, 1], then normalised by
-``TORCHVISION_MEAN`` / ``TORCHVISION_STD``; ``evaluate`` applies it when the run's config says
-``data.normalize='torchvision'`` (``import_torchvision`` writes such a run).
+``TORCHVISION_MEAN`` / ``TORCHVISION_STD``. ``write_run`` (the command line below) makes a workdir of imported
+weights whose config says ``data.normalize='torchvision'``, so that ``evaluate`` measures them as torchvision does:
+
+  python -m alexnet_jax.weights --weights=torchvision --workdir=runs/torchvision --data_dir=DST
+  python -m alexnet_jax.evaluate --workdir=runs/torchvision --crops=1
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from absl import flags
+
+from alexnet_jax import cli
+from alexnet_jax.input_pipeline.prepared import TORCHVISION_MEAN, TORCHVISION_STD  # noqa: F401  (re-exported)
 
 TORCHVISION_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # IMAGENET1K_V1
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)
-TORCHVISION_STD = (0.229, 0.224, 0.225)
 TORCHVISION_LAYERS = {
   "conv1": "features.0",
   "conv2": "features.3",
@@ -158,3 +164,79 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str) -> None:
     data = buffer.getvalue()
   with storage.open(path, "wb") as f:
     f.write(data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A run made of imported weights, for evaluate, the Predictor and the figures.
+# ---------------------------------------------------------------------------------------------------------------
+def write_run(state_dict: Mapping[str, Any], workdir: str, data_dir: str | None = None) -> int:
+  """A workdir holding ``state_dict`` (torchvision's layout) as the ``owt`` network's step-0 checkpoint, with a
+  config that evaluates it as torchvision does: centre crop of the shorter-side-256 image, torchvision's
+  normalisation. The number of classes is fc8's. Returns it."""
+  import jax
+
+  from alexnet_jax import checkpoint as checkpoint_lib
+  from alexnet_jax import config_lib, parallel, storage, train
+
+  if "classifier.6.weight" not in state_dict:
+    raise WeightsError("not a torchvision AlexNet state_dict: no classifier.6.weight (fc8)")
+  config = config_lib.base_config()
+  config.model.name = "owt"
+  config.model.num_classes = int(np.shape(state_dict["classifier.6.weight"])[0])
+  config.data.normalize = "torchvision"
+  config.data.subtract_mean = False
+  config.data.crop_fraction = 0.0  # the central 224 of the stored 256: torchvision's Resize(256) + CenterCrop(224)
+  if data_dir:
+    config.data.dir, config.data.source = data_dir, "auto"
+  else:
+    config.data.source = "synthetic"
+  config.num_train_steps = 0
+  config_lib.validate(config)
+  mesh = parallel.create_mesh(1, devices=jax.devices()[:1])
+  plan = train.plan_state(config, mesh)
+  state = jax.jit(plan.init, out_shardings=plan.shardings)()
+  params = from_torch_state_dict(state_dict, jax.device_get(state["params"]), "owt")
+  state["params"] = jax.device_put(params, plan.shardings["params"])
+  workdir = train.prepare_workdir(workdir)
+  ckpt = checkpoint_lib.Checkpointer(storage.join(workdir, "checkpoints"), max_to_keep=1)
+  try:
+    ckpt.save(0, state, config_lib.to_json(config))
+    ckpt.wait()
+  finally:
+    ckpt.close()
+  return config.model.num_classes
+
+
+def define_flags() -> None:
+  flags.DEFINE_string(
+    "weights",
+    None,
+    "'torchvision' (IMAGENET1K_V1 via torch.hub; needs internet), or a .pth/.pt or "
+    ".safetensors file holding torchvision's AlexNet state_dict.",
+  )
+  flags.DEFINE_string("workdir", None, "Where to write the run (a step-0 checkpoint and its config).")
+  flags.DEFINE_string(
+    "data_dir", None, "The prepared set it will be evaluated on (default: none; pass --data_dir to evaluate later)."
+  )
+  flags.mark_flags_as_required(["weights", "workdir"])
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  f = flags.FLAGS
+  try:
+    state_dict = torchvision_state_dict() if f.weights == "torchvision" else load_state_dict(f.weights)
+    classes = write_run(state_dict, f.workdir, f.data_dir)
+  except (ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(
+    f"wrote {f.workdir} (owt, {classes} classes, torchvision's preprocessing). Evaluate it with: python -m "
+    f"alexnet_jax.evaluate --workdir={f.workdir} --crops=1" + ("" if f.data_dir else " --data_dir=DST")
+  )
+  return 0
+
+
+if __name__ == "__main__":
+  define_flags()
+  cli.run(main)

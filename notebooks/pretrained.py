@@ -108,5 +108,7 @@ for name, p in zip(photos, probabilities, strict=True):
 # %% [markdown]
 # ## On a prepared ImageNet
 # torchvision reports 56.522% top-1 / 79.066% top-5 accuracy for these weights (ILSVRC-2012 validation, one centre
-# crop). Our `evaluate` cannot check that figure yet: it needs torchvision's normalisation in the prepared-data path
-# (the README's "Pretrained weights" section says what exists and what does not).
+# crop). With a prepared ImageNet (`python -m alexnet_jax.prepare`), our `evaluate` measures it as torchvision does:
+#
+#     python -m alexnet_jax.weights --weights=torchvision --workdir=runs/torchvision --data_dir=DST
+#     python -m alexnet_jax.evaluate --workdir=runs/torchvision --crops=1

@@ -210,14 +210,25 @@ def test_two_processes_together_see_every_example_once(prepared_dir, monkeypatch
   )
 
 
-def test_device_preprocessing_gives_identical_numbers(prepared_dir):
-  on_device = source(prepared_dir)
-  on_host = source(prepared_dir, device_preprocess=False)
+@pytest.mark.parametrize("normalize", ["mean_image", "torchvision"])
+def test_device_preprocessing_gives_identical_numbers(prepared_dir, normalize):
+  on_device = source(prepared_dir, normalize=normalize)
+  on_host = source(prepared_dir, device_preprocess=False, normalize=normalize)
   a, b = first_batches(on_device, 2), first_batches(on_host, 2)
   for x, y in zip(a, b):
     assert x["image"].dtype == np.uint8 and y["image"].dtype == np.float32
-    np.testing.assert_array_equal(np.asarray(on_device.preprocess(x)), np.asarray(on_host.preprocess(y)))
-  assert abs(float(np.asarray(on_device.preprocess(a[0])).mean())) < 20  # the mean image really came off
+    got, want = np.asarray(on_device.preprocess(x)), np.asarray(on_host.preprocess(y))
+    if normalize == "mean_image":
+      np.testing.assert_array_equal(got, want)
+    else:  # a division by 255 and by the deviations, in XLA on one side and TensorFlow on the other
+      np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  out = np.asarray(on_device.preprocess(a[0]))
+  if normalize == "mean_image":
+    assert abs(float(out.mean())) < 20  # the mean image really came off
+  else:  # torchvision's: (pixels / 255 - channel mean) / channel deviation, plus the lighting shift in pixels
+    pixels = a[0]["image"].astype(np.float32) + a[0]["shift"][:, None, None, :]
+    want = (pixels / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
 
 # ---- evaluation input -----------------------------------------------------------------------------------------------

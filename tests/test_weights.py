@@ -87,3 +87,48 @@ class _Payload:
 
   def __reduce__(self):
     return (open, (self.path, "w"))
+
+
+def test_imported_weights_evaluate_as_torchvision_computes(tmp_path):
+  """`python -m alexnet_jax.weights` writes a run whose evaluation is torchvision's own: the central 224x224 of the
+  stored 256x256 images, torchvision's normalisation, the same probabilities as its architecture in PyTorch, and
+  `evaluate`'s error from them."""
+  import subprocess
+
+  from alexnet_jax import evaluate, prepare, shapes
+  from alexnet_jax.inference import Predictor
+  from tests.conftest import cli_env
+
+  shapes.generate(str(tmp_path / "raw"), train_per_class=1, val_per_class=2, size=300, seed=4)
+  prepare.prepare(str(tmp_path / "raw"), str(tmp_path / "prepared"), image_size=256, examples_per_shard=8)
+  torch.manual_seed(1)
+  net = torch_reference.TorchvisionAlexNet(num_classes=10).eval()
+  torch.save(net.state_dict(), tmp_path / "weights.pth")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "alexnet_jax.weights",
+      f"--weights={tmp_path / 'weights.pth'}",
+      f"--workdir={tmp_path / 'run'}",
+      f"--data_dir={tmp_path / 'prepared'}",
+    ],
+    cwd=root,
+    env=cli_env(1),
+    capture_output=True,
+    text=True,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "owt, 10 classes, torchvision's preprocessing" in out.stdout
+  predictor = Predictor.from_workdir(str(tmp_path / "run"))
+  images, labels = predictor.validation_images()
+  assert images.shape == (20, 256, 256, 3)
+  crops = images[:, 16:240, 16:240].astype(np.float32) / 255.0
+  crops = (crops - np.asarray(weights.TORCHVISION_MEAN)) / np.asarray(weights.TORCHVISION_STD)
+  with torch.no_grad():
+    theirs = torch.softmax(net(torch.from_numpy(crops.transpose(0, 3, 1, 2)).float()), dim=1).numpy()
+  np.testing.assert_allclose(predictor.predict(images), theirs, rtol=1e-4, atol=1e-6)
+  result = evaluate.evaluate_workdirs([str(tmp_path / "run")], crops=1, batch_size=8)
+  assert result["num_examples"] == 20
+  assert result["top1_error"] == pytest.approx(float(np.mean(theirs.argmax(1) != labels)), abs=1e-6)

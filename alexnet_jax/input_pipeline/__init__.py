@@ -119,6 +119,7 @@ def create_source(config):
     flip=d.flip,
     lighting_std=d.lighting_std,
     subtract_mean=d.subtract_mean,
+    normalize=d.normalize,
     device_preprocess=d.device_preprocess,
     shuffle_buffer=d.shuffle_buffer,
     eval_crops=d.eval_crops,

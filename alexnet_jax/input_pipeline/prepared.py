@@ -64,6 +64,7 @@ class PreparedSource:
     flip: bool = True,
     lighting_std: float = 0.1,
     subtract_mean: bool = True,
+    normalize: str = "mean_image",
     device_preprocess: bool = True,
     shuffle_buffer: int = 10_000,
     eval_crops: int = 1,
@@ -101,6 +102,7 @@ class PreparedSource:
     self.seed = seed
     self.random_crop, self.flip, self.lighting_std = random_crop, flip, lighting_std
     self.subtract_mean, self.device_preprocess = subtract_mean, device_preprocess
+    self.normalize = normalize
     self.shuffle_buffer, self.eval_crops = shuffle_buffer, eval_crops
     self.num_threads = num_threads  # tf.data threads (None: one per core); the input benchmark pins it to 1
     if eval_crops not in (1, 10):
@@ -230,6 +232,8 @@ class PreparedSource:
     if self.device_preprocess:
       return {"image": crops, "offset": offsets, "flip": flips, "shift": shift}
     images = tf.cast(crops, tf.float32)
+    if self.normalize == "torchvision":
+      return {"image": _torchvision(images + shift[..., None, None, :])}
     if self.subtract_mean:
       mean = tf.constant(self.mean_image)
       c = self.image_size
@@ -440,6 +444,7 @@ class PreparedSource:
     self.view_size = round(image_size / crop_fraction) if crop_fraction else stored_size
     self.mean_image = np.zeros((self.view_size, self.view_size, 3), np.float32)
     self.subtract_mean = kwargs.get("subtract_mean", True)
+    self.normalize = kwargs.get("normalize", "mean_image")
     self.device_preprocess = kwargs.get("device_preprocess", True)
     self.eval_crops = kwargs.get("eval_crops", 1)
     return self
@@ -468,6 +473,10 @@ class PreparedSource:
     if "offset" not in batch:  # finished on the host
       return image.astype(jnp.float32)
     x = image.astype(jnp.float32)
+    shift = batch["shift"]
+    shift = shift.reshape(shift.shape[0], *([1] * (x.ndim - 2)), 3)
+    if self.normalize == "torchvision":
+      return _torchvision(x + shift)
     crop = self.image_size
     if self.subtract_mean:
       mean = jnp.asarray(self.mean_image)
@@ -478,9 +487,17 @@ class PreparedSource:
 
       windows = jax.vmap(window)(batch["offset"].reshape(-1, 2), batch["flip"].reshape(-1))
       x = x - windows.reshape(x.shape)
-    shift = batch["shift"]
-    shift = shift.reshape(shift.shape[0], *([1] * (x.ndim - 2)), 3)
     return x + shift
+
+
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # ImageNet's RGB channel means and deviations, for pixels in [0, 1]
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+
+
+def _torchvision(pixels):
+  """torchvision's normalisation of RGB pixel values in [0, 255] (a tf or jax array): /255, minus the channel
+  means, over the channel deviations. The lighting shift, in pixel units, is added before."""
+  return (pixels / 255.0 - np.asarray(TORCHVISION_MEAN, np.float32)) / np.asarray(TORCHVISION_STD, np.float32)
 
 
 def _record_starts_at(path: str, offset: int) -> bool:
