@@ -129,13 +129,13 @@ class Predictor:
       return batch["image"][:real], batch["label"][:real]
     from PIL import Image
 
-    from alexnet_jax import compat, storage
+    from alexnet_jax import compat
 
     compat.require_tensorflow("reading the prepared validation images")
     import tensorflow as tf
 
     images, labels = [], []
-    files = [storage.join(self.source.data_dir, f) for f in meta["splits"]["val"]["files"]]
+    files, _ = self.source._files("val", 0, 1)  # the shards as the source reads them (paths already resolved)
     for record in tf.data.TFRecordDataset(files):
       jpeg, label, _ = self.source._parse(record)
       images.append(np.asarray(Image.open(io.BytesIO(jpeg.numpy())).convert("RGB")))
