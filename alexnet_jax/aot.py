@@ -191,6 +191,19 @@ def convolutions(hlo_text: str) -> list[dict[str, Any]]:
   return found
 
 
+def _what(target: Target, program: str, mesh, batch_size: int, dtype: str) -> dict[str, Any]:
+  """The fields that say which program a row is about (every row has them, compiled or refused)."""
+  return {
+    "target": target.name,
+    "program": program,
+    "num_devices": len(target.devices),
+    "num_hosts": target.num_hosts,
+    "mesh": dict(mesh.shape),
+    "batch_size": batch_size,
+    "dtype": dtype,
+  }
+
+
 def describe(compiled, target: Target, program: str, mesh, batch_size: int, dtype: str, seconds: float) -> dict:
   memory = compiled.memory_analysis()
   argument, output = int(memory.argument_size_in_bytes), int(memory.output_size_in_bytes)
@@ -202,13 +215,7 @@ def describe(compiled, target: Target, program: str, mesh, batch_size: int, dtyp
   flops = cost.get("flops") if cost else None
   accessed = cost.get("bytes accessed") if cost else None
   return {
-    "target": target.name,
-    "program": program,
-    "num_devices": len(target.devices),
-    "num_hosts": target.num_hosts,
-    "mesh": dict(mesh.shape),
-    "batch_size": batch_size,
-    "dtype": dtype,
+    **_what(target, program, mesh, batch_size, dtype),
     "argument_bytes": argument,
     "output_bytes": output,
     "alias_bytes": alias,
@@ -245,13 +252,7 @@ def describe_out_of_memory(
   m = _SIZE.search(error.split("RESOURCE_EXHAUSTED", 1)[-1])
   temp = int(float(m.group(1)) * 1024 ** "KMGT".index(m.group(2)) * 1024) if m else None
   return {
-    "target": target.name,
-    "program": program,
-    "num_devices": len(target.devices),
-    "num_hosts": target.num_hosts,
-    "mesh": dict(mesh.shape),
-    "batch_size": batch_size,
-    "dtype": dtype,
+    **_what(target, program, mesh, batch_size, dtype),
     "argument_bytes": argument_bytes,
     "output_bytes": None,
     "alias_bytes": None,

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from tests.conftest import cli_env
+from tests.test_colab import colab_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
@@ -48,10 +49,8 @@ def test_committed_clean_in_step_with_its_source_and_colab_ready(path):
 
 
 def execute(python: str, devices: int, tmp_path) -> dict[str, dict]:
-  env = {**cli_env(devices), "ALEXNET_JAX_NOTEBOOK_TEST": "1", "ALEXNET_JAX_NOTEBOOK_DIR": str(tmp_path)}
-  if python == COLAB_PYTHON:  # jaxlib 0.7.2 aborts on XLA flags it does not know
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["PYTHONPATH"] = ROOT
+  env = colab_env(devices) if python == COLAB_PYTHON else {**cli_env(devices), "PYTHONPATH": ROOT}
+  env.update(ALEXNET_JAX_NOTEBOOK_TEST="1", ALEXNET_JAX_NOTEBOOK_DIR=str(tmp_path))
   executed = {}
   for nb in ORDER:
     out = tmp_path / f"{nb}.executed.ipynb"
