@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from typing import Any
 
 import ml_collections
@@ -60,13 +61,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.width = 1.0  # < 1 scales every layer down (CPU demos and tests); 1.0 is the paper
   c.model.dropout_rate = 0.5
   c.model.lrn_alpha_over_n = False  # False: alpha as printed in Sec. 3.3; True: alpha/n as in cuda-convnet/Caffe
+  c.model.lrn_per_column = False  # True: each column's channels normalised apart (cuda-convnet's per-GPU layers)
   # Grouped convs as two convs ('split', fastest on CPU) or one feature_group_count conv ('grouped'); 'auto' =
   # 'split'. Under mesh.model=2 each device runs its own group as one plain conv (model.AlexNet._columns).
   c.model.conv_impl = "auto"
   # conv1 as a convolution ('conv') or as one matrix product over its 11x11x3 patches ('patches', ~3x faster on
   # XLA's CPU backend). 'auto': 'patches' on CPU, 'conv' on GPU/TPU. Same function.
   c.model.conv1_impl = "auto"
-  c.model.init = ""  # '': the architecture's own ('paper': N(0, 0.01) and biases of 1; 'owt': PyTorch's default)
+  # '': the architecture's own ('paper': N(0, 0.01), biases of 1; 'owt': PyTorch's 'torch'); 'cuda_convnet2' (the
+  # authors' layer files: 0.03 for conv3-5) or 'caffe' (bvlc_alexnet: 0.005 for fc6/7, biases of 0.1)
+  c.model.init = ""
   c.model.dtype = "float32"  # compute dtype; parameters stay float32; LRN, softmax and loss run in float32
 
   c.optimizer = ml_collections.ConfigDict()
@@ -75,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 5e-4
   c.optimizer.weight_decay_mode = "coupled"  # 'coupled' (the paper), 'decoupled', 'none'
   c.optimizer.decay_biases = True  # the paper's update applies to every weight it names; False spares biases
+  c.optimizer.bias_lr_multiplier = 1.0  # biases learn at this times the rate (cuda-convnet2 and Caffe: 2)
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.name = "paper"  # 'paper' (divide on plateau), 'step', 'cosine', 'constant'
@@ -83,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.min_delta = 0.0  # 'paper': an improvement must beat the best error by more than this
   c.schedule.max_drops = 3  # 'paper': "reduced three times prior to termination"
   c.schedule.step_epochs = (30.0, 60.0, 80.0)  # 'step'
-  c.schedule.warmup_epochs = 0.0  # 'cosine'
+  c.schedule.warmup_epochs = 0.0  # any schedule: the rate rises linearly from 0 over this many epochs first
 
   c.data = ml_collections.ConfigDict()
   # 'auto': what data.dir holds (a prepared set -> 'prepared', a TFDS dataset folder -> 'tfds'; no data.dir is an
@@ -128,15 +133,17 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """``get_config()`` of a config file, as ``--config=PATH`` would load it (for notebooks and tools)."""
+  """``get_config()`` of a config file, as ``--config=PATH`` would load it (for notebooks and tools); ``PATH:ARG``
+  passes ARG to ``get_config`` (``configs/paper.py:text``), as ml_collections' config flags do."""
   import importlib.util
 
+  path, _, arg = path.partition(":") if not os.path.exists(path) else (path, "", "")
   spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
   if spec is None or spec.loader is None:
     raise ValueError(f"cannot load config file {path!r}")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def set_by_path(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
@@ -212,6 +219,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"model.dropout_rate must be in [0, 1), got {config.model.dropout_rate}")
   if config.mesh.model < 1:
     raise ValueError(f"mesh.model must be >= 1, got {config.mesh.model}")
+  if config.model.lrn_per_column and config.mesh.model not in (1, 2):
+    raise ValueError(
+      f"model.lrn_per_column normalises each of the paper's 2 columns apart, one per device of the split: use "
+      f"mesh.model=1 or 2, or --config.model.lrn_per_column=False for mesh.model={config.mesh.model}"
+    )
   if not 0.0 <= config.data.crop_fraction <= 1.0:
     raise ValueError(f"data.crop_fraction must be in (0, 1] (or 0: no resizing), got {config.data.crop_fraction}")
   if config.data.eval_crops not in (1, 10):
@@ -221,6 +233,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"health.patience must be >= 1, got {config.health.patience}")
   if config.schedule.patience < 1:
     raise ValueError(f"schedule.patience must be >= 1, got {config.schedule.patience}")
+  if config.schedule.warmup_epochs < 0:
+    raise ValueError(f"schedule.warmup_epochs must be >= 0, got {config.schedule.warmup_epochs}")
+  if config.optimizer.bias_lr_multiplier <= 0:
+    raise ValueError(f"optimizer.bias_lr_multiplier must be positive, got {config.optimizer.bias_lr_multiplier}")
 
 
 def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
@@ -78,13 +79,29 @@ ARCHITECTURES: dict[str, Architecture] = {
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's building blocks, as plain functions.
 # ---------------------------------------------------------------------------------------------------------------
-def _lrn_window_sum(sq: Array, n: int, axis_name: str | None = None) -> Array:
+def _lrn_window_sum(sq: Array, n: int, axis_name: str | None = None, groups: int = 1) -> Array:
   """Sum over each channel's window of ``n`` neighbours (zero beyond the edges): n shifted slices, one fused pass.
+
+  ``groups`` > 1: the channels are that many independent columns (cuda-convnet's per-GPU response norm), and a
+  window stops at its column's edges.
 
   With ``axis_name`` (inside ``shard_map``, channels split over that mesh axis in order) the window reaches across
   the split: each device receives its neighbours' ``n // 2`` edge channels (two ``ppermute`` of a thin slice), and
   zeros only at the ends of the whole channel axis. The same sums as on one device."""
   half, channels = n // 2, sq.shape[-1]
+  if groups > 1:
+    if axis_name is not None or channels % groups:
+      raise ValueError(f"a per-column LRN needs {channels} channels in {groups} columns on one device")
+    # The all-channel window with each neighbour's term masked where it lies in another column: the channel axis
+    # keeps its layout (a reshape into columns of 48 channels costs 16% more memory traffic on a TPU: RESULTS.md).
+    padded = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(half, half)])
+    column = np.arange(channels) // (channels // groups)
+    total = 0
+    for i in range(n):
+      neighbour = np.clip(np.arange(channels) + i - half, 0, channels - 1)
+      same = jnp.asarray(column[neighbour] == column, sq.dtype)  # a constant: XLA folds it into the fused pass
+      total = total + padded[..., i : i + channels] * same
+    return total
   if axis_name is None:
     padded = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(half, half)])
   else:
@@ -114,30 +131,31 @@ def _lrn_reference(
   beta: float = 0.75,
   alpha_over_n: bool = False,
   axis_name: str | None = None,
+  groups: int = 1,
 ) -> Array:
   """The formula of Sec. 3.3 written directly (and differentiated by JAX): the reference for the fast path."""
   a = x.astype(jnp.float32)
   scale = alpha / n if alpha_over_n else alpha
-  return (a * jax.lax.pow(k + scale * _lrn_window_sum(jnp.square(a), n, axis_name), -beta)).astype(x.dtype)
+  return (a * jax.lax.pow(k + scale * _lrn_window_sum(jnp.square(a), n, axis_name, groups), -beta)).astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
-def _lrn(a: Array, k: float, n: int, scale: float, beta: float, axis_name: str | None) -> Array:
-  return a * _neg_pow(k + scale * _lrn_window_sum(jnp.square(a), n, axis_name), beta)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
+def _lrn(a: Array, k: float, n: int, scale: float, beta: float, axis_name: str | None, groups: int) -> Array:
+  return a * _neg_pow(k + scale * _lrn_window_sum(jnp.square(a), n, axis_name, groups), beta)
 
 
-def _lrn_fwd(a, k, n, scale, beta, axis_name):
-  d = k + scale * _lrn_window_sum(jnp.square(a), n, axis_name)
+def _lrn_fwd(a, k, n, scale, beta, axis_name, groups):
+  d = k + scale * _lrn_window_sum(jnp.square(a), n, axis_name, groups)
   return a * _neg_pow(d, beta), (a, d)
 
 
-def _lrn_bwd(k, n, scale, beta, axis_name, residuals, g):
+def _lrn_bwd(k, n, scale, beta, axis_name, groups, residuals, g):
   # b_i = a_i d_i^-beta with d_j = k + scale * sum_{m in W(j)} a_m^2, and i in W(j) <=> j in W(i):
   # dL/da_i = g_i d_i^-beta - 2 scale beta a_i sum_{j in W(i)} g_j a_j d_j^(-beta-1).
   del k
   a, d = residuals
   s = _neg_pow(d, beta)
-  return (g * s - (2.0 * scale * beta) * a * _lrn_window_sum(g * a * s / d, n, axis_name),)
+  return (g * s - (2.0 * scale * beta) * a * _lrn_window_sum(g * a * s / d, n, axis_name, groups),)
 
 
 _lrn.defvjp(_lrn_fwd, _lrn_bwd)
@@ -152,6 +170,7 @@ def local_response_norm(
   beta: float = 0.75,
   alpha_over_n: bool = False,
   axis_name: str | None = None,
+  groups: int = 1,
 ) -> Array:
   """Sec. 3.3: b_i = a_i / (k + alpha * sum_{j=i-n/2}^{i+n/2} a_j^2)^beta over channels (the last axis).
 
@@ -161,9 +180,11 @@ def local_response_norm(
   ``beta = 0.75`` uses rsqrt instead of pow; ``_lrn_reference`` is the plain formula, and the tests
   hold the two to float32 rounding. ``axis_name``: the channels are split over that mesh axis (inside
   ``shard_map``); the window still spans all channels, through a halo of ``n // 2`` channels at each split.
+  ``groups``: the channels are that many columns normalised apart (cuda-convnet's per-GPU layers; no halo).
   """
   scale = alpha / n if alpha_over_n else alpha
-  return _lrn(x.astype(jnp.float32), float(k), int(n), float(scale), float(beta), axis_name).astype(x.dtype)
+  a = x.astype(jnp.float32)
+  return _lrn(a, float(k), int(n), float(scale), float(beta), axis_name, int(groups)).astype(x.dtype)
 
 
 def _window_slices(x: Array, axis: int, window: int, stride: int) -> list[Array]:
@@ -335,10 +356,10 @@ def dropout(x: Array, rate: float, rng: Array | None) -> Array:
 Init = Callable[[Array, Sequence[int], int], Array]
 
 
-def paper_normal(key: Array, shape: Sequence[int], fan_in: int) -> Array:
-  """Sec. 5: every weight ~ N(0, 0.01^2)."""
+def paper_normal(key: Array, shape: Sequence[int], fan_in: int, std: float = 0.01) -> Array:
+  """Sec. 5: every weight ~ N(0, 0.01^2) (``std`` for the published configurations that differ per layer)."""
   del fan_in
-  return 0.01 * jax.random.normal(key, shape, jnp.float32)
+  return std * jax.random.normal(key, shape, jnp.float32)
 
 
 def torch_uniform(key: Array, shape: Sequence[int], fan_in: int) -> Array:
@@ -347,7 +368,34 @@ def torch_uniform(key: Array, shape: Sequence[int], fan_in: int) -> Array:
   return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
 
-INITS: dict[str, Init] = {"paper": paper_normal, "torch": torch_uniform}
+@dataclasses.dataclass(frozen=True)
+class InitScheme:
+  """How a scheme draws each layer: N(0, std^2) weights (``stds`` per layer, else ``std``) and constant biases
+  (``bias_one`` for the layers the architecture starts at one, else 0), or PyTorch's default (``torch``)."""
+
+  std: float = 0.01
+  stds: tuple[tuple[str, float], ...] = ()
+  bias_one: float = 1.0
+  torch: bool = False
+
+  def params(self, rngs: nnx.Rngs, layer: str, shape: Sequence[int], fan_in: int, bias_is_one: bool):
+    """(kernel, bias) of ``layer``; the bias has ``shape[-1]`` entries."""
+    if self.torch:
+      kernel = torch_uniform(rngs.params(), shape, fan_in)
+      return kernel, torch_uniform(rngs.params(), shape[-1:], fan_in)
+    kernel = paper_normal(rngs.params(), shape, fan_in, dict(self.stds).get(layer, self.std))
+    return kernel, jnp.full(shape[-1:], self.bias_one if bias_is_one else 0.0, jnp.float32)
+
+
+# The paper's text (Sec. 5); the authors' own cuda-convnet2 ImageNet layer files (layers-imagenet-2gpu-model.cfg:
+# initW 0.01 for conv1/2 and the FC layers, 0.03 for conv3-5, initB 1 where the paper says 1); Caffe's bvlc_alexnet
+# (N(0, 0.005) for fc6/fc7, biases of 0.1 where the paper has 1); PyTorch's default (the 'owt' variant's).
+INITS: dict[str, InitScheme] = {
+  "paper": InitScheme(),
+  "cuda_convnet2": InitScheme(stds=(("conv3", 0.03), ("conv4", 0.03), ("conv5", 0.03))),
+  "caffe": InitScheme(stds=(("fc6", 0.005), ("fc7", 0.005)), bias_one=0.1),
+  "torch": InitScheme(torch=True),
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -365,8 +413,9 @@ class Conv(nnx.Module):
     stride: int,
     padding: int,
     groups: int,
-    init: str,
-    bias_value: float,
+    init: InitScheme,
+    layer: str,
+    bias_is_one: bool,
     impl: str,
     dtype: jnp.dtype,
     rngs: nnx.Rngs,
@@ -375,9 +424,8 @@ class Conv(nnx.Module):
       raise ValueError(f"channels {in_channels}->{out_channels} do not divide into {groups} groups")
     fan_in = kernel_size * kernel_size * in_channels // groups
     shape = (kernel_size, kernel_size, in_channels // groups, out_channels)
-    self.kernel = nnx.Param(INITS[init](rngs.params(), shape, fan_in))
-    bias = INITS[init](rngs.params(), (out_channels,), fan_in) if init == "torch" else jnp.zeros((out_channels,))
-    self.bias = nnx.Param(jnp.full((out_channels,), bias_value, jnp.float32) if bias_value else bias)
+    kernel, bias = init.params(rngs, layer, shape, fan_in, bias_is_one)
+    self.kernel, self.bias = nnx.Param(kernel), nnx.Param(bias)
     self.stride, self.padding, self.groups, self.impl, self.dtype = stride, padding, groups, impl, dtype
 
   def __call__(self, x: Array) -> Array:
@@ -401,11 +449,18 @@ class Dense(nnx.Module):
   """A fully connected layer with float32 parameters, computed in ``dtype``."""
 
   def __init__(
-    self, in_features: int, out_features: int, *, init: str, bias_value: float, dtype: jnp.dtype, rngs: nnx.Rngs
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    init: InitScheme,
+    layer: str,
+    bias_is_one: bool,
+    dtype: jnp.dtype,
+    rngs: nnx.Rngs,
   ):
-    self.kernel = nnx.Param(INITS[init](rngs.params(), (in_features, out_features), in_features))
-    bias = INITS[init](rngs.params(), (out_features,), in_features) if init == "torch" else jnp.zeros((out_features,))
-    self.bias = nnx.Param(jnp.full((out_features,), bias_value, jnp.float32) if bias_value else bias)
+    kernel, bias = init.params(rngs, layer, (in_features, out_features), in_features, bias_is_one)
+    self.kernel, self.bias = nnx.Param(kernel), nnx.Param(bias)
     self.dtype = dtype
 
   def __call__(self, x: Array) -> Array:
@@ -433,6 +488,7 @@ class AlexNet(nnx.Module):
     width: float = 1.0,
     dropout_rate: float = 0.5,
     lrn_alpha_over_n: bool = False,
+    lrn_per_column: bool = False,
     conv_impl: str = "split",
     conv1_impl: str = "conv",
     init: str | None = None,
@@ -447,6 +503,9 @@ class AlexNet(nnx.Module):
     self.image_size = image_size or arch.image_size
     self.dropout_rate = dropout_rate
     self.lrn_alpha_over_n = lrn_alpha_over_n
+    # cuda-convnet normalised each GPU's maps apart (its response-norm layers sit in each column); the paper's text
+    # and one-device frameworks normalise across all of a layer's channels.
+    self.lrn_columns = max(arch.conv_groups) if lrn_per_column else 1
     # The paper's two columns (Sec. 3.2): with a 'model' mesh axis, each device computes its own slice of every
     # conv layer (``_columns``). The mesh is static: it decides how the function is computed, not what it is.
     self.mesh = mesh if mesh is not None and dict(mesh.shape).get("model", 1) > 1 else None
@@ -456,6 +515,7 @@ class AlexNet(nnx.Module):
       raise ValueError(f"model.conv1_impl must be 'conv' or 'patches', got {conv1_impl!r}")
     if init not in INITS:
       raise ValueError(f"model.init must be one of {sorted(INITS)}, got {init!r}")
+    scheme = INITS[init]
 
     size, in_ch = self.image_size, 3
     convs = []
@@ -470,8 +530,9 @@ class AlexNet(nnx.Module):
           stride=arch.conv_strides[i],
           padding=arch.conv_paddings[i],
           groups=arch.conv_groups[i],
-          init=init,
-          bias_value=1.0 if layer in arch.bias_one else 0.0,
+          init=scheme,
+          layer=layer,
+          bias_is_one=layer in arch.bias_one,
           impl=conv1_impl if i == 0 else conv_impl,
           dtype=dtype,
           rngs=rngs,
@@ -492,7 +553,13 @@ class AlexNet(nnx.Module):
       layer = f"fc{j + 6}"
       fcs.append(
         Dense(
-          in_features, features, init=init, bias_value=1.0 if layer in arch.bias_one else 0.0, dtype=dtype, rngs=rngs
+          in_features,
+          features,
+          init=scheme,
+          layer=layer,
+          bias_is_one=layer in arch.bias_one,
+          dtype=dtype,
+          rngs=rngs,
         )
       )
       in_features = features
@@ -536,12 +603,21 @@ class AlexNet(nnx.Module):
         x, groups = _column_input(x, groups, axis_name)
       x = jax.nn.relu(conv.compute(x, kernel, bias, groups))
       if arch.lrn_after[i]:
-        x = local_response_norm(x, alpha_over_n=self.lrn_alpha_over_n, axis_name=axis_name)
+        x = self._lrn(x, axis_name)
       acts[f"conv{i + 1}"] = x
       if arch.pool_after[i]:
         x = overlapping_max_pool(x)
         acts[f"pool{i + 1}"] = x
     return x, acts
+
+  def _lrn(self, x: Array, axis_name: str | None) -> Array:
+    """Sec. 3.3's normalisation inside the conv tower: across all channels (through the split's halo under
+    ``axis_name``), or per column, where each device of a split that many wide holds exactly one column."""
+    if self.lrn_columns == 1:
+      return local_response_norm(x, alpha_over_n=self.lrn_alpha_over_n, axis_name=axis_name)
+    if axis_name is None:
+      return local_response_norm(x, alpha_over_n=self.lrn_alpha_over_n, groups=self.lrn_columns)
+    return local_response_norm(x, alpha_over_n=self.lrn_alpha_over_n)  # this device's channels are its column
 
   def _columns(self, x: Array, weights: list[tuple[Array, Array]]) -> tuple[Array, dict[str, Array]]:
     """The conv layers split over the mesh's 'model' axis as the paper split them over two GPUs (Sec. 3.2, Fig. 2):
@@ -557,6 +633,11 @@ class AlexNet(nnx.Module):
           f"mesh.model={model} cannot split a conv layer of {out} channels in {conv.groups} groups: use mesh.model=2 "
           "(the paper's split) or 1"
         )
+    if self.lrn_columns > 1 and model != self.lrn_columns:
+      raise ValueError(
+        f"model.lrn_per_column normalises each of the {self.lrn_columns} columns apart: it needs mesh.model=1 or "
+        f"{self.lrn_columns}, got {model}"
+      )
     weight_specs = [(P(None, None, None, "model"), P("model"))] * len(weights)
     channels = P("data", None, None, "model")
     names = [f"conv{i + 1}" for i in range(5)] + [f"pool{i + 1}" for i in range(5) if self.arch.pool_after[i]]

@@ -34,6 +34,7 @@ def paper_sgd(
   weight_decay: float = 5e-4,
   weight_decay_mode: str = "coupled",
   decay_mask: Any = None,
+  lr_multipliers: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """SGD with momentum and weight decay as in the paper; ``update(..., learning_rate=eps)``.
 
@@ -42,6 +43,8 @@ def paper_sgd(
     ``decoupled`` v <- m v - eps*g;             w <- w + v - eps*wd*w (decay outside the velocity, as in SGDW)
     ``none``      v <- m v - eps*g;             w <- w + v
   decay_mask: optional pytree of bools (or a callable params -> pytree) choosing which parameters decay.
+  lr_multipliers: optional pytree of floats (or a callable params -> pytree): each parameter's eps is the learning
+    rate times its multiplier (cuda-convnet's epsB = 2 epsW for biases); None: 1 for every parameter.
   """
   if weight_decay_mode not in WEIGHT_DECAY_MODES:
     raise ValueError(f"optimizer.weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got {weight_decay_mode!r}")
@@ -59,12 +62,14 @@ def paper_sgd(
     if mask is None:
       mask = jax.tree.map(lambda _: True, params)
     decay = jax.tree.map(lambda w, m: wd * w if m else jnp.zeros_like(w), params, mask)
+    mults = lr_multipliers(params) if callable(lr_multipliers) else lr_multipliers
+    eps = jax.tree.map(lambda _: lr, params) if mults is None else jax.tree.map(lambda m: lr * m, mults)
     if weight_decay_mode == "coupled":
-      velocity = jax.tree.map(lambda v, g, d: momentum * v - lr * d - lr * g, state.velocity, grads, decay)
+      velocity = jax.tree.map(lambda v, g, d, e: momentum * v - e * d - e * g, state.velocity, grads, decay, eps)
       updates = velocity
     else:
-      velocity = jax.tree.map(lambda v, g: momentum * v - lr * g, state.velocity, grads)
-      updates = jax.tree.map(lambda v, d: v - lr * d, velocity, decay)
+      velocity = jax.tree.map(lambda v, g, e: momentum * v - e * g, state.velocity, grads, eps)
+      updates = jax.tree.map(lambda v, d, e: v - e * d, velocity, decay, eps)
     return updates, PaperSgdState(velocity=velocity)
 
   return optax.GradientTransformationExtraArgs(init, update)
@@ -83,16 +88,23 @@ def base_schedule(
   factor: float = 0.1,
   warmup_epochs: float = 0.0,
 ) -> optax.Schedule:
-  """The step-dependent part of the learning rate; the plateau scale multiplies it (1 unless ``paper``)."""
-  if name in ("paper", "constant"):
-    return optax.constant_schedule(learning_rate)
-  if name == "step":
-    boundaries = {int(round(e * steps_per_epoch)): factor for e in step_epochs}
-    return optax.piecewise_constant_schedule(learning_rate, boundaries)
+  """The step-dependent part of the learning rate; the plateau scale multiplies it (1 unless ``paper``).
+
+  ``warmup_epochs`` > 0: the rate rises linearly from 0 over that many epochs first (any schedule; the paper has
+  none)."""
+  warmup = int(round(warmup_epochs * steps_per_epoch))
   if name == "cosine":
-    warmup = int(round(warmup_epochs * steps_per_epoch))
     return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, max(total_steps, warmup + 1))
-  raise ValueError(f"schedule.name must be one of {SCHEDULES}, got {name!r}")
+  if name in ("paper", "constant"):
+    schedule = optax.constant_schedule(learning_rate)
+  elif name == "step":
+    boundaries = {int(round(e * steps_per_epoch)): factor for e in step_epochs}
+    schedule = optax.piecewise_constant_schedule(learning_rate, boundaries)
+  else:
+    raise ValueError(f"schedule.name must be one of {SCHEDULES}, got {name!r}")
+  if warmup <= 0:
+    return schedule
+  return lambda step: schedule(step) * jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup)
 
 
 def plateau_init() -> dict[str, jax.Array]:

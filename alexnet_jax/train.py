@@ -55,6 +55,7 @@ def make_model_fn(config: ml_collections.ConfigDict, mesh) -> Callable[..., mode
     width=m.width,
     dropout_rate=m.dropout_rate,
     lrn_alpha_over_n=m.lrn_alpha_over_n,
+    lrn_per_column=m.lrn_per_column,
     conv_impl=conv_impl,
     conv1_impl=conv1_impl,
     init=m.init or None,
@@ -72,12 +73,14 @@ def conv_impls(config: ml_collections.ConfigDict, platform: str | None = None) -
 
 def make_optimizer(config: ml_collections.ConfigDict):
   o = config.optimizer
-  decay_mask = None
-  if not o.decay_biases:
-    decay_mask = lambda params: jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], "key", None) != "bias", params
-    )
-  return optim.paper_sgd(o.momentum, o.weight_decay, o.weight_decay_mode, decay_mask)
+  is_bias = lambda params: jax.tree_util.tree_map_with_path(
+    lambda path, _: getattr(path[-1], "key", None) == "bias", params
+  )
+  decay_mask = None if o.decay_biases else lambda params: jax.tree.map(lambda b: not b, is_bias(params))
+  lr_multipliers = None
+  if o.bias_lr_multiplier != 1.0:
+    lr_multipliers = lambda params: jax.tree.map(lambda b: o.bias_lr_multiplier if b else 1.0, is_bias(params))
+  return optim.paper_sgd(o.momentum, o.weight_decay, o.weight_decay_mode, decay_mask, lr_multipliers)
 
 
 def schedule_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, int, int]:

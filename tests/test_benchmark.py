@@ -63,3 +63,24 @@ def test_command_line_prints_json(tmp_path):
   assert (
     row["model"] == "owt" and row["dtype"] == "bfloat16" and set(row["forward_flops_per_layer"]) == set(M.LAYER_NAMES)
   )
+
+
+def test_the_early_dynamics_study_runs_valid_commands_and_reads_them_right():
+  """benchmarks/early_dynamics.py (issue 13's study): every variant's command parses and validates as main takes it,
+  each spells out every choice under study, and 'left chance' is three log windows in a row 0.1 below ln(C)."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import early_dynamics as study
+
+  runs = study.commands("/data", "/out", 300, [0, 1], list(study.VARIANTS))
+  assert len(runs) == 2 * len(study.VARIANTS) and len({workdir for _, _, workdir, _ in runs}) == len(runs)
+  study.check(runs)
+  for name, _, _, cmd in runs:
+    assert all(any(a.startswith(f) for a in cmd) for f in ("--config.model.init=", "--config.model.lrn_per_column=")), (
+      name
+    )
+  name, seed, workdir, cmd = runs[0]
+  with pytest.raises(SystemExit, match=r"model\.lrn_per_colum"):
+    study.check([(name, seed, workdir, [*cmd, "--config.model.lrn_per_colum=True"])])
+  steps = [10, 20, 30, 40, 50, 60]
+  assert study.left_chance(steps, [2.4, 2.1, 2.3, 2.1, 2.0, 1.9], chance=2.3026) == 40
+  assert study.left_chance(steps, [2.4, 2.1, 2.1, 2.3, 2.1, 2.1], chance=2.3026) is None

@@ -22,6 +22,7 @@ def colab_env(devices: int) -> dict[str, str]:
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return env
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.path.join(ROOT, ".venv-colab")
 PYTHON = os.path.join(VENV, "bin", "python")

@@ -126,14 +126,15 @@ def test_split_and_grouped_networks_agree():
   np.testing.assert_allclose(np.asarray(a(x)), np.asarray(b(x)), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name,size", [("paper", 67), ("owt", 64)])
-def test_the_model_split_computes_the_same_network_and_its_gradient(name, size):
+@pytest.mark.parametrize("name,size,per_column", [("paper", 67, False), ("owt", 64, False), ("paper", 67, True)])
+def test_the_model_split_computes_the_same_network_and_its_gradient(name, size, per_column):
   """mesh.model=2 (each device its own slice of every conv layer, inside shard_map; the LRN's window across the split
-  through a halo) against one device: the same activations, logits and gradients."""
+  through a halo, or none per column) against one device: the same activations, logits and gradients."""
   from alexnet_jax import parallel
 
   mesh = parallel.create_mesh(2)  # data 4 x model 2
   kw = dict(width=0.125, image_size=size, num_classes=10, dropout_rate=0.0, rngs=nnx.Rngs(0))
+  kw["lrn_per_column"] = per_column
   one, split = M.AlexNet(name, **kw), M.AlexNet(name, mesh=mesh, **{**kw, "rngs": nnx.Rngs(0)})
   x = jax.random.normal(jax.random.key(1), (8, size, size, 3)) * 20
 
@@ -178,6 +179,22 @@ def test_lrn_across_a_channel_split_sees_its_neighbours():
   np.testing.assert_allclose(np.asarray(grad(jax.jit(split))), np.asarray(grad(M._lrn_reference)), rtol=1e-4, atol=1e-6)
 
 
+def test_per_column_lrn_normalises_each_column_apart():
+  """model.lrn_per_column: cuda-convnet's per-GPU response norm. Each half of the channels is normalised as if it
+  were the whole layer (windows stop at the column's edge), value and hand-written gradient; the network with it
+  differs from the all-channel one only through the two channels at the split."""
+  x = jax.random.uniform(jax.random.key(0), (2, 3, 3, 12), minval=-40, maxval=60)
+  kw = dict(alpha=1e-3, alpha_over_n=True)  # a large alpha, so the window term matters
+  halves = lambda a: jnp.concatenate([M._lrn_reference(a[..., :6], **kw), M._lrn_reference(a[..., 6:], **kw)], -1)
+  fast, ref = (value_and_grad_of(f, x) for f in (lambda a: M.local_response_norm(a, groups=2, **kw), halves))
+  np.testing.assert_allclose(float(fast[0]), float(ref[0]), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(fast[1]), np.asarray(ref[1]), rtol=2e-5, atol=2e-6)
+  joint = np.asarray(M.local_response_norm(x, **kw))
+  apart = np.asarray(M.local_response_norm(x, groups=2, **kw))
+  np.testing.assert_array_equal(apart[..., [0, 1, 2, 3, 8, 9, 10, 11]], joint[..., [0, 1, 2, 3, 8, 9, 10, 11]])
+  assert not np.allclose(apart[..., 4:8], joint[..., 4:8])
+
+
 def test_overlapping_max_pool_matches_reduce_window():
   x = jax.random.normal(jax.random.key(1), (2, 13, 13, 5))
   ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
@@ -194,6 +211,24 @@ def test_paper_initialisation():
     expected = 1.0 if layer in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
     np.testing.assert_array_equal(bias, np.full_like(bias, expected), err_msg=layer)
   assert all(params[layer]["kernel"].dtype == jnp.float32 for layer in M.LAYER_NAMES)
+
+
+@pytest.mark.parametrize(
+  "init,stds,bias_one",
+  [
+    ("cuda_convnet2", {"conv3": 0.03, "conv4": 0.03, "conv5": 0.03}, 1.0),  # the authors' layer files
+    ("caffe", {"fc6": 0.005, "fc7": 0.005}, 0.1),  # bvlc_alexnet
+  ],
+)
+def test_published_initialisations(init, stds, bias_one):
+  params = params_of(M.AlexNet("paper", init=init, rngs=nnx.Rngs(0)))
+  for layer in M.LAYER_NAMES:
+    w = np.asarray(params[layer]["kernel"])
+    std = stds.get(layer, 0.01)
+    assert abs(w.std() - std) < 0.05 * std, (layer, w.std(), std)
+    bias = np.asarray(params[layer]["bias"])
+    expected = bias_one if layer in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+    np.testing.assert_array_equal(bias, np.full_like(bias, expected), err_msg=layer)
 
 
 def test_owt_uses_pytorch_default_init():

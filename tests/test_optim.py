@@ -57,6 +57,44 @@ def test_decay_mask_spares_biases():
   assert float(updates["kernel"]) == pytest.approx(-0.5) and float(updates["bias"]) == 0.0
 
 
+@pytest.mark.parametrize("mode", ["coupled", "decoupled", "none"])
+def test_bias_learning_rate_multiplier_is_that_parameter_s_own_rate(mode):
+  """cuda-convnet's epsB = 2 epsW: a parameter with multiplier m follows the reference loop at rate m * eps,
+  across a rate drop; the others are untouched by it."""
+  rng = np.random.default_rng(1)
+  w0, b0 = rng.normal(size=(4, 3)), rng.normal(size=(3,))
+  grads = [(rng.normal(size=(4, 3)), rng.normal(size=(3,))) for _ in range(6)]
+  lrs = [0.01] * 3 + [0.001] * 3
+  tx = optim.paper_sgd(0.9, 5e-4, mode, lr_multipliers=lambda p: {"kernel": 1.0, "bias": 2.0})
+  params = {"kernel": jnp.asarray(w0, jnp.float32), "bias": jnp.asarray(b0, jnp.float32)}
+  state = tx.init(params)
+  for (gw, gb), lr in zip(grads, lrs):
+    g = {"kernel": jnp.asarray(gw, jnp.float32), "bias": jnp.asarray(gb, jnp.float32)}
+    updates, state = tx.update(g, state, params, learning_rate=lr)
+    params = optax.apply_updates(params, updates)
+  expected_w = numpy_reference(w0, [g for g, _ in grads], lrs, mode)
+  expected_b = numpy_reference(b0, [g for _, g in grads], [2 * lr for lr in lrs], mode)
+  np.testing.assert_allclose(np.asarray(params["kernel"]), expected_w, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(params["bias"]), expected_b, rtol=1e-5, atol=1e-6)
+
+
+def test_train_s_optimizer_gives_biases_their_multiplier_and_spares_their_decay():
+  import ml_collections
+
+  from alexnet_jax import config_lib, train
+
+  config = config_lib.base_config()
+  config.optimizer = ml_collections.ConfigDict(
+    {**config.optimizer.to_dict(), "bias_lr_multiplier": 2.0, "decay_biases": False, "weight_decay": 0.5}
+  )
+  tx = train.make_optimizer(config)
+  params = {"fc6": {"kernel": jnp.ones(()), "bias": jnp.ones(())}}
+  grads = {"fc6": {"kernel": jnp.ones(()), "bias": jnp.ones(())}}
+  updates, _ = tx.update(grads, tx.init(params), params, learning_rate=0.1)
+  assert float(updates["fc6"]["kernel"]) == pytest.approx(-0.1 - 0.1 * 0.5)  # eps g + eps wd w
+  assert float(updates["fc6"]["bias"]) == pytest.approx(-0.2)  # 2 eps g, no decay
+
+
 def test_plateau_decisions():
   s = optim.plateau_init()
   scales, drops = [], []
@@ -82,5 +120,11 @@ def test_step_and_cosine_schedules():
   assert [float(step(i)) for i in (0, 29, 30, 59, 60)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
   cos = optim.base_schedule("cosine", learning_rate=0.1, steps_per_epoch=10, total_steps=100, warmup_epochs=1)
   assert float(cos(0)) == 0.0 and float(cos(10)) == pytest.approx(0.1) and float(cos(100)) == pytest.approx(0.0)
+  warm = optim.base_schedule("paper", learning_rate=0.1, steps_per_epoch=10, total_steps=100, warmup_epochs=2)
+  assert [float(warm(i)) for i in (0, 5, 10, 20, 50)] == pytest.approx([0.0, 0.025, 0.05, 0.1, 0.1])
+  warm_step = optim.base_schedule(
+    "step", learning_rate=0.1, steps_per_epoch=10, total_steps=100, step_epochs=(3,), warmup_epochs=1
+  )
+  assert [float(warm_step(i)) for i in (5, 10, 30)] == pytest.approx([0.05, 0.1, 0.01])
   with pytest.raises(ValueError, match=r"schedule\.name"):
     optim.base_schedule("exp", learning_rate=0.1, steps_per_epoch=1, total_steps=1)
