@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     name: python3
@@ -30,6 +32,8 @@ IN_COLAB = "google.colab" in sys.modules
 TEST_MODE = os.environ.get("ALEXNET_JAX_NOTEBOOK_TEST") == "1"  # CI: the quickstart's tiny run
 REPO_URL = "https://github.com/OWNER/alexnet_jax"  # @param {type:"string"}
 
+if IN_COLAB and "OWNER" in REPO_URL:
+  raise SystemExit("Set REPO_URL above to where this repository lives (its git URL), then run this cell again.")
 if IN_COLAB and not os.path.exists("/content/alexnet_jax"):
   subprocess.run(["git", "clone", "-q", "--depth=1", REPO_URL, "/content/alexnet_jax"], check=True)
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", "/content/alexnet_jax"], check=True)

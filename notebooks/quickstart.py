@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     name: python3
@@ -29,6 +31,8 @@ IN_COLAB = "google.colab" in sys.modules
 TEST_MODE = os.environ.get("ALEXNET_JAX_NOTEBOOK_TEST") == "1"  # CI: a few steps on a tiny dataset
 REPO_URL = "https://github.com/OWNER/alexnet_jax"  # @param {type:"string"}
 
+if IN_COLAB and "OWNER" in REPO_URL:
+  raise SystemExit("Set REPO_URL above to where this repository lives (its git URL), then run this cell again.")
 if IN_COLAB and not os.path.exists("/content/alexnet_jax"):
   # A regular install, not an editable one (Colab would not see that until the runtime restarts); the clone gives
   # the configs/ folder and these notebooks' working directory.
