@@ -124,6 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.health.chance_margin = 0.05  # "at chance": |loss - ln(num_classes)| below this (nats) ...
   c.health.vanishing_grad = 0.1  # ... with the gradient norm below this fraction of the largest logged so far ...
   c.health.patience = 3  # ... for this many log windows in a row; a layer whose ReLUs are all dead fires at once
+  # > 0: also fire when the loss is still within chance_margin of ln(num_classes) (patience windows in a row) at this
+  # step, whatever the gradient does. configs/paper.py sets it (its docstring: what a healthy start looks like).
+  c.health.max_steps_at_chance = 0
 
   c.profile = ml_collections.ConfigDict()
   c.profile.enabled = False  # a jax.profiler trace of a few steps, viewable in TensorBoard's profile tab
@@ -231,6 +234,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   choice("health.on_collapse", config.health.on_collapse, ("warn", "stop"))
   if config.health.patience < 1:
     raise ValueError(f"health.patience must be >= 1, got {config.health.patience}")
+  if config.health.max_steps_at_chance < 0:
+    raise ValueError(f"health.max_steps_at_chance must be >= 0 (0: off), got {config.health.max_steps_at_chance}")
   if config.schedule.patience < 1:
     raise ValueError(f"schedule.patience must be >= 1, got {config.schedule.patience}")
   if config.schedule.warmup_epochs < 0:

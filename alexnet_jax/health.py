@@ -24,14 +24,25 @@ class CollapseDetector:
 
   It fires when a layer's ReLUs are all dead over a whole window (every unit zero for every example of every batch
   averaged: ``dead_relu`` = 1), or when for ``patience`` log windows in a row the loss is within ``chance_margin`` of
-  ln(num_classes) and the gradient norm is below ``vanishing_grad`` times the largest logged so far.
+  ln(num_classes) and the gradient norm is below ``vanishing_grad`` times the largest logged so far, or (with
+  ``max_steps_at_chance`` > 0) when a window ending at or after that step is still within the margin, whatever the
+  gradient does (a network that has not started to learn by then).
   """
 
-  def __init__(self, num_classes: int, *, chance_margin: float, vanishing_grad: float, patience: int):
+  def __init__(
+    self,
+    num_classes: int,
+    *,
+    chance_margin: float,
+    vanishing_grad: float,
+    patience: int,
+    max_steps_at_chance: int = 0,
+  ):
     self.chance = math.log(num_classes)
     self.chance_margin, self.vanishing_grad, self.patience = chance_margin, vanishing_grad, patience
+    self.max_steps_at_chance = max_steps_at_chance
     self.max_grad_norm = 0.0
-    self.streak = 0
+    self.streak = 0  # windows in a row at chance with a faded gradient
     self.fired = False
 
   def update(self, step: int, values: dict[str, Any]) -> str | None:
@@ -41,20 +52,28 @@ class CollapseDetector:
     loss, grad_norm = float(values["loss"]), float(values["grad_norm"])
     self.max_grad_norm = max(self.max_grad_norm, grad_norm)
     dead = [layer for layer in RELU_LAYERS if float(values.get(f"dead_relu_{layer}", 0.0)) >= 1.0]
-    at_chance = abs(loss - self.chance) < self.chance_margin and grad_norm < self.vanishing_grad * self.max_grad_norm
-    self.streak = self.streak + 1 if at_chance else 0
-    if not dead and self.streak < self.patience:
+    near = abs(loss - self.chance) < self.chance_margin
+    faded = grad_norm < self.vanishing_grad * self.max_grad_norm
+    self.streak = self.streak + 1 if near and faded else 0
+    still = 0 < self.max_steps_at_chance <= step and near
+    if not dead and self.streak < self.patience and not still:
       return None
     self.fired = True
-    layers = (
-      f"dead layers (every ReLU zero over the batch): {', '.join(dead)}"
-      if dead
-      else "no layer is entirely dead (the gradient faded instead)"
-    )
+    if dead:
+      layers = f"dead layers (every ReLU zero over the batch): {', '.join(dead)}"
+    elif self.streak >= self.patience:
+      layers = "no layer is entirely dead (the gradient faded instead)"
+    else:
+      layers = (
+        f"no layer is entirely dead, and the loss has not left ln({round(math.exp(self.chance))}) in "
+        f"{self.max_steps_at_chance} steps (health.max_steps_at_chance)"
+      )
     return (
       f"Training looks stuck at chance at step {step}: loss {loss:.4f} vs ln({round(math.exp(self.chance))}) = "
       f"{self.chance:.4f}, gradient norm {grad_norm:.3g} (largest logged {self.max_grad_norm:.3g}); {layers}. "
       "The per-layer train_grad_norm_*, train_update_ratio_* and train_dead_relu_* in metrics.jsonl show where the "
-      "signal stops. Things to try: --config.model.lrn_alpha_over_n=True, --config.model.init=torch, a lower "
-      "--config.optimizer.learning_rate, in a new --workdir. (health.on_collapse='stop' ends the run here instead.)"
+      "signal stops. Things to try, in a new --workdir: the authors' own settings (configs/paper.py, not "
+      "configs/paper.py:text), another --config.seed, --config.model.init=torch, a lower "
+      "--config.optimizer.learning_rate (benchmarks/RESULTS.md, 'The paper recipe's first steps'). "
+      "(health.on_collapse='stop' ends the run here instead.)"
     )

@@ -370,8 +370,8 @@ def torch_uniform(key: Array, shape: Sequence[int], fan_in: int) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class InitScheme:
-  """How a scheme draws each layer: N(0, std^2) weights (``stds`` per layer, else ``std``) and constant biases
-  (``bias_one`` for the layers the architecture starts at one, else 0), or PyTorch's default (``torch``)."""
+  """How a scheme draws each layer: N(0, std^2) weights (``stds`` per layer, else ``std``), or PyTorch's default
+  (``torch``); the biases the architecture starts at one get ``bias_one``, the others 0 (or PyTorch's default)."""
 
   std: float = 0.01
   stds: tuple[tuple[str, float], ...] = ()
@@ -380,11 +380,12 @@ class InitScheme:
 
   def params(self, rngs: nnx.Rngs, layer: str, shape: Sequence[int], fan_in: int, bias_is_one: bool):
     """(kernel, bias) of ``layer``; the bias has ``shape[-1]`` entries."""
-    if self.torch:
-      kernel = torch_uniform(rngs.params(), shape, fan_in)
-      return kernel, torch_uniform(rngs.params(), shape[-1:], fan_in)
+    one = jnp.full(shape[-1:], self.bias_one, jnp.float32)
+    if self.torch:  # the architecture's biases of one stay one (the paper network with PyTorch's init: the demo)
+      kernel, bias = torch_uniform(rngs.params(), shape, fan_in), torch_uniform(rngs.params(), shape[-1:], fan_in)
+      return kernel, one if bias_is_one else bias
     kernel = paper_normal(rngs.params(), shape, fan_in, dict(self.stds).get(layer, self.std))
-    return kernel, jnp.full(shape[-1:], self.bias_one if bias_is_one else 0.0, jnp.float32)
+    return kernel, one if bias_is_one else jnp.zeros(shape[-1:], jnp.float32)
 
 
 # The paper's text (Sec. 5); the authors' own cuda-convnet2 ImageNet layer files (layers-imagenet-2gpu-model.cfg:

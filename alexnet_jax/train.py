@@ -483,7 +483,11 @@ def _run(
   train_metrics = None
   h = config.health
   detector = health.CollapseDetector(
-    config.model.num_classes, chance_margin=h.chance_margin, vanishing_grad=h.vanishing_grad, patience=h.patience
+    config.model.num_classes,
+    chance_margin=h.chance_margin,
+    vanishing_grad=h.vanishing_grad,
+    patience=h.patience,
+    max_steps_at_chance=h.max_steps_at_chance,
   )
   last_good_ckpt = ckpt.all_steps()[-1] if ckpt.all_steps() else None
   window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0

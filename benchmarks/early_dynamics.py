@@ -202,6 +202,30 @@ def summary(out: str, num_classes: int = 10) -> str:
   return "\n".join(rows)
 
 
+def activations(raw: str, count: int = 32) -> str:
+  """|fc7|^2 per example at initialisation, on ``count`` training crops (centre 227, minus their mean colour), for
+  each initialisation studied: the size of the first update's effect on the logits (RESULTS.md)."""
+  import glob
+
+  import jax.numpy as jnp
+  from flax import nnx
+  from PIL import Image
+
+  from alexnet_jax import model as model_lib
+
+  files = sorted(glob.glob(os.path.join(raw, "train", "*", "*.jpg")))
+  files = files[:: max(1, len(files) // count)][:count]
+  x = np.stack([np.asarray(Image.open(f).convert("RGB"))[14:241, 14:241] for f in files]).astype(np.float32)
+  x -= x.mean(axis=(0, 1, 2))
+  lines = []
+  for init in ("paper", "cuda_convnet2", "caffe"):
+    net = model_lib.AlexNet("paper", num_classes=10, init=init, lrn_alpha_over_n=True, rngs=nnx.Rngs(0))
+    _, acts = net(jnp.asarray(x), return_activations=True)
+    fc7 = np.asarray(acts["fc7"])
+    lines.append(f"{init}: |fc7|^2 per example {(fc7**2).sum(1).mean():.0f}, mean fc7 output {fc7.mean():.3f}")
+  return "\n".join(lines)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -216,6 +240,8 @@ def main() -> None:
   r.add_argument("--steps", type=int, default=300)
   r.add_argument("--seeds", default="0")
   r.add_argument("--variants", default=";".join(VARIANTS), help="';'-separated names from VARIANTS")
+  a = sub.add_parser("activations")
+  a.add_argument("--raw", required=True, help="build's OUT/raw")
   s = sub.add_parser("summary")
   s.add_argument("--out", required=True)
   args = parser.parse_args()
@@ -227,6 +253,8 @@ def main() -> None:
     if unknown:
       raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     run(commands(args.data, args.out, args.steps, [int(s) for s in args.seeds.split(",")], names))
+  elif args.command == "activations":
+    print(activations(args.raw))
   else:
     print(summary(args.out))
 

@@ -64,8 +64,10 @@ def result_shapes(hlo: str, ops: tuple[str, ...]) -> list[tuple[str, tuple[int, 
   return found
 
 
-def assert_paper_layout(hlo: str, train: dict, *, model: int, data: int, batch: int):
-  """What the compiled train step of the paper net must show, read from its HLO."""
+def assert_paper_layout(hlo: str, train: dict, *, model: int, data: int, batch: int, halo: bool = False):
+  """What the compiled train step of the paper net must show, read from its HLO. ``halo``: the LRN spans all
+  channels across the split (configs/paper.py:text); otherwise each column is normalised apart (the authors' code,
+  configs/paper.py) and nothing but the paper's exchanges and the gradients cross devices."""
   b = batch // data
   forward = [c for c in aot.convolutions(hlo) if not c["backward"]]
   # Every conv layer's output as this device computes it: the layer's channels / model, each exactly once. With the
@@ -82,6 +84,9 @@ def assert_paper_layout(hlo: str, train: dict, *, model: int, data: int, batch: 
   # All-gathers move activations (batch-major: this device's examples), never a kernel.
   for dtype, dims in result_shapes(hlo, ("all-gather", "all-gather-done")):
     assert dims and dims[0] == b, (dtype, dims)
+  # The LRN's halo is the only neighbour exchange (collective-permute): there with the text's all-channel LRN under
+  # the split, absent per column and without a split.
+  assert ("collective-permute" in train["collectives"]) == (halo and model > 1), train["collectives"]
   moved = sum(v["bytes"] for v in train["collectives"].values())
   assert moved <= collective_budget(model=model, data=data, batch_per_device=b), train["collectives"]
   # The LRN (rsqrt), the softmax (exp) and the loss (log) are computed in float32, whatever the model's dtype.
@@ -162,14 +167,19 @@ def test_paper_net_on_two_h100s_with_the_model_split(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-  "target,model,data",
-  [("v5e:2x2", 2, 2), ("h100:8", 1, 8), ("v5e:2x4", 1, 8)],
+  "config,target,model,data",
+  [
+    ("configs/paper.py:text", "v5e:2x2", 2, 2),
+    ("configs/paper.py", "h100:8", 1, 8),
+    ("configs/paper.py", "v5e:2x4", 1, 8),
+  ],
 )
-def test_the_paper_layout_in_what_the_compiler_produced(tmp_path, target, model, data):
-  """The model split on a TPU slice (data 2 x model 2), and data parallelism on 8 GPUs and 8 TPU chips."""
+def test_the_paper_layout_in_what_the_compiler_produced(tmp_path, config, target, model, data):
+  """The model split on a TPU slice (data 2 x model 2; the text's LRN across the split), and data parallelism on 8
+  GPUs and 8 TPU chips."""
   hlo = tmp_path / "train.hlo"
   out = aot_run(
-    "--config=configs/paper.py",
+    f"--config={config}",
     f"--target={target}",
     f"--config.mesh.model={model}",
     "--config.model.dtype=bfloat16",
@@ -181,7 +191,7 @@ def test_the_paper_layout_in_what_the_compiler_produced(tmp_path, target, model,
   assert train["mesh"] == {"data": data, "model": model} and train["fits"]
   text = hlo.read_text()
   assert aot.collectives(text) == train["collectives"]
-  assert_paper_layout(text, train, model=model, data=data, batch=128)
+  assert_paper_layout(text, train, model=model, data=data, batch=128, halo=config.endswith(":text"))
   if data > 1:  # the gradient all-reduce carries every parameter this device holds (bf16 at least)
     assert train["collectives"]["all-reduce"]["bytes"] >= 2 * PAPER_PARAMS // model
   if target.startswith("v5e"):  # libtpu's cost analysis gives the roofline estimate

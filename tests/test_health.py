@@ -88,6 +88,22 @@ def test_collapse_detector_rules():
   assert not any(healthy.update(s, {"loss": 2.3 - 0.1 * s, "grad_norm": 0.1}) for s in range(1, 20))
 
 
+def test_a_loss_still_at_chance_by_the_stated_step_warns_even_with_a_live_gradient():
+  """health.max_steps_at_chance: the loss is still near ln 10 in the window ending at step 300 while the gradient
+  stays large: no collapse by the gradient rule, but the run says it is still at chance, once, at that step."""
+  d = health.CollapseDetector(10, chance_margin=0.05, vanishing_grad=0.1, patience=3, max_steps_at_chance=300)
+  messages = {s: d.update(s, {"loss": 2.30, "grad_norm": 5.0}) for s in range(100, 700, 100)}
+  assert [s for s, m in messages.items() if m] == [300]
+  assert "at chance at step 300" in messages[300] and "has not left ln(10) in 300 steps" in messages[300]
+  d = health.CollapseDetector(10, chance_margin=0.05, vanishing_grad=0.1, patience=3, max_steps_at_chance=300)
+  loss = {100: 2.30, 200: 2.30, 300: 2.1, 400: 2.0, 500: 2.29, 600: 2.29}  # left, then came back: said at 500
+  assert [s for s in loss if d.update(s, {"loss": loss[s], "grad_norm": 5.0})] == [500]
+  learning = health.CollapseDetector(10, chance_margin=0.05, vanishing_grad=0.1, patience=3, max_steps_at_chance=300)
+  assert not any(learning.update(s, {"loss": 2.30 - 0.002 * s, "grad_norm": 5.0}) for s in range(100, 1000, 100))
+  off = detector()  # the default: off
+  assert not any(off.update(s, {"loss": 2.30, "grad_norm": 5.0}) for s in range(100, 1000, 100))
+
+
 def test_a_collapsed_run_warns_at_chance_then_stops_when_asked(tmp_path, caplog, monkeypatch):
   """The paper's N(0, 0.01) at 1/8 width: the loss settles at ln 10 while the gradient fades (the issue's collapse).
 

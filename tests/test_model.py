@@ -236,6 +236,10 @@ def test_owt_uses_pytorch_default_init():
   w = np.asarray(params["conv2"]["kernel"])
   bound = 1 / np.sqrt(5 * 5 * w.shape[2])
   assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+  # the paper network with PyTorch's init (the demo's) keeps the architecture's biases of one
+  demo = params_of(M.AlexNet("paper", width=0.25, image_size=67, init="torch", rngs=nnx.Rngs(0)))
+  np.testing.assert_array_equal(np.asarray(demo["fc6"]["bias"]), 1.0)
+  assert 0 < np.abs(np.asarray(demo["conv3"]["bias"])).max() <= 1 / np.sqrt(3 * 3 * demo["conv3"]["kernel"].shape[2])
 
 
 def test_dropout_only_when_training():

@@ -178,6 +178,41 @@ def test_bad_config_values_name_the_choices(key, value):
     config_lib.validate(tiny_config(**{key: value}))
 
 
+@pytest.mark.parametrize(
+  "key,value,match",
+  [
+    ("mesh.model", 4, r"lrn_per_column .* mesh\.model=1 or 2"),
+    ("optimizer.bias_lr_multiplier", 0.0, "bias_lr_multiplier must be positive"),
+    ("schedule.warmup_epochs", -1.0, "warmup_epochs must be >= 0"),
+  ],
+)
+def test_the_authors_settings_refuse_what_they_cannot_do(key, value, match):
+  config = tiny_config(**{"model.lrn_per_column": True, key: value})
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate(config)
+
+
+def test_paper_config_is_the_authors_code_and_its_text_variant_the_print():
+  """configs/paper.py follows cuda-convnet2's layer files where they differ from the text (docs/DEVIATIONS.md);
+  configs/paper.py:text is the base config, the recipe as printed; both say "at chance" by step 500."""
+  paper = str(pathlib.Path(__file__).parent.parent / "configs" / "paper.py")
+  authors, text = config_lib.load_config_file(paper), config_lib.load_config_file(paper + ":text")
+  base, printed = config_lib.flatten(config_lib.base_config()), config_lib.flatten(text)
+  assert {k for k in base if base[k] != printed[k]} == {"health.max_steps_at_chance"}  # the docstring's promise
+  assert authors.health.max_steps_at_chance == printed["health.max_steps_at_chance"] == 500
+  config_lib.validate(authors)
+  assert sorted(config_lib.changed_keys(config_lib.to_json(text), config_lib.to_json(authors))) == [
+    "model.init",
+    "model.lrn_alpha_over_n",
+    "model.lrn_per_column",
+    "optimizer.bias_lr_multiplier",
+    "optimizer.decay_biases",
+  ]
+  assert authors.model.init == "cuda_convnet2" and authors.optimizer.bias_lr_multiplier == 2.0
+  with pytest.raises(ValueError, match="the variants are authors, text"):
+    config_lib.load_config_file(paper + ":txt")
+
+
 def test_batch_that_does_not_divide_the_devices(tmp_path):
   with pytest.raises(ValueError, match=r"batch_size=12 does not divide the 8 data-parallel devices.*e\.g\. 8 or 16"):
     train.train_and_evaluate(tiny_config(batch_size=12), tmp_path)
