@@ -21,8 +21,8 @@ resized on read).
 
 Where the authors' own code and the paper's text differ, this config follows the code (docs/DEVIATIONS.md). The
 code is cuda-convnet2's ImageNet two-GPU layer files (layers/layers-imagenet-2gpu-model.cfg and its layer-params
-file in akrizhevsky/cuda-convnet2; the 2012 run's own files were never published, and these are the authors' only
-published ImageNet ones):
+file in akrizhevsky/cuda-convnet2, 2014; we found no published layer files of the 2012 run, and these are the
+authors' only published ImageNet ones we know of):
   - model.lrn_alpha_over_n=True: their response norm divides alpha by n (layer.py: scale /= size); the text prints
     alpha alone, which normalises 5x harder.
   - model.lrn_per_column=True: each GPU's maps are normalised apart (a cmrnorm layer per column).
