@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -89,29 +89,29 @@ def _lrn_window_sum(sq: Array, n: int, axis_name: str | None = None, groups: int
   the split: each device receives its neighbours' ``n // 2`` edge channels (two ``ppermute`` of a thin slice), and
   zeros only at the ends of the whole channel axis. The same sums as on one device."""
   half, channels = n // 2, sq.shape[-1]
-  if groups > 1:
-    if axis_name is not None or channels % groups:
-      raise ValueError(f"a per-column LRN needs {channels} channels in {groups} columns on one device")
-    # The all-channel window with each neighbour's term masked where it lies in another column: the channel axis
-    # keeps its layout (a reshape into columns of 48 channels costs 16% more memory traffic on a TPU: RESULTS.md).
-    padded = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(half, half)])
-    column = np.arange(channels) // (channels // groups)
-    total = 0
-    for i in range(n):
-      neighbour = np.clip(np.arange(channels) + i - half, 0, channels - 1)
-      same = jnp.asarray(column[neighbour] == column, sq.dtype)  # a constant: XLA folds it into the fused pass
-      total = total + padded[..., i : i + channels] * same
-    return total
   if axis_name is None:
     padded = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(half, half)])
   else:
     if channels < half:
       raise ValueError(f"LRN over a channel split needs at least {half} channels per device, got {channels}")
+    if groups > 1:
+      raise ValueError("a per-column LRN inside the model split: each device already holds one column (groups=1)")
     devices = jax.lax.axis_size(axis_name)
     from_left = jax.lax.ppermute(sq[..., channels - half :], axis_name, [(i, i + 1) for i in range(devices - 1)])
     from_right = jax.lax.ppermute(sq[..., :half], axis_name, [(i + 1, i) for i in range(devices - 1)])
     padded = jnp.concatenate([from_left, sq, from_right], axis=-1)
-  return sum(padded[..., i : i + channels] for i in range(n))
+  if groups == 1:
+    return sum(padded[..., i : i + channels] for i in range(n))
+  if channels % groups:
+    raise ValueError(f"a per-column LRN needs the {channels} channels to divide into {groups} columns")
+  # Each neighbour's term masked where it lies in another column: the channel axis keeps its layout (a reshape into
+  # columns of 48 channels costs 16% more memory traffic on a TPU: RESULTS.md). The masks are constants that XLA
+  # folds into the one fused pass.
+  column = np.arange(channels) // (channels // groups)
+  neighbours = [np.clip(np.arange(channels) + i - half, 0, channels - 1) for i in range(n)]
+  return sum(
+    padded[..., i : i + channels] * jnp.asarray(column[nb] == column, sq.dtype) for i, nb in enumerate(neighbours)
+  )
 
 
 def _neg_pow(d: Array, beta: float) -> Array:
@@ -353,9 +353,6 @@ def dropout(x: Array, rate: float, rng: Array | None) -> Array:
 # ---------------------------------------------------------------------------------------------------------------
 # Initialisers.
 # ---------------------------------------------------------------------------------------------------------------
-Init = Callable[[Array, Sequence[int], int], Array]
-
-
 def paper_normal(key: Array, shape: Sequence[int], fan_in: int, std: float = 0.01) -> Array:
   """Sec. 5: every weight ~ N(0, 0.01^2) (``std`` for the published configurations that differ per layer)."""
   del fan_in
