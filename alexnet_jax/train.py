@@ -122,12 +122,34 @@ def make_lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int, to
   )
 
 
+@jax.jit
+def merge_metrics(total, new):
+  """``total.merge(new)`` as one compiled program: clu's eager merge dispatches one small device op per metric field
+  (~40 here) each step; one program instead is 1.5x the steps/s of a tiny network on CPU (benchmarks/RESULTS.md)."""
+  return total.merge(new)
+
+
+@functools.cache
+def _cpu_devices_in_lockstep() -> bool:
+  return jax.default_backend() == "cpu" and jax.local_device_count() > 1
+
+
+def settle(outputs):
+  """``outputs`` once ready, on XLA:CPU with several devices (the fake devices of tests and laptops); elsewhere as
+  is. XLA:CPU's all-reduce across in-process devices deadlocks at random (jax 0.10.2) when another program is
+  dispatched while a step's collectives run: 2 of 4 runs of 300 steps, two side by side, in one measurement
+  (benchmarks/RESULTS.md). Waiting for each step there costs only the overlap of dispatch with compute."""
+  if _cpu_devices_in_lockstep():
+    jax.block_until_ready(outputs)
+  return outputs
+
+
 def evaluate(eval_step, params, batches: Iterator[dict[str, np.ndarray]], sharding) -> dict[str, float]:
   """Run ``eval_step`` over every batch; averages over real (unmasked) examples only."""
   total = None
   for batch in batches:
-    out = eval_step(params, parallel.to_global(batch, sharding))
-    total = out if total is None else total.merge(out)
+    out = settle(eval_step(params, parallel.to_global(batch, sharding)))
+    total = out if total is None else merge_metrics(total, out)
   if total is None:
     raise ValueError("the evaluation split is empty")
   return metrics_lib.eval_results(total)
@@ -525,10 +547,10 @@ def _run(
       batch = next(batches)
       input_wait += time.perf_counter() - t0
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, step_metrics = train_step(state, batch)
+        state, step_metrics = settle(train_step(state, batch))
       step += 1
       window_steps += 1
-      train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
+      train_metrics = step_metrics if train_metrics is None else merge_metrics(train_metrics, step_metrics)
       for hook in hooks:
         hook(step)
 
