@@ -27,7 +27,10 @@ from typing import Any
 
 from absl import flags
 
-from alexnet_jax import cli
+from alexnet_jax import cli, quiet
+
+with quiet.filtered_native_stderr():  # .venv-aot's CUDA plugin says "Could not find cuda drivers" as jax loads it
+  import jax  # noqa: F401
 
 TARGET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
 GiB = 2**30
@@ -65,11 +68,25 @@ class Target:
   num_hosts: int
 
 
+def use_host_only() -> None:
+  """Compile for the target with no local accelerator in play: unless JAX_PLATFORMS says otherwise, jax uses only
+  the CPU here. Without this, on a machine with no GPU the CUDA plugin fails to initialise (its version check needs
+  the CUDA runtime) and takes the 'cuda' topology with it ("topology not implemented for cuda"); on a machine with
+  a GPU or TPU, compiling would otherwise also claim the local device. The target's compiler is loaded either way."""
+  import jax
+
+  if not os.environ.get("JAX_PLATFORMS"):
+    jax.config.update("jax_platforms", "cpu")
+  with quiet.filtered_native_stderr():  # the backends start here; the plugins' banners stay off the terminal
+    jax.devices()
+
+
 def resolve_target(spec: str) -> Target:
   """``h100:8`` / ``a100:4`` (N GPUs of one host), ``v5e:2x2``, ``v4:2x2x1``, ``v5e:4x4`` (TPU topologies; 4 chips a
   host, so 4x4 is a 4-host pod slice; a single-host v5e/v6e has up to 8 chips)."""
   from jax.experimental import topologies
 
+  use_host_only()
   kind, _, shape = spec.partition(":")
   chip = CHIPS.get(kind.lower())
   if chip is None or not shape:
@@ -79,7 +96,8 @@ def resolve_target(spec: str) -> Target:
       raise ValueError(f"--target={spec!r}: a GPU target is {kind}:N, N GPUs on one host")
     with open(os.path.join(TARGET_DIR, chip.target_config)) as f:
       config = f.read()
-    topology = topologies.get_topology_desc(platform="cuda", target_config=config, topology=f"1x1x{shape}")
+    with quiet.filtered_native_stderr():  # the plugin's "Could not find cuda drivers" on a machine without a GPU
+      topology = topologies.get_topology_desc(platform="cuda", target_config=config, topology=f"1x1x{shape}")
     return Target(spec, chip, list(topology.devices), 1)
   dims = [int(d) for d in shape.split("x")]
   if len(dims) not in (2, 3) or min(dims) < 1:
@@ -93,14 +111,15 @@ def resolve_target(spec: str) -> Target:
   # compiles at once (a test suite, a sweep of targets) would otherwise fail with "Internal error when accessing
   # libtpu multi-process lockfile".
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  topology = topologies.get_topology_desc(
-    platform="tpu",
-    topology_name=f"{chip.topology_prefix}:{shape}",
-    chip_config_name=chip.chip_config,
-    chips_per_host_bounds=per_host,
-    num_slices=1,
-    wrap=(False, False, False),
-  )
+  with quiet.filtered_native_stderr():  # libtpu's "could not determine TPU accelerator type" off a TPU VM
+    topology = topologies.get_topology_desc(
+      platform="tpu",
+      topology_name=f"{chip.topology_prefix}:{shape}",
+      chip_config_name=chip.chip_config,
+      chips_per_host_bounds=per_host,
+      num_slices=1,
+      wrap=(False, False, False),
+    )
   hosts = chips // (per_host[0] * per_host[1] * per_host[2])
   return Target(spec, chip, list(topology.devices), hosts)
 

@@ -124,9 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.health.chance_margin = 0.05  # "at chance": |loss - ln(num_classes)| below this (nats) ...
   c.health.vanishing_grad = 0.1  # ... with the gradient norm below this fraction of the largest logged so far ...
   c.health.patience = 3  # ... for this many log windows in a row; a layer whose ReLUs are all dead fires at once
-  # > 0: also fire when the loss of a log window ending at or after this step is still within chance_margin of
-  # ln(num_classes), whatever the gradient does. configs/paper.py sets it (its docstring: what a healthy start
-  # looks like).
+  # > 0: also fire when the loss of a log window ending at or after this step is not yet chance_margin below
+  # ln(num_classes) (at chance, or above it), whatever the gradient does. configs/paper.py sets it (its docstring:
+  # what a healthy start looks like).
   c.health.max_steps_at_chance = 0
 
   c.profile = ml_collections.ConfigDict()

@@ -25,8 +25,10 @@ class CollapseDetector:
   It fires when a layer's ReLUs are all dead over a whole window (every unit zero for every example of every batch
   averaged: ``dead_relu`` = 1), or when for ``patience`` log windows in a row the loss is within ``chance_margin`` of
   ln(num_classes) and the gradient norm is below ``vanishing_grad`` times the largest logged so far, or (with
-  ``max_steps_at_chance`` > 0) when a window ending at or after that step is still within the margin, whatever the
-  gradient does (a network that has not started to learn by then).
+  ``max_steps_at_chance`` > 0) when the loss of a window ending at or after that step is not yet ``chance_margin``
+  below ln(num_classes), whatever the gradient does: a network that has not started to learn by then, whether it
+  sits at chance or above it (a loss that jumped and never came back). The warning names the dead layers, and the
+  layers with at least half of their units dead.
   """
 
   def __init__(
@@ -51,11 +53,12 @@ class CollapseDetector:
       return None
     loss, grad_norm = float(values["loss"]), float(values["grad_norm"])
     self.max_grad_norm = max(self.max_grad_norm, grad_norm)
-    dead = [layer for layer in RELU_LAYERS if float(values.get(f"dead_relu_{layer}", 0.0)) >= 1.0]
+    fractions = {layer: float(values.get(f"dead_relu_{layer}", 0.0)) for layer in RELU_LAYERS}
+    dead = [layer for layer, fraction in fractions.items() if fraction >= 1.0]
     near = abs(loss - self.chance) < self.chance_margin
     faded = grad_norm < self.vanishing_grad * self.max_grad_norm
     self.streak = self.streak + 1 if near and faded else 0
-    still = 0 < self.max_steps_at_chance <= step and near
+    still = 0 < self.max_steps_at_chance <= step and loss > self.chance - self.chance_margin
     if not dead and self.streak < self.patience and not still:
       return None
     self.fired = True
@@ -66,8 +69,11 @@ class CollapseDetector:
     else:
       layers = (
         f"no layer is entirely dead, and the loss has not left ln({round(math.exp(self.chance))}) in "
-        f"{self.max_steps_at_chance} steps (health.max_steps_at_chance)"
+        f"{self.max_steps_at_chance} steps (health.max_steps_at_chance: it is not yet {self.chance_margin} below it)"
       )
+    mostly = [f"{layer} {fraction:.0%}" for layer, fraction in fractions.items() if 0.5 <= fraction < 1.0]
+    if mostly:
+      layers += f"; units dead over the batch in {', '.join(mostly)}"
     return (
       f"Training looks stuck at chance at step {step}: loss {loss:.4f} vs ln({round(math.exp(self.chance))}) = "
       f"{self.chance:.4f}, gradient norm {grad_norm:.3g} (largest logged {self.max_grad_norm:.3g}); {layers}. "

@@ -381,15 +381,22 @@ def prepare(
   inputs = {j[:3]: shard_inputs(j[3]) for j in jobs}
   _remove_stale_shards(output_dir, set(inputs))
 
-  def done(job) -> bool:  # committed, and made from exactly the inputs it would be made from now
-    marker = storage.join(output_dir, shard_filename(*job[:3])) + ".done.json"
-    if not storage.exists(marker):
+  def done(job) -> bool:  # committed, made from exactly the inputs it would be made from now, and still intact
+    from alexnet_jax.input_pipeline.prepared import shard_damage
+
+    path = storage.join(output_dir, shard_filename(*job[:3]))
+    if not storage.exists(path + ".done.json"):
       return False
-    with storage.open(marker) as f:
-      return json.load(f).get("inputs") == inputs[job[:3]]
+    with storage.open(path + ".done.json") as f:
+      if json.load(f).get("inputs") != inputs[job[:3]]:
+        return False
+    damage = shard_damage(path)
+    if damage:
+      logging.warning("%s is damaged (%s): writing it again", path, damage)
+    return damage is None
 
   todo = [j for j in jobs if not done(j)]
-  logging.info("%d shards, %d already done from the same inputs", len(jobs), len(jobs) - len(todo))
+  logging.info("%d shards, %d already done from the same inputs and checked intact", len(jobs), len(jobs) - len(todo))
 
   workers = num_workers or os.cpu_count() or 1
   if todo and workers == 1:  # in this process (also what keeps a process-local file system such as ram:// whole)

@@ -41,7 +41,7 @@ another real set with two seeds. These settings left ln(10) at step 40 with one 
 300) and collapsed with the other (a first-window loss of 32; the warning at step 60). Every run that left chance
 did so by step 120 ("left": the logged loss more than health.chance_margin = 0.05 below ln(num_classes)).
 A network that has not started to learn is told, not left to run for days: health.max_steps_at_chance=500 here, so
-a run whose loss is still within 0.05 of ln(num_classes) in the log window ending at step 500 (log_every_steps=100)
+a run whose loss is not yet 0.05 below ln(num_classes) in the log window ending at step 500 (log_every_steps=100)
 warns "Training looks stuck at chance at step 500", naming any layer whose ReLUs are all dead; a collapse with a
 fading gradient warns earlier (alexnet_jax/health.py). So on any real set this config either leaves chance within
 500 steps or says "at chance" by step 500. The first steps' loss jump (~11 on the 10-class set) is the first update

@@ -1,9 +1,10 @@
 """alexnet_jax.aot: the real train and eval steps compiled for GPUs and TPUs that are not here.
 
 The compiles run in ``.venv-aot`` (``make install-aot``: libtpu, the CUDA plugin and ptxas), in subprocesses with
-``JAX_PLATFORMS=cpu`` so that nothing looks for a device. What the compiler produced is read independently of the
-module's own summary where that is cheap: the HLO text for the gradient all-reduce, the parameter count for its
-bytes.
+the environment a user's shell has (no ``JAX_PLATFORMS``: the module itself keeps jax off any local device, and
+with no GPU here the CUDA plugin must not take the GPU targets down with it). What the compiler produced is read
+independently of the module's own summary where that is cheap: the HLO text for the gradient all-reduce, the
+parameter count for its bytes.
 """
 
 import json
@@ -20,11 +21,17 @@ AOT_PYTHON = os.path.join(ROOT, ".venv-aot", "bin", "python")
 PAPER_PARAMS = 60_965_224  # the paper net's parameter count (model.count_params; tests/test_model.py)
 
 
+def user_env() -> dict[str, str]:
+  """A user's environment: no fake CPU devices (the target's devices count) and no JAX_PLATFORMS (conftest sets it
+  for the tests in this process)."""
+  return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+
+
 def aot_run(*args, timeout=900):
   if not os.path.exists(AOT_PYTHON):
     pytest.fail("the accelerator compilers are not installed: run `make install-aot` (make test does)")
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # no fake CPU devices: the target's devices
-  env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+  env = user_env()
+  env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
   cmd = [AOT_PYTHON, "-m", "alexnet_jax.aot", *args]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -122,8 +129,7 @@ def test_every_named_target_resolves_to_its_devices():
     "  r = aot.resolve_target(t)\n"
     "  print(t, len(r.devices), r.num_hosts, r.devices[0].platform)\n"
   )
-  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run([AOT_PYTHON, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  out = subprocess.run([AOT_PYTHON, "-c", code], cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   got = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
   assert got == {

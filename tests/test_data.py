@@ -450,13 +450,15 @@ def test_a_damaged_shard_is_named_and_prepare_rewrites_it(raw_tree, prepared_dir
       list(src.eval_batches(16))
   message = str(e.value)
   assert f"damaged shard {victim} (" in message and "record at" in message
-  assert f"delete {victim}.done.json and run `python -m alexnet_jax.prepare" in message
-  # What the message says to do works: the marker removed, prepare rewrites that shard and reading succeeds.
-  os.remove(f"{victim}.done.json")
+  assert f"run `python -m alexnet_jax.prepare --input_dir={raw_tree} --output_dir={data}` again" in message
+  # What the message says to do works: the same prepare again checks every shard, rewrites the damaged one (and only
+  # it: the others keep their bytes) and reading succeeds.
+  others = {p: p.read_bytes() for p in data.glob("*.tfrecord-*") if p != victim and not p.name.endswith(".json")}
   prepare.prepare(str(raw_tree), str(data), image_size=STORED, jpeg_quality=95, examples_per_shard=16, max_bad=2)
   import tensorflow as tf
 
   assert sum(1 for _ in tf.data.TFRecordDataset(str(victim))) == meta["splits"][split]["shard_lengths"][-1]
+  assert {p: p.read_bytes() for p in others} == others
   batches = first_batches(source(data), 7 * 2) if split == "train" else list(source(data).eval_batches(16))
   assert batches
 

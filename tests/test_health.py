@@ -98,6 +98,11 @@ def test_a_loss_still_at_chance_by_the_stated_step_warns_even_with_a_live_gradie
   d = health.CollapseDetector(10, chance_margin=0.05, vanishing_grad=0.1, patience=3, max_steps_at_chance=300)
   loss = {100: 2.30, 200: 2.30, 300: 2.1, 400: 2.0, 500: 2.29, 600: 2.29}  # left, then came back: said at 500
   assert [s for s in loss if d.update(s, {"loss": loss[s], "grad_norm": 5.0})] == [500]
+  above = health.CollapseDetector(10, chance_margin=0.05, vanishing_grad=0.1, patience=3, max_steps_at_chance=300)
+  stuck_above = {"loss": 3.4, "grad_norm": 5.0, "dead_relu_fc7": 0.75}  # jumped above chance and never came back
+  messages = {s: above.update(s, {**stuck_above}) for s in range(100, 700, 100)}
+  assert [s for s, m in messages.items() if m] == [300]
+  assert "has not left ln(10) in 300 steps" in messages[300] and "units dead over the batch in fc7 75%" in messages[300]
   learning = health.CollapseDetector(10, chance_margin=0.05, vanishing_grad=0.1, patience=3, max_steps_at_chance=300)
   assert not any(learning.update(s, {"loss": 2.30 - 0.002 * s, "grad_norm": 5.0}) for s in range(100, 1000, 100))
   off = detector()  # the default: off

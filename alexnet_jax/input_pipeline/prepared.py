@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import prepare as prepare_lib
-from alexnet_jax import storage
+from alexnet_jax import quiet, storage
 from alexnet_jax.input_pipeline import spec
 
 _MIX = 0x9E3779B1  # to spread (seed, epoch, process) over seed space
@@ -518,15 +518,26 @@ def _record_starts_at(path: str, offset: int) -> bool:
   return position == offset
 
 
-def _unreadable(path: str) -> bool:
+def shard_damage(path: str) -> str | None:
+  """None if every record of the TFRecord shard at ``path`` reads with its checksums intact; otherwise what is wrong
+  ("corrupted record at N", "truncated record at N", or that it cannot be opened). One pass over the file in
+  TensorFlow's reader (no Python per record)."""
   import tensorflow as tf
 
   try:
-    for _ in tf.data.TFRecordDataset(path):
-      pass
-  except tf.errors.DataLossError:
-    return True
-  return False
+    with quiet.filtered_native_stderr():  # TensorFlow's own "Local rendezvous is aborting" line: we say what it was
+      tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda count, _: count + 1).numpy()
+  except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError) as e:
+    return _record_fault(e.message)
+  return None
+
+
+def _record_fault(message: str) -> str:
+  """TensorFlow's DataLossError text down to what it says about the file ("corrupted record at 1997457")."""
+  import re
+
+  found = re.search(r"\w+ record at \d+", message)
+  return found.group(0) if found else message.strip().splitlines()[0]
 
 
 def damaged_shard_message(files: list[str], message: str, data_dir: str) -> str:
@@ -537,16 +548,25 @@ def damaged_shard_message(files: list[str], message: str, data_dir: str) -> str:
   found = re.search(r"record at (\d+)", message)
   offset = int(found.group(1)) if found else None
   candidates = [p for p in files if offset is None or _record_starts_at(p, offset)]
-  damaged = [p for p in candidates if _unreadable(p)]
-  what = message.strip().splitlines()[0]
+  damaged = [p for p in candidates if shard_damage(p)]
+  what = _record_fault(message)
+  source = _prepared_from(data_dir)
   if not damaged:
     return f"a shard of {data_dir} is damaged ({what}) and none could be singled out: prepare into a new --output_dir"
-  where = ", ".join(damaged)
-  done = " and ".join(f"{p}.done.json" for p in damaged)
   return (
-    f"damaged shard {where} ({what}): delete {done} and run `python -m alexnet_jax.prepare --input_dir=SRC "
-    f"--output_dir={data_dir}` again; it rewrites exactly the shards whose marker is gone"
+    f"damaged shard {', '.join(damaged)} ({what}): run `python -m alexnet_jax.prepare --input_dir={source} "
+    f"--output_dir={data_dir}` again (the same flags as before); it checks every shard and rewrites exactly the "
+    "damaged ones"
   )
+
+
+def _prepared_from(data_dir: str) -> str:
+  """The --input_dir that ``data_dir`` was prepared from (its metadata records it), or SRC when unknown."""
+  try:
+    with storage.open(storage.join(data_dir, prepare_lib.METADATA)) as f:
+      return json.load(f).get("source") or "SRC"
+  except (OSError, ValueError):
+    return "SRC"
 
 
 def _pad(batch: dict[str, np.ndarray], size: int, real: int) -> dict[str, np.ndarray]:
