@@ -12,6 +12,7 @@ install, and ``metrics.create_writer`` skips TensorBoard with one warning.
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import sys
 import types
@@ -39,6 +40,24 @@ def require_tensorflow(what: str) -> None:
   """A clear error, before anything starts, when ``what`` (a tf.data pipeline, ``prepare``) cannot run."""
   if not has_tensorflow():
     raise TensorFlowMissing(f"{what} reads its data with tf.data. {TENSORFLOW_HINT}")
+
+
+@functools.cache
+def tfds_problem() -> str | None:
+  """None if tensorflow_datasets works here; otherwise why not, in one line. Colab's stack as listed (protobuf
+  5.29.6) with pip's newest tensorflow-metadata (1.21.0, generated for protobuf 6) imports tensorflow_datasets
+  without an error and fails at its first use; tensorflow-metadata 1.17.2 works there."""
+  try:
+    importlib.import_module("tensorflow_metadata.proto.v0.schema_pb2")  # first: a mismatch makes tfds log a traceback
+    import tensorflow_datasets as tfds
+
+    tfds.features.FeaturesDict  # noqa: B018  (tfds imports lazily: a broken install shows here)
+  except Exception as e:  # ImportError, protobuf's VersionError, the lazy module's AttributeError
+    reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if "Protobuf Gencode/Runtime" in reason:
+      reason += " (with protobuf 5: pip install 'tensorflow-metadata<1.18')"
+    return reason
+  return None
 
 
 def _stand_in_for_clu_summary_writer() -> None:

@@ -31,7 +31,7 @@ import time
 import numpy as np
 from absl import flags, logging
 
-from alexnet_jax import cli, storage
+from alexnet_jax import cli, compat, storage
 
 FORMAT_VERSION = 1
 METADATA = "alexnet_prepared.json"
@@ -72,9 +72,13 @@ def _tree_split(root: str, split: str, classes: list[str]) -> list[Record]:
 
 
 def _tfds_imagenet_file(name: str) -> str:
-  import tensorflow_datasets as tfds
+  """A data file that tensorflow-datasets ships, found without importing it (an install whose protobuf does not
+  match its tensorflow-metadata imports broken, and these are plain text files)."""
+  import importlib.util
 
-  path = os.path.join(os.path.dirname(tfds.__file__), "datasets", "imagenet2012", name)
+  spec = importlib.util.find_spec("tensorflow_datasets")
+  folders = list(spec.submodule_search_locations or []) if spec else []
+  path = os.path.join(folders[0] if folders else "tensorflow_datasets", "datasets", "imagenet2012", name)
   if not os.path.exists(path):
     raise PrepareError(
       f"tensorflow-datasets has no {path}; install tensorflow-datasets>=4.9 (it ships ImageNet's "
@@ -461,8 +465,16 @@ def prepare(
     "splits": split_meta,
     "num_bad_files": len(bad),
   }
+  tfds_problem = compat.tfds_problem()
   if storage.tensorflow_only(output_dir):  # TFDS reads and writes through epath, which has no such scheme
     logging.info("%s: no TFDS metadata written (TFDS cannot open this kind of path)", output_dir)
+  elif tfds_problem:  # the metadata is for tfds.builder_from_directory; alexnet_jax reads the set without it
+    logging.warning(
+      "%s: no TFDS metadata written, so tfds.builder_from_directory cannot open it (alexnet_jax reads it all the "
+      "same): tensorflow_datasets cannot be used here: %s",
+      output_dir,
+      tfds_problem,
+    )
   else:
     _write_tfds_metadata(output_dir, classes, image_size, split_meta)
   with storage.open(meta_path, "w") as f:

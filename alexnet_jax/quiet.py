@@ -30,6 +30,7 @@ NOISE = re.compile(
       r"cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized",
       r"^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags",
       r"cudart_stub\.cc:\d+\] Could not find cuda drivers",
+      r"cuda_platform\.cc:\d+\] failed call to cuInit: .*UNKNOWN ERROR \(303\)",  # no GPU in this machine
       r"could not determine TPU accelerator type",
       r"local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: DATA_LOSS",  # shard checks say it whole
     )

@@ -12,8 +12,11 @@ def hide_accelerators_from_tensorflow() -> None:
     import tensorflow as tf
   except ImportError:
     return
-  tf.config.set_visible_devices([], "GPU")
-  try:
-    tf.config.set_visible_devices([], "TPU")
-  except (ValueError, RuntimeError):  # no TPU devices known to this TF build / already initialised
-    pass
+  from alexnet_jax import quiet
+
+  with quiet.filtered_native_stderr():  # a CUDA build of TensorFlow on a machine without a GPU: "failed call to cuInit"
+    tf.config.set_visible_devices([], "GPU")
+    try:
+      tf.config.set_visible_devices([], "TPU")
+    except (ValueError, RuntimeError):  # no TPU devices known to this TF build / already initialised
+      pass

@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import os
 
 import jax
@@ -11,6 +12,7 @@ from PIL import Image
 
 from alexnet_jax import prepare, shapes
 from alexnet_jax.input_pipeline import prepared as prepared_lib
+from alexnet_jax.input_pipeline import tfds_source
 
 STORED, CROP = 40, 32
 
@@ -461,6 +463,23 @@ def test_a_damaged_shard_is_named_and_prepare_rewrites_it(raw_tree, prepared_dir
   assert {p: p.read_bytes() for p in others} == others
   batches = first_batches(source(data), 7 * 2) if split == "train" else list(source(data).eval_batches(16))
   assert batches
+
+
+def test_a_broken_tensorflow_datasets_costs_only_its_own_metadata(raw_tree, tmp_path, monkeypatch, caplog):
+  """Colab's versions as listed (protobuf 5.29.6) beside pip's newest tensorflow-metadata: tfds fails at first use.
+  prepare still writes a set that trains (without TFDS's dataset_info.json), and says so once."""
+  from alexnet_jax import compat
+
+  problem = "VersionError: Detected incompatible Protobuf Gencode/Runtime versions"
+  monkeypatch.setattr(compat, "tfds_problem", lambda: problem)
+  with caplog.at_level(logging.WARNING):
+    prepare.prepare(str(raw_tree), str(tmp_path), image_size=STORED, jpeg_quality=95, examples_per_shard=64, max_bad=2)
+  warned = [r.getMessage() for r in caplog.records if "no TFDS metadata written" in r.getMessage()]
+  assert len(warned) == 1 and problem in warned[0]
+  assert not (tmp_path / "dataset_info.json").exists() and (tmp_path / prepare.METADATA).exists()
+  assert first_batches(source(tmp_path), 7 * 2)
+  with pytest.raises(ValueError, match=r"data\.source='tfds' needs tensorflow_datasets, which cannot be used here"):
+    tfds_source.TfdsSource("", str(tmp_path), image_size=CROP, seed=0)
 
 
 def test_a_missing_stats_file_says_how_to_get_it_back(raw_tree, prepared_dir, tmp_path):

@@ -107,6 +107,7 @@ def run_commands(commands: list[str], cwd) -> None:
   env = cli_env()  # a user's machine: one CPU device, unless a command asks for more
   env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # the activated environment
   env.pop("PYTHONPATH", None)
+  env.pop("JAX_PLATFORMS", None)  # a user's shell does not set it (with it set, aot's GPU targets once hid a failure)
   for command in commands:
     command = small(command)
     out = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)

@@ -33,6 +33,11 @@ class TfdsSource(PreparedSource):
     del data_dir  # every TFDS image is resized on read anyway (to view_size directly)
 
   def _load(self, data_dir: str) -> tuple[dict, dict]:
+    from alexnet_jax import compat
+
+    problem = compat.tfds_problem()
+    if problem:
+      raise ValueError(f"data.source='tfds' needs tensorflow_datasets, which cannot be used here: {problem}")
     import tensorflow_datasets as tfds
 
     try:
