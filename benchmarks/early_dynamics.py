@@ -85,6 +85,7 @@ VARIANTS = {
   ],
   "printed, warmup 100 steps": [*TEXT, "--config.schedule.warmup_epochs=3.2"],  # 31 steps an epoch
   "printed, batch 128": [*TEXT, "--config.batch_size=128", "--steps=100"],  # 4x the images a step
+  "authors, batch 128": [*TEXT, *AUTHORS, "--config.batch_size=128", "--steps=100"],
 }
 
 

@@ -34,6 +34,20 @@ def test_train_then_resume_then_resume_on_one_device(tmp_path):
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
   assert "/orbax/" not in second.stderr and "checkpoint_manager.py" not in second.stderr  # orbax chatter filtered
+  for banner in ("oneDNN custom operations", "absl::InitializeLog", "This TensorFlow binary is optimized"):
+    assert banner not in first.stderr, first.stderr[:2000]  # TensorFlow's start-up banners (alexnet_jax/quiet.py)
+
+
+def test_native_banners_are_filtered_and_every_other_line_kept(capfd):
+  from alexnet_jax import quiet
+
+  with quiet.filtered_native_stderr():
+    os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+    os.write(2, b"I0000 00:00:1 9 port.cc:153] oneDNN custom operations are on. You may see ...\n")
+    os.write(2, b"E0000 a real error from a native library\n")
+    print("a Python warning", file=sys.stderr)
+  err = capfd.readouterr().err
+  assert sorted(err.splitlines()) == ["E0000 a real error from a native library", "a Python warning"]
 
 
 def test_unknown_config_key_on_the_command_line(tmp_path):
