@@ -86,7 +86,7 @@ if compat.has_tensorflow():
   config.data.dir = prepared
 else:
   print("No TensorFlow: training on synthetic images. For the real pipeline: pip install tensorflow-cpu")
-  config.data.source = "synthetic"
+  config.data.source, config.data.dir = "synthetic", ""  # (a data.dir that the source would not read is an error)
 config.num_epochs = NUM_EPOCHS
 if TEST_MODE:
   config.num_epochs, config.num_train_steps, config.batch_size, config.eval_batch_size = 0, 4, 16, 16

@@ -48,8 +48,13 @@ def test_committed_clean_in_step_with_its_source_and_colab_ready(path):
   assert "pip install -e" not in text and "--editable" not in text
 
 
-def execute(python: str, devices: int, tmp_path) -> dict[str, dict]:
+def execute(python: str, devices: int, tmp_path, *, without_tensorflow: bool = False) -> dict[str, dict]:
   env = colab_env(devices) if python == COLAB_PYTHON else {**cli_env(devices), "PYTHONPATH": ROOT}
+  if without_tensorflow:  # a Colab TPU runtime: the kernel cannot import TensorFlow at all
+    blocker = tmp_path / "no_tensorflow"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text('import sys\nsys.modules["tensorflow"] = None\n')
+    env["PYTHONPATH"] = f"{blocker}{os.pathsep}{env['PYTHONPATH']}"
   env.update(ALEXNET_JAX_NOTEBOOK_TEST="1", ALEXNET_JAX_NOTEBOOK_DIR=str(tmp_path))
   executed = {}
   for nb in ORDER:
@@ -89,3 +94,14 @@ def test_every_notebook_runs_on_colabs_stack(tmp_path):
   if not os.path.exists(os.path.join(ROOT, ".venv-colab", ".installed")):
     pytest.fail("Colab's stack is not installed: run `make install-colab` (make test does)")
   check(execute(COLAB_PYTHON, 1, tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("colab")
+def test_every_notebook_runs_on_a_colab_tpu_runtime_without_tensorflow(tmp_path):
+  """Colab's TPU runtimes ship no TensorFlow: the quickstart trains on synthetic images instead and says so."""
+  if not os.path.exists(os.path.join(ROOT, ".venv-colab", ".installed")):
+    pytest.fail("Colab's stack is not installed: run `make install-colab` (make test does)")
+  executed = execute(COLAB_PYTHON, 1, tmp_path, without_tensorflow=True)
+  check(executed)
+  assert "No TensorFlow: training on synthetic images" in json.dumps(executed["quickstart"])
