@@ -38,8 +38,10 @@ First steps (measured here; benchmarks/RESULTS.md, "The paper recipe's first ste
 photographs, 10 classes, batch 32, 2-core CPU. The text as printed (configs/paper.py:text) collapsed: a mean loss
 of 11.7 over the first 10 steps, then ln(10) with a fading gradient (the warning at step 70), as the issue saw on
 another real set with two seeds. These settings left ln(10) at step 40 with one seed (59% validation error at step
-300) and collapsed with the other (a first-window loss of 32; the warning at step 60). Every run that left chance
-did so by step 120 ("left": the logged loss more than health.chance_margin = 0.05 below ln(num_classes)).
+300) and collapsed with the other (a first-window loss of 32; the warning at step 60). At the paper's batch of 128
+that second seed left ln(10) at step 30 (63% validation error at step 100), while the text as printed collapsed
+there too (the warning at step 40). Every run that left chance did so by step 120 ("left": the logged loss more
+than health.chance_margin = 0.05 below ln(num_classes)).
 A network that has not started to learn is told, not left to run for days: health.max_steps_at_chance=500 here, so
 a run whose loss is not yet 0.05 below ln(num_classes) in the log window ending at step 500 (log_every_steps=100)
 warns "Training looks stuck at chance at step 500", naming any layer whose ReLUs are all dead; a collapse with a
