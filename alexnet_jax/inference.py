@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,13 +66,16 @@ class Predictor:
     return self.source.image_size
 
   def batch(self, images: np.ndarray | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Images of any size -> the batch the run's ``preprocess`` takes (uint8 crops and where they were cut)."""
+    """Images of any size -> the batch the run's ``preprocess`` takes (uint8 crops and where they were cut). An image
+    is an array: uint8, or floats in [0, 1] or [0, 255], greyscale or RGB(A) (``prepare.to_uint8_rgb``)."""
+    from alexnet_jax import prepare
+
     crop = self.image_size
     stored = getattr(self.source, "stored_size", None)
     view = getattr(self.source, "view_size", crop)
     crops = []
     for image in images:
-      image = _as_uint8_rgb(image)
+      image = prepare.to_uint8_rgb(image)
       if stored:  # what prepare did, then the run's resize on read
         image = _square(image, stored)
         if view != stored:
@@ -127,9 +129,7 @@ class Predictor:
       batch = next(self.source.eval_batches(count or 16))
       real = int(batch["mask"].sum())
       return batch["image"][:real], batch["label"][:real]
-    from PIL import Image
-
-    from alexnet_jax import compat
+    from alexnet_jax import compat, prepare
 
     compat.require_tensorflow("reading the prepared validation images")
     import tensorflow as tf
@@ -138,7 +138,7 @@ class Predictor:
     files, _ = self.source._files("val", 0, 1)  # the shards as the source reads them (paths already resolved)
     for record in tf.data.TFRecordDataset(files):
       jpeg, label, _ = self.source._parse(record)
-      images.append(np.asarray(Image.open(io.BytesIO(jpeg.numpy())).convert("RGB")))
+      images.append(np.asarray(prepare.decode_rgb(jpeg.numpy())))
       labels.append(int(label))
       if count and len(images) >= count:
         break
@@ -156,17 +156,6 @@ def _run_network(graphdef, params, preprocess, batch, with_activations: bool):
 
 def _chunks(images, batch_size: int) -> range:
   return range(0, len(images), batch_size)
-
-
-def _as_uint8_rgb(image) -> np.ndarray:
-  image = np.asarray(image)
-  if image.ndim == 2:
-    image = np.repeat(image[..., None], 3, axis=-1)
-  if image.shape[-1] == 4:
-    image = image[..., :3]
-  if image.dtype != np.uint8:
-    image = np.clip(np.round(image * (255.0 if image.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
-  return image
 
 
 def _square(image: np.ndarray, size: int) -> np.ndarray:

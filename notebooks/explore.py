@@ -101,21 +101,28 @@ figures.confusion(labels, probabilities.argmax(1), predictor.class_names)
 
 # %% [markdown]
 # ## Your own images
-# In Colab, upload any images (JPEG, PNG, ...; any size): each is rescaled and centre-cropped exactly as the run's
-# validation images were. Elsewhere, the first validation images stand in.
+# In Colab, upload any images (JPEG, PNG, ...; any size, 16-bit too): each is turned upright as its camera's EXIF
+# tag says, then rescaled and centre-cropped exactly as the run's validation images were. Elsewhere, the first
+# validation images stand in, as PNG files.
 
 # %%
 import io
 
 from PIL import Image
 
+from alexnet_jax import prepare
+
 if IN_COLAB and not TEST_MODE:
   from google.colab import files
 
   uploaded = files.upload()
-  own = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in uploaded.values()]
 else:
-  own = list(images[:3])
+  uploaded = {}
+  for i, image in enumerate(images[:3]):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    uploaded[f"validation_{i}.png"] = buffer.getvalue()
+own = [np.asarray(prepare.decode_rgb(data, exif_orientation=True)) for data in uploaded.values()]
 for image, p in zip(own, predictor.predict(own), strict=True):
   best = np.argsort(p)[::-1][:5]
   print(", ".join(f"{predictor.class_names[c]} {p[c]:.1%}" for c in best), f"({image.shape[1]}x{image.shape[0]})")

@@ -85,18 +85,16 @@ from alexnet_jax import prepare
 
 
 def preprocess(image: np.ndarray) -> np.ndarray:
-  square = prepare.square_crop(Image.fromarray(image).convert("RGB"), 256)
+  square = prepare.square_crop(Image.fromarray(prepare.to_uint8_rgb(image)), 256)
   crop = square[16:240, 16:240].astype(np.float32) / 255.0
   return (crop - np.asarray(weights.TORCHVISION_MEAN)) / np.asarray(weights.TORCHVISION_STD)
 
 
 photos = {}
 if IN_COLAB and not TEST_MODE:
-  import io
-
   from google.colab import files
 
-  photos = {name: np.asarray(Image.open(io.BytesIO(data))) for name, data in files.upload().items()}
+  photos = {name: np.asarray(prepare.decode_rgb(data, exif_orientation=True)) for name, data in files.upload().items()}
 if not photos:
   from alexnet_jax import shapes
 

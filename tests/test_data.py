@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import prepare, shapes
+from alexnet_jax import config_lib, input_pipeline, prepare, shapes
 from alexnet_jax.input_pipeline import prepared as prepared_lib
 from alexnet_jax.input_pipeline import tfds_source
 
@@ -76,6 +76,57 @@ def test_prepare_round_trip_with_bad_files(raw_tree, prepared_dir):
 def test_too_many_bad_files_is_a_clear_error(raw_tree, tmp_path):
   with pytest.raises(prepare.PrepareError, match=r"2 images could not be read \(more than --max_bad=1\)"):
     prepare.prepare(str(raw_tree), str(tmp_path), image_size=STORED, examples_per_shard=64, num_workers=2, max_bad=1)
+  # Training on what that run left says why it is not a dataset yet, not "run prepare first".
+  config = config_lib.base_config()
+  config.data.dir = str(tmp_path)
+  with pytest.raises(ValueError, match=r"a prepare run that did not finish: .* found 2 it could not read"):
+    input_pipeline.resolve_source(config)
+
+
+def _encoded(image: Image.Image, fmt: str, **kw) -> bytes:
+  buffer = io.BytesIO()
+  image.save(buffer, fmt, **kw)
+  return buffer.getvalue()
+
+
+def test_every_pixel_format_decodes_to_the_picture_it_holds():
+  """16-bit greyscale (PIL's own RGB conversion clips it to white), alpha, CMYK, palette, greyscale; EXIF orientation
+  only when asked (a user's photo), never for prepare (as TFDS and torchvision read ImageNet)."""
+  ramp = np.linspace(0, 1, 64 * 48).reshape(48, 64)
+  cases = {
+    "16-bit PNG": Image.fromarray(np.round(ramp * 65535).astype(np.uint16)),
+    "RGBA PNG": Image.fromarray(
+      np.dstack([np.round(ramp * 255).astype(np.uint8)] * 3 + [np.full((48, 64), 9, np.uint8)])
+    ),
+    "greyscale PNG": Image.fromarray(np.round(ramp * 255).astype(np.uint8)),
+    "palette PNG": Image.fromarray(np.round(ramp * 255).astype(np.uint8)).convert("P"),
+  }
+  for name, image in cases.items():
+    rgb = np.asarray(prepare.decode_rgb(_encoded(image, "PNG")))
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8, name
+    np.testing.assert_allclose(rgb[..., 1] / 255.0, ramp, atol=1 / 255 + 1e-9, err_msg=name)
+  cmyk = np.asarray(prepare.decode_rgb(_encoded(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG")))
+  assert cmyk[..., 0].min() > 200 and cmyk[..., 1:].max() < 60  # red
+  wide = Image.fromarray(np.zeros((20, 40, 3), np.uint8))
+  exif = wide.getexif()
+  exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+  photo = _encoded(wide, "JPEG", exif=exif.tobytes())
+  assert prepare.decode_rgb(photo).size == (40, 20)
+  assert prepare.decode_rgb(photo, exif_orientation=True).size == (20, 40)
+  with pytest.raises(ValueError, match=r"^UnidentifiedImageError: cannot identify image file$"):
+    prepare.decode_rgb(b"\xff\xd8\xff not a picture")
+
+
+def test_image_arrays_are_read_in_their_own_range_or_refused():
+  ramp = np.linspace(0, 1, 12).reshape(3, 4)
+  expected = np.repeat(np.round(ramp * 255).astype(np.uint8)[..., None], 3, -1)
+  for array in (ramp, ramp * 255, np.round(ramp * 65535).astype(np.uint16), np.round(ramp * 255).astype(np.int64)):
+    np.testing.assert_array_equal(prepare.to_uint8_rgb(array), expected, err_msg=str(array.dtype))
+  np.testing.assert_array_equal(prepare.to_uint8_rgb(np.dstack([expected, expected[..., :1]])), expected)
+  with pytest.raises(ValueError, match="not normalised"):
+    prepare.to_uint8_rgb((ramp - 0.5) / 0.25)
+  with pytest.raises(ValueError, match=r"shape \(3, 4, 5\)"):
+    prepare.to_uint8_rgb(np.zeros((3, 4, 5), np.uint8))
 
 
 def test_bad_input_layouts(tmp_path):
@@ -332,8 +383,6 @@ def test_tfds_source_missing_dataset_is_a_clear_error(tmp_path):
 # ---- no silent misconfiguration -------------------------------------------------------------------------------------
 def test_source_is_inferred_from_data_dir_and_nothing_is_ignored(prepared_dir, tmp_path):
   import shutil
-
-  from alexnet_jax import config_lib, input_pipeline
 
   def resolve(**kw):
     c = config_lib.base_config()

@@ -11,6 +11,7 @@ the devices inside the step, that turns a batch's uint8 ``image`` into the netwo
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator
 
 import jax
@@ -78,6 +79,15 @@ def resolve_source(config) -> tuple[str, str]:
   if storage.exists(storage.join(d.dir, TFDS_MARKER)):
     return "tfds", f"{d.dir} holds {TFDS_MARKER} (a TFDS dataset folder)"
   what = "does not exist" if not storage.exists(d.dir) else "is neither a prepared dataset nor a TFDS dataset folder"
+  bad_list = storage.join(d.dir, "bad_files.json")
+  if storage.exists(bad_list):  # prepare writes it after the last shard and before its metadata
+    with storage.open(bad_list) as f:
+      bad = json.load(f)
+    raise ValueError(
+      f"data.dir={d.dir!r} holds a prepare run that did not finish: it read every image, found {len(bad)} it could "
+      f"not read (listed in {bad_list}) and stopped before writing {PREPARED_MARKER}. Fix or remove those files, "
+      "or run prepare again with a higher --max_bad; it keeps the finished shards."
+    )
   raise ValueError(
     f"data.dir={d.dir!r} {what} (no {PREPARED_MARKER}, no {TFDS_MARKER}): run `python -m alexnet_jax.prepare "
     f"--input_dir=SRC --output_dir={d.dir}` first, or point data.dir at a prepared dataset."
