@@ -126,7 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.health.patience = 3  # ... for this many log windows in a row; a layer whose ReLUs are all dead fires at once
   # > 0: also fire when the loss of a log window ending at or after this step is not yet chance_margin below
   # ln(num_classes) (at chance, or above it), whatever the gradient does. configs/paper.py sets it (its docstring:
-  # what a healthy start looks like).
+  # what a healthy start looks like). That step is always a log step, whatever log_every_steps is.
   c.health.max_steps_at_chance = 0
 
   c.profile = ml_collections.ConfigDict()

@@ -555,7 +555,8 @@ def _run(
         hook(step)
 
       last = step == num_train_steps
-      if step % config.log_every_steps == 0 or last:
+      # The step by which the loss must have left chance is always a log step, whatever log_every_steps is.
+      if step % config.log_every_steps == 0 or last or step == h.max_steps_at_chance:
         values = train_metrics.compute()
         check_finite(values)
         elapsed = time.perf_counter() - window_start

@@ -1,5 +1,6 @@
 """Training health: the per-layer diagnostics against a hand computation, and the collapse detector."""
 
+import json
 import logging
 import math
 
@@ -136,3 +137,17 @@ def test_a_collapsed_run_warns_at_chance_then_stops_when_asked(tmp_path, caplog,
   assert all(f"train_{k}_conv1" in rows for k in ("grad_norm", "param_norm", "update_ratio", "dead_relu"))
   stopped = (tmp_path / "stop" / "metrics.jsonl").read_text()
   assert f'"step": {step}, ' in stopped  # the window that showed the collapse is written before the stop
+
+
+def test_the_stated_step_is_checked_even_between_log_steps(tmp_path, caplog):
+  """max_steps_at_chance=3 with log_every_steps=100: the window ending at step 3 is logged and checked there, not at
+  the next log step (a run told to leave chance by step 500 but logging every 1,000 would hear of it late)."""
+  config = tiny_config(num_train_steps=5, log_every_steps=100, checkpoint_every_steps=100)
+  config.health.max_steps_at_chance = 3
+  config.health.chance_margin = 100.0  # every loss counts as "not yet below chance": the check must fire at step 3
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(config, tmp_path)
+  warnings = [r.getMessage() for r in caplog.records if "at chance" in r.getMessage()]
+  assert len(warnings) == 1 and "at chance at step 3:" in warnings[0]
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert sorted({r["step"] for r in rows if "train_loss" in r}) == [3, 5]
