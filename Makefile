@@ -55,7 +55,7 @@ $(VENV)/.installed-package: pyproject.toml
 # Every test, on CPU with $(DEVICES) fake devices (the sharded code paths are the ones tested). The full-size CLI tests
 # (~10 GB each) share one worker (--dist loadgroup), so two never run at once.
 test: install install-aot install-colab
-	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
+	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 --dist loadgroup -q --durations=25 tests
 
 test-fast: install
 	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow" tests
