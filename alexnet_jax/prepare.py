@@ -308,7 +308,9 @@ def write_shard(
 ) -> dict:
   """Write one shard (atomically) and its sidecar ``.done.json`` with counts, bad files, the inputs it was made
   from and partial statistics."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  from alexnet_jax import quiet
+
+  quiet.quiet_tensorflow_logs("3")
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")

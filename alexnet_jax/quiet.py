@@ -22,6 +22,21 @@ import re
 import sys
 import tempfile
 
+# TensorFlow's C++ INFO and WARNING lines are off unless the user chose a level. `import jax` sets
+# TF_CPP_MIN_LOG_LEVEL=1 itself (setdefault), which let TensorFlow's warnings through in every process that started jax
+# first (training): so a "1" found after jax was imported is jax's, not the user's.
+_USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+if _USER_TF_LOG_LEVEL == "1" and "jax" in sys.modules:
+  _USER_TF_LOG_LEVEL = None
+
+
+def quiet_tensorflow_logs(level: str = "2") -> None:
+  """Before TensorFlow is imported: its C++ log lines below ``level`` (2: INFO and WARNING) stay off the terminal,
+  unless the user set TF_CPP_MIN_LOG_LEVEL."""
+  if _USER_TF_LOG_LEVEL is None:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
+
+
 NOISE = re.compile(
   "|".join(
     (
@@ -75,7 +90,7 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
     exec_module = spec.loader.exec_module
 
     def quiet_exec_module(module):
-      os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's own INFO and WARNING lines
+      quiet_tensorflow_logs()
       with filtered_native_stderr():
         exec_module(module)
 

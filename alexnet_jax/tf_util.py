@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 
 def hide_accelerators_from_tensorflow() -> None:
   """TensorFlow must never take GPU/TPU memory that JAX needs: make it CPU-only, if it is installed at all."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from alexnet_jax import quiet
+
+  quiet.quiet_tensorflow_logs()
   try:
     import tensorflow as tf
   except ImportError:
     return
-  from alexnet_jax import quiet
 
   with quiet.filtered_native_stderr():  # a CUDA build of TensorFlow on a machine without a GPU: "failed call to cuInit"
     tf.config.set_visible_devices([], "GPU")

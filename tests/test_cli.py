@@ -50,6 +50,44 @@ def test_native_banners_are_filtered_and_every_other_line_kept(capfd):
   assert sorted(err.splitlines()) == ["E0000 a real error from a native library", "a Python warning"]
 
 
+DAMAGED_SHARD_AFTER_JAX = """
+import os, sys
+import jax
+
+jax.devices()  # as in training: jax starts first (and `import jax` sets TF_CPP_MIN_LOG_LEVEL=1 unless it is set)
+from alexnet_jax import tf_util
+
+tf_util.hide_accelerators_from_tensorflow()
+import tensorflow as tf
+
+path = os.path.join(sys.argv[1], "x.tfrecord")
+with tf.io.TFRecordWriter(path) as w:
+  for i in range(3):
+    w.write(b"record %d " % i * 100)
+blob = bytearray(open(path, "rb").read())
+blob[len(blob) // 2] ^= 1
+open(path, "wb").write(bytes(blob))
+try:
+  list(tf.data.TFRecordDataset(path))
+except tf.errors.DataLossError:
+  print("caught")
+"""
+
+
+def test_tensorflow_warnings_stay_off_in_a_process_that_started_jax_first(tmp_path):
+  """A damaged shard during training printed TensorFlow's "Local rendezvous is aborting with status: DATA_LOSS"
+  above our own one-line error: jax had set the level first. A level the user sets is still theirs."""
+  run = [sys.executable, "-c", DAMAGED_SHARD_AFTER_JAX, str(tmp_path)]
+  env = {k: v for k, v in cli_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+  quiet = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert quiet.stdout.strip() == "caught", quiet.stderr[-2000:]
+  assert "rendezvous" not in quiet.stderr and "DATA_LOSS" not in quiet.stderr, quiet.stderr[-2000:]
+  loud = subprocess.run(
+    run, cwd=ROOT, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"}, capture_output=True, text=True, timeout=300
+  )
+  assert loud.stdout.strip() == "caught" and "Local rendezvous is aborting" in loud.stderr, loud.stderr[-2000:]
+
+
 def test_unknown_config_key_on_the_command_line(tmp_path):
   out = train_cli(tmp_path, "--config.model.widht=0.5")
   assert out.returncode == 2
