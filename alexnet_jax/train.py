@@ -402,6 +402,7 @@ def train_and_evaluate(
   """
   # ---- Config and workdir: one writer per workdir --------------------------------------------------------------
   config_lib.validate(config)
+  input_pipeline.resolve_source(config)  # a data.dir that is no data set is refused before the workdir is made
   workdir = prepare_workdir(workdir)
   with _PreemptionFlag() as preemption:  # from here on SIGTERM stops the run cleanly, during setup too
     lock = workdir_lock.hold(workdir)

@@ -404,6 +404,13 @@ def test_source_is_inferred_from_data_dir_and_nothing_is_ignored(prepared_dir, t
     resolve(**{"data.dir": str(tmp_path)})
   with pytest.raises(ValueError, match="does not exist"):
     resolve(**{"data.dir": str(tmp_path / "typo")})
+  from alexnet_jax import train
+
+  config = config_lib.base_config()
+  config.data.dir = str(tmp_path / "typo")
+  with pytest.raises(ValueError, match="does not exist"):  # before the workdir is made: no empty folder left behind
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
 
 
 def test_num_classes_must_match_the_data(prepared_dir):
