@@ -83,14 +83,14 @@ def fig4_predictions(images: np.ndarray, probabilities: np.ndarray, labels: np.n
       continue
     top.imshow(images[i])
     top.set_title(class_names[labels[i]], fontsize=10)
-    best = np.argsort(probabilities[i])[::-1][:5]
+    best = np.argsort(probabilities[i])[::-1][:5]  # fewer bars when there are fewer than 5 classes
     colours = ["tab:red" if c == labels[i] else "tab:blue" for c in best]
-    bars.barh(range(5), probabilities[i][best], color=colours)
-    bars.set_yticks(range(5), [class_names[c] for c in best], fontsize=8)
+    bars.barh(range(len(best)), probabilities[i][best], color=colours)
+    bars.set_yticks(range(len(best)), [class_names[c] for c in best], fontsize=8)
     bars.invert_yaxis()
     bars.set_xlim(0, 1)
     bars.tick_params(axis="x", labelsize=7)
-  fig.suptitle("Top-5 predictions (red: the correct class)")
+  fig.suptitle(f"Top-{min(5, probabilities.shape[1])} predictions (red: the correct class)")
   fig.tight_layout()
   return fig
 

@@ -132,13 +132,13 @@ class Predictor:
     from alexnet_jax import compat, prepare
 
     compat.require_tensorflow("reading the prepared validation images")
-    import tensorflow as tf
 
     images, labels = [], []
     files, _ = self.source._files("val", 0, 1)  # the shards as the source reads them (paths already resolved)
-    for record in tf.data.TFRecordDataset(files):
+    for record in self.source.records_in_order(files):
       jpeg, label, _ = self.source._parse(record)
-      images.append(np.asarray(prepare.decode_rgb(jpeg.numpy())))
+      # A prepared set's images are stored squares already; a TFDS set's come in any size: made square as prepare does.
+      images.append(prepare.square_crop(prepare.decode_rgb(jpeg.numpy()), self.source.stored_size))
       labels.append(int(label))
       if count and len(images) >= count:
         break

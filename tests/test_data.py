@@ -373,6 +373,57 @@ def test_tfds_source_reads_a_tfds_dataset_folder(prepared_dir):
   assert sum(int(r["mask"].sum()) for r in rows) == 30
 
 
+def build_tfds_dataset(raw_tree, data_dir, file_format: str) -> str:
+  """The shapes tree as a dataset built by TFDS's own builder (variable-size PNGs, greyscale among them), in
+  ``file_format``; returns its dataset folder."""
+  import tensorflow_datasets as tfds
+
+  classes = sorted(p.name for p in (raw_tree / "train").iterdir())
+
+  class Shapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = None  # a builder defined in a test has no source folder of checksums (TFDS looks for one)
+
+    def _info(self):
+      features = {"image": tfds.features.Image(), "label": tfds.features.ClassLabel(names=classes)}
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples("train"), "validation": self._generate_examples("val")}
+
+    def _generate_examples(self, split):
+      for i, path in enumerate(sorted((raw_tree / split).glob("*/*"))):
+        try:
+          image = np.asarray(Image.open(path).convert("RGB"))
+        except OSError:
+          continue  # the tree's truncated and empty files
+        size = 30 + i % 20  # not square, not the stored size: the source resizes on read
+        yield i, {"image": image[:size], "label": path.parent.name}
+
+  builder = Shapes(data_dir=str(data_dir), file_format=file_format)
+  builder.download_and_prepare()
+  return str(builder.data_dir)
+
+
+def test_tfds_source_reads_datasets_built_by_tfds_in_either_file_format(raw_tree, tmp_path):
+  """A TFDS dataset built as TFRecord (TFDS's default) and as ArrayRecord (file_format='array_record', which tf.data
+  cannot read: it used to end in a 'damaged shard' error) give the same batches."""
+  from alexnet_jax.input_pipeline.tfds_source import TfdsSource
+
+  got = {}
+  for fmt in ("tfrecord", "array_record"):
+    folder = build_tfds_dataset(raw_tree, tmp_path / fmt, fmt)
+    assert any(fmt in name for name in os.listdir(folder))
+    src = TfdsSource("", folder, image_size=CROP, seed=0, shuffle_buffer=64)
+    assert src.num_classes == 10 and src.num_eval_examples == 30
+    evals = list(src.eval_batches(16))
+    assert sum(int(b["mask"].sum()) for b in evals) == 30
+    got[fmt] = (first_batches(src, 3), evals)
+  for a, b in zip(got["tfrecord"][0] + got["tfrecord"][1], got["array_record"][0] + got["array_record"][1]):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+
+
 def test_tfds_source_missing_dataset_is_a_clear_error(tmp_path):
   from alexnet_jax.input_pipeline.tfds_source import TfdsSource
 

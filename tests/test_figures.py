@@ -78,3 +78,15 @@ def test_nearest_neighbours_by_euclidean_distance():
   features = np.array([[0.0, 0], [1, 0], [0, 3], [10, 10], [1.1, 0.1]])
   got = figures.nearest_neighbours(features, np.array([0, 1]), k=2)
   assert got.tolist() == [[1, 4], [4, 0]]
+
+
+def test_fewer_than_five_classes_get_that_many_bars():
+  """A two-class run (figures of it failed with a shape mismatch: five bars for two classes)."""
+  from alexnet_jax import figures
+
+  images = np.zeros((3, 16, 16, 3), np.uint8)
+  probabilities = np.array([[0.9, 0.1], [0.3, 0.7], [0.5, 0.5]])
+  fig = figures.fig4_predictions(images, probabilities, np.array([0, 1, 1]), ["cat", "dog"])
+  assert fig._suptitle.get_text().startswith("Top-2 predictions")
+  bars = [ax for ax in fig.axes if ax.patches]
+  assert len(bars) == 3 and all(len(ax.patches) == 2 for ax in bars)

@@ -204,6 +204,20 @@ class PreparedSource:
     return steps
 
   # ---- tf.data pieces --------------------------------------------------------------------------------------------
+  def records(self, filename):
+    """The raw records of one shard (``filename``: a string or a scalar tf.string), in order. Prepared sets and
+    TFDS's default format are TFRecord files; TfdsSource reads TFDS's ArrayRecord files too."""
+    import tensorflow as tf
+
+    return tf.data.TFRecordDataset(filename)
+
+  def records_in_order(self, files: list[str]):
+    """Every record of ``files``, file after file."""
+    import tensorflow as tf
+
+    no_autograph = tf.autograph.experimental.do_not_convert  # plain tf.data calls: nothing for AutoGraph to convert
+    return tf.data.Dataset.from_tensor_slices(files).flat_map(no_autograph(self.records))
+
   def _parse(self, record):
     import tensorflow as tf
 
@@ -349,7 +363,7 @@ class PreparedSource:
     order = tf.random.experimental.stateless_shuffle(tf.range(len(files)), seed=tf.stack([seed, epoch]))
     ds = tf.data.Dataset.from_tensor_slices(tf.gather(tf.constant(files), order))
     ds = ds.interleave(
-      tf.data.TFRecordDataset,
+      tf.autograph.experimental.do_not_convert(self.records),  # plain tf.data calls: nothing for AutoGraph to do
       cycle_length=min(16, len(files)),
       block_length=1,
       num_parallel_calls=min(16, len(files)),
@@ -389,7 +403,7 @@ class PreparedSource:
     import tensorflow as tf
 
     options, parallel = self._options()
-    ds = tf.data.TFRecordDataset(files, num_parallel_reads=1)
+    ds = self.records_in_order(files)
     ds = ds.map(self._eval_example, num_parallel_calls=parallel, deterministic=True)
     ds = ds.batch(batch).map(self._to_batch, num_parallel_calls=parallel, deterministic=True)
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -551,6 +565,12 @@ def damaged_shard_message(files: list[str], message: str, data_dir: str) -> str:
   damaged = [p for p in candidates if shard_damage(p)]
   what = _record_fault(message)
   source = _prepared_from(data_dir)
+  if source is None:  # not made by prepare: a TFDS dataset folder
+    where = f"damaged shard {', '.join(damaged)}" if damaged else f"a damaged shard in {data_dir}"
+    return (
+      f"{where} ({what}): this TFDS dataset has to be built again with tensorflow-datasets (or its images "
+      "prepared with `python -m alexnet_jax.prepare` into a new --output_dir)"
+    )
   if not damaged:
     return f"a shard of {data_dir} is damaged ({what}) and none could be singled out: prepare into a new --output_dir"
   return (
@@ -560,10 +580,14 @@ def damaged_shard_message(files: list[str], message: str, data_dir: str) -> str:
   )
 
 
-def _prepared_from(data_dir: str) -> str:
-  """The --input_dir that ``data_dir`` was prepared from (its metadata records it), or SRC when unknown."""
+def _prepared_from(data_dir: str) -> str | None:
+  """The --input_dir that ``data_dir`` was prepared from (its metadata records it; SRC when it does not say), or
+  None when ``data_dir`` was not made by prepare."""
+  path = storage.join(data_dir, prepare_lib.METADATA)
   try:
-    with storage.open(storage.join(data_dir, prepare_lib.METADATA)) as f:
+    if not storage.exists(path):
+      return None
+    with storage.open(path) as f:
       return json.load(f).get("source") or "SRC"
   except (OSError, ValueError):
     return "SRC"

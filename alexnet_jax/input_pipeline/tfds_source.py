@@ -29,6 +29,27 @@ class TfdsSource(PreparedSource):
     self.tfds_name = name
     super().__init__(data_dir, **kwargs)
 
+  def records(self, filename):
+    """TFRecord shards through TensorFlow's reader; ArrayRecord shards (a TFDS dataset built with
+    ``file_format='array_record'``, which tf.data cannot read) through the ``array_record`` package that TFDS
+    installs, record by record in file order."""
+    if self.file_format != "array_record":
+      return super().records(filename)
+    import tensorflow as tf
+
+    def read(path: bytes):
+      from array_record.python import array_record_module
+
+      reader = array_record_module.ArrayRecordReader(path.decode())
+      try:
+        for _ in range(reader.num_records()):
+          yield reader.read()
+      finally:
+        reader.close()
+
+    spec = tf.TensorSpec([], tf.string)
+    return tf.data.Dataset.from_generator(read, args=(filename,), output_signature=spec)
+
   def _report_resize(self, data_dir: str) -> None:
     del data_dir  # every TFDS image is resized on read anyway (to view_size directly)
 
@@ -58,6 +79,12 @@ class TfdsSource(PreparedSource):
         f"cannot open the {what} ({type(e).__name__}: {e}). Build it with TFDS first (nothing is "
         "downloaded at training time), or use data.source='prepared'."
       ) from e
+    self.file_format = getattr(getattr(info, "file_format", None), "value", None) or "tfrecord"
+    if self.file_format not in ("tfrecord", "array_record"):
+      raise ValueError(
+        f"{info.full_name} is stored as {self.file_format}: this pipeline reads TFRecord and ArrayRecord shards. "
+        "Build it again with TFDS's file_format='tfrecord'."
+      )
     if "image" not in info.features or "label" not in info.features:
       raise ValueError(f"{info.full_name} has no 'image' and 'label' features: not an image-classification dataset")
     eval_split = next((s for s in EVAL_SPLITS if s in splits), None)
