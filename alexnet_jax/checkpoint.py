@@ -4,22 +4,34 @@ Each checkpoint holds three items: ``state`` (the plain train-state pytree), ``c
 to refuse a resume that would silently change the computation) and ``fingerprints`` (one exact checksum per array,
 computed on the devices at save and compared at restore: damage that the reader does not trip on, a flipped bit or an
 overwritten block inside the data, is caught too). A step directory is only a checkpoint once orbax
-has committed it (an interrupted save leaves a ``*.orbax-checkpoint-tmp`` folder that is never read). A committed
-step that cannot be read is moved aside to ``WORKDIR/checkpoints_corrupt/`` and the previous step is used, with a
-warning.
+has committed it (an interrupted save leaves a ``*.orbax-checkpoint-tmp`` folder that is never read).
+
+A restore tells damage from everything else, because only damage may cost a checkpoint:
+
+- **damaged** (a fingerprint mismatch; bytes or metadata the reader cannot decode; a file of a committed step
+  missing; each read error seen twice in a row): the step is moved aside to ``WORKDIR/checkpoints_corrupt/`` and the
+  previous step is used, with a warning;
+- **does not fit** (the saved config differs, checked first by the caller; the saved arrays' shapes, dtypes or keys
+  differ from the state this code and config build, read from the checkpoint's metadata before any array):
+  ``CheckpointMismatchError``, nothing moved;
+- **anything else** (no permission, out of memory, a storage service unavailable, an error we do not know):
+  ``CheckpointReadError``, nothing moved. The run stops; the checkpoints are all still there for a rerun.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from alexnet_jax import storage
+from alexnet_jax import cli, storage
 
 # ---------------------------------------------------------------------------------------------------------------
 # Fingerprints: every saved array's, recorded at save and checked at restore.
@@ -52,12 +64,85 @@ def _first_line(error: Exception) -> str:
   return str(error).splitlines()[0] if str(error) else ""
 
 
-class FingerprintMismatchError(ValueError):
-  """A restored array differs from the one that was saved (bit rot, a partial overwrite, a bad copy)."""
-
-
 class DiskFullError(ValueError):
   """A checkpoint could not be written for lack of space; the committed steps are intact."""
+
+
+class CheckpointMismatchError(ValueError):
+  """A readable checkpoint that does not fit the state the current code and config build (a changed shape, dtype or
+  set of arrays): not damage, so nothing is moved."""
+
+
+class CheckpointReadError(ValueError):
+  """A checkpoint could not be read for a reason that is not evidence of damage (permission, memory, an unavailable
+  storage service, an unknown error): nothing is moved. ``transient`` is True when a rerun may well succeed."""
+
+  def __init__(self, message: str, *, transient: bool = False):
+    super().__init__(message)
+    self.transient = transient
+
+
+class _Damaged(Exception):
+  """Internal: evidence that a committed step is damaged (it is moved aside and the step before it is tried)."""
+
+
+# How a read failure is judged. Tensorstore reports absl status codes at the start of its messages.
+_NOT_DAMAGE = ("PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED", "out of memory", "Out of memory")
+_MISMATCH = ("not compatible with the stored shape", "Requested shape", "dtype mismatch")
+_DAMAGE = (
+  "NOT_FOUND",
+  "OUT_OF_RANGE",
+  "DATA_LOSS",
+  "FAILED_PRECONDITION",
+  "Error reading",
+  "Error decoding",
+  "corrupt",
+)
+
+
+def _judge(error: BaseException) -> str:
+  """'damage' (evidence of damaged bytes, if it repeats), 'mismatch', 'transient', or 'other' (stop, move nothing)."""
+  text = f"{type(error).__name__}: {error}"
+  if isinstance(error, PermissionError | MemoryError) or any(m in text for m in _NOT_DAMAGE):
+    return "other"
+  if cli.transient(error):  # the one rule of what a rerun may not meet again (the exit codes use it too)
+    return "transient"
+  if any(m in text for m in _MISMATCH):
+    return "mismatch"
+  if isinstance(error, json.JSONDecodeError | FileNotFoundError | UnicodeDecodeError | EOFError):
+    return "damage"
+  if isinstance(error, OSError | ValueError) and any(m in text for m in _DAMAGE):
+    return "damage"
+  return "other"
+
+
+def _path(path: tuple[Any, ...]) -> str:
+  """A pytree path as 'opt_state/velocity/conv1/kernel', whatever the containers (orbax's metadata tree holds dicts
+  where the state holds named tuples)."""
+  names = (getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+  return "/".join(str(n) for n in names)
+
+
+def _describe(shape: tuple[int, ...], dtype: Any) -> str:
+  return f"{tuple(shape)} {np.dtype(dtype).name}"
+
+
+def mismatches(saved_metadata: Any, abstract_state: Any) -> list[str]:
+  """How a checkpoint's arrays (its metadata tree) differ from the state wanted now (a pytree of
+  ``jax.ShapeDtypeStruct``): one line per array whose shape or dtype differs, that is saved but not wanted, or
+  wanted but not saved. Empty when the state restores as it is."""
+  saved = {_path(p): m for p, m in jax.tree_util.tree_flatten_with_path(saved_metadata)[0]}
+  wanted = {_path(p): a for p, a in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+  lines = []
+  for key in sorted(saved.keys() | wanted.keys(), key=lambda k: (not k.startswith("params/"), k)):  # params first
+    m, a = saved.get(key), wanted.get(key)
+    if a is None:
+      lines.append(f"{key} is saved but this code has no such array")
+    elif m is None:
+      lines.append(f"{key} is not in the checkpoint")
+    elif hasattr(m, "shape") and (tuple(m.shape) != tuple(a.shape) or np.dtype(m.dtype) != np.dtype(a.dtype)):
+      lines.append(f"{key}: saved {_describe(m.shape, m.dtype)}, now {_describe(a.shape, a.dtype)}")
+  return lines
 
 
 def _disk_full(error: Exception) -> bool:
@@ -74,7 +159,12 @@ class Checkpointer:
     self._manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(self.directory, options=self._options, item_names=("state", "config", "fingerprints"))
+    handlers = {
+      "state": ocp.StandardCheckpointHandler(),
+      "config": ocp.JsonCheckpointHandler(),
+      "fingerprints": ocp.JsonCheckpointHandler(),
+    }
+    return ocp.CheckpointManager(self.directory, options=self._options, item_handlers=handlers)
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -96,42 +186,104 @@ class Checkpointer:
     except Exception as e:
       raise self._write_failed(e) from None
 
-  def restore(self, step: int, abstract_state: Any) -> tuple[int, Any, dict[str, Any]]:
-    """(step, state, saved config) of one given step; FingerprintMismatchError if any array differs from what was
-    saved."""
-    items = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
+  def _read(self, step: int, what: str, read: Callable[[], Any]) -> Any:
+    """``read()``, judged: damage only when the same kind of read error happens twice in a row."""
+    for attempt in (1, 2):
+      try:
+        return read()
+      except Exception as e:
+        kind = _judge(e)
+        reason = f"{type(e).__name__}: {_first_line(e)}"
+        if kind == "damage" and attempt == 1:
+          logging.warning("Reading the %s of step %d failed (%s); trying once more.", what, step, reason)
+          continue
+        if kind == "damage":
+          raise _Damaged(reason) from e
+        if kind == "mismatch":
+          raise CheckpointMismatchError(
+            f"the checkpoint at step {step} in {self.directory} does not fit the state this config builds "
+            f"({reason}); nothing was moved. Resume with the config it was saved with, or use a new --workdir."
+          ) from None
+        raise CheckpointReadError(
+          f"could not read the {what} of the checkpoint at step {step} in {self.directory} ({reason}); this is "
+          "not evidence of damage, so every checkpoint was left in place. "
+          + ("Rerun the same command to retry." if kind == "transient" else "Fix the cause and rerun to resume."),
+          transient=kind == "transient",
+        ) from None
+    raise AssertionError("unreachable")
+
+  def restore(
+    self, step: int, abstract_state: Any, *, check_config: Callable[[int, dict[str, Any]], None] | None = None
+  ) -> tuple[int, Any, dict[str, Any]]:
+    """(step, state, saved config) of one given step.
+
+    In order, each before anything bigger is read: the saved config (``check_config(step, config)`` may refuse it by
+    raising), the saved arrays' shapes and dtypes against ``abstract_state`` (``CheckpointMismatchError``), then the
+    arrays and their fingerprints. Raises ``_Damaged`` on evidence of damage (``restore_latest`` moves the step aside;
+    other callers see it as ``CheckpointReadError``), ``CheckpointMismatchError``, ``CheckpointReadError``.
+    """
+    saved_config = self._read(
+      step,
+      "config",
+      lambda: dict(self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]),
+    )
+    if check_config is not None:
+      check_config(step, saved_config)
+    metadata = self._read(step, "array metadata", lambda: self._manager.item_metadata(step)["state"])
+    if metadata is None:
+      raise _Damaged("its array metadata is missing")
+    differ = mismatches(metadata, abstract_state)
+    if differ:
+      more = f" (and {len(differ) - 6} more)" if len(differ) > 6 else ""
+      raise CheckpointMismatchError(
+        f"the checkpoint at step {step} in {self.directory} does not fit the state this code and config build: "
+        f"{'; '.join(differ[:6])}{more}. A run cannot resume with other shapes (a changed model.width, "
+        "num_classes, name, dtype, ...); nothing was moved. Resume with the config it was saved with, or use a new "
+        "--workdir."
+      )
     verified = storage.isdir(storage.join(self.directory, str(step), "fingerprints"))
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
     if verified:
       items["fingerprints"] = ocp.args.JsonRestore()
     else:
       logging.warning("Checkpoint at step %d has no fingerprints (saved by an older version): not verified.", step)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    restored = self._read(step, "arrays", lambda: self._manager.restore(step, args=ocp.args.Composite(**items)))
     if verified:
       saved, now = dict(restored["fingerprints"]), fingerprints(restored["state"])
       differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
       if differ:
         more = " ..." if len(differ) > 4 else ""
-        raise FingerprintMismatchError(
-          f"{len(differ)} array(s) differ from what was saved ({', '.join(differ[:4])}{more})"
+        raise _Damaged(
+          f"fingerprint mismatch: {len(differ)} array(s) differ from what was saved ({', '.join(differ[:4])}{more})"
         )
-    return step, restored["state"], dict(restored["config"])
+    return step, restored["state"], saved_config
 
-  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+  def restore_step(self, step: int, abstract_state: Any) -> tuple[int, Any, dict[str, Any]]:
+    """``restore`` of exactly ``step``, for a caller that asked for it: damage is reported, not moved aside."""
+    try:
+      return self.restore(step, abstract_state)
+    except _Damaged as e:
+      raise CheckpointReadError(f"the checkpoint at step {step} in {self.directory} is damaged ({e})") from None
+
+  def restore_latest(
+    self, abstract_state: Any, *, check_config: Callable[[int, dict[str, Any]], None] | None = None
+  ) -> tuple[int, Any, dict[str, Any]] | None:
     """(step, state, saved config) of the newest readable checkpoint, or None when there is none.
 
     ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` carrying the shardings wanted now, so a checkpoint
-    written on another number of devices or processes lands directly in the current layout.
+    written on another number of devices or processes lands directly in the current layout. A damaged step is moved
+    to ``checkpoints_corrupt/`` and the one before it tried; every other failure (``check_config``'s refusal,
+    ``CheckpointMismatchError``, ``CheckpointReadError``) is raised with every step left in place.
     """
     for step in reversed(self.all_steps()):
       try:
-        return self.restore(step, abstract_state)
-      except Exception as e:
+        return self.restore(step, abstract_state, check_config=check_config)
+      except _Damaged as e:
         logging.warning(
-          "Checkpoint at step %d in %s cannot be read (%s: %s); moving it aside and falling back to the previous step.",
+          "Checkpoint at step %d in %s cannot be read (%s); moving it aside and falling back to the previous step.",
           step,
           self.directory,
-          type(e).__name__,
-          _first_line(e),
+          e,
         )
         try:
           self._quarantine(step)

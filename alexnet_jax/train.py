@@ -249,7 +249,7 @@ def load_checkpoint(
   target = checkpoint_lib.abstract_with_shardings(plan.abstract, plan.shardings)
   ckpt = checkpoint_lib.Checkpointer(storage.join(storage.resolve(workdir), "checkpoints"), max_to_keep=10**9)
   try:
-    restored = ckpt.restore(step, target) if step is not None else ckpt.restore_latest(target)
+    restored = ckpt.restore_step(step, target) if step is not None else ckpt.restore_latest(target)
   finally:
     ckpt.close()
   if restored is None:
@@ -441,20 +441,29 @@ def _run(
   # ---- Checkpoint: resume, or start afresh ----------------------------------------------------------------------
   config_json = config_lib.to_json(config)
   ckpt = checkpoint_lib.Checkpointer(storage.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-  restored = ckpt.restore_latest(checkpoint_lib.abstract_with_shardings(abstract, shardings))
-  if restored is not None:
-    restored_step, state, saved_config = restored
+
+  def refuse_a_changed_config(step: int, saved_config: dict[str, Any]) -> None:  # before any array is read
     changed = config_lib.changed_keys(saved_config, config_json)
     if changed and not allow_config_change:
-      ckpt.close()
       details = "; ".join(
         f"{k}: {config_lib.flatten(saved_config).get(k)!r} -> {config_lib.flatten(config_json).get(k)!r}"
         for k in changed
       )
       raise ConfigChangedError(
-        f"{workdir} holds a run with a different config ({details}). Use a new --workdir, restore the old "
-        "values, or pass --allow_config_change to resume anyway."
+        f"{workdir} holds a run with a different config (step {step}: {details}). Use a new --workdir, restore the "
+        "old values, or pass --allow_config_change to resume anyway."
       )
+
+  try:
+    restored = ckpt.restore_latest(
+      checkpoint_lib.abstract_with_shardings(abstract, shardings), check_config=refuse_a_changed_config
+    )
+  except Exception:
+    ckpt.close()
+    raise
+  if restored is not None:
+    restored_step, state, saved_config = restored
+    changed = config_lib.changed_keys(saved_config, config_json)
     if changed:
       logging.warning("Resuming with changed config keys (allowed): %s", changed)
     logging.info("Resuming from the checkpoint at step %d (next step: %d)", restored_step, restored_step + 1)
