@@ -90,12 +90,16 @@ def base_schedule(
 ) -> optax.Schedule:
   """The step-dependent part of the learning rate; the plateau scale multiplies it (1 unless ``paper``).
 
-  ``warmup_epochs`` > 0: the rate rises linearly from 0 over that many epochs first (any schedule; the paper has
-  none)."""
+  ``warmup_epochs`` > 0: the rate rises linearly over that many epochs' W steps first, on any schedule (the paper has
+  none): step s (counted from 0, the first update) uses (s + 1) / W of the rate, so the first update already moves
+  the weights (a ramp from exactly 0 would spend step 0 on nothing) and step W - 1 uses the full rate (Goyal et al.
+  2017, Sec. 2.2: a linear ramp to the target rate). A cosine schedule decays over the steps after the warm-up.
+  """
   warmup = int(round(warmup_epochs * steps_per_epoch))
   if name == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, max(total_steps, warmup + 1))
-  if name in ("paper", "constant"):
+    decay = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup, 1))
+    schedule = lambda step: decay(jnp.maximum(step - warmup, 0))
+  elif name in ("paper", "constant"):
     schedule = optax.constant_schedule(learning_rate)
   elif name == "step":
     boundaries = {int(round(e * steps_per_epoch)): factor for e in step_epochs}
@@ -104,7 +108,7 @@ def base_schedule(
     raise ValueError(f"schedule.name must be one of {SCHEDULES}, got {name!r}")
   if warmup <= 0:
     return schedule
-  return lambda step: schedule(step) * jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup)
+  return lambda step: schedule(step) * jnp.minimum(1.0, (jnp.asarray(step, jnp.float32) + 1) / warmup)
 
 
 def plateau_init() -> dict[str, jax.Array]:

@@ -52,6 +52,15 @@ def _leaf_spec(path: tuple[Any, ...], leaf: Any) -> P:
   return _MODEL_SPLIT["conv" if layer.startswith("conv") else layer][kind]
 
 
+def _knob(path: tuple[Any, ...]) -> str:
+  """What sets the size of the split dimension of the parameter at ``path``: fc8's outputs are the classes, every
+  other split dimension scales with model.width."""
+  names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+  if "fc8" in names:
+    return "fc8's outputs are model.num_classes, so use a num_classes that it divides (model.width does not change it)"
+  return "choose a model.width whose channels split evenly"
+
+
 def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
   """NamedShardings for a train state (or params): parameters and their velocities split over 'model' by the
   rules above, everything else replicated. With mesh.model = 1 everything is replicated."""
@@ -62,8 +71,8 @@ def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
     for dim, axis in zip(getattr(leaf, "shape", ()), spec, strict=False):
       if axis == "model" and dim % model:
         raise ValueError(
-          f"mesh.model={model} does not divide dimension {dim} of {jax.tree_util.keystr(path)}: choose a width "
-          "whose channels split evenly, or mesh.model=1."
+          f"mesh.model={model} does not divide dimension {dim} of {jax.tree_util.keystr(path)}: {_knob(path)}, or "
+          "mesh.model=1."
         )
     return NamedSharding(mesh, spec)
 

@@ -1,5 +1,7 @@
 """The paper's update rule and the learning-rate schedules, against hand-written NumPy."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,13 +120,15 @@ def test_plateau_min_delta():
 def test_step_and_cosine_schedules():
   step = optim.base_schedule("step", learning_rate=0.1, steps_per_epoch=10, total_steps=100, step_epochs=(3, 6))
   assert [float(step(i)) for i in (0, 29, 30, 59, 60)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+  # Warm-up over W steps: step s (0 = the first update) at (s + 1) / W of the rate, never 0, full from step W - 1.
   cos = optim.base_schedule("cosine", learning_rate=0.1, steps_per_epoch=10, total_steps=100, warmup_epochs=1)
-  assert float(cos(0)) == 0.0 and float(cos(10)) == pytest.approx(0.1) and float(cos(100)) == pytest.approx(0.0)
+  half_way = 0.1 * 0.5 * (1 + math.cos(math.pi * 45 / 90))  # cosine decay over the 90 steps after the warm-up
+  assert [float(cos(i)) for i in (0, 9, 10, 55, 100)] == pytest.approx([0.01, 0.1, 0.1, half_way, 0.0])
   warm = optim.base_schedule("paper", learning_rate=0.1, steps_per_epoch=10, total_steps=100, warmup_epochs=2)
-  assert [float(warm(i)) for i in (0, 5, 10, 20, 50)] == pytest.approx([0.0, 0.025, 0.05, 0.1, 0.1])
+  assert [float(warm(i)) for i in (0, 4, 9, 19, 20, 50)] == pytest.approx([0.005, 0.025, 0.05, 0.1, 0.1, 0.1])
   warm_step = optim.base_schedule(
     "step", learning_rate=0.1, steps_per_epoch=10, total_steps=100, step_epochs=(3,), warmup_epochs=1
   )
-  assert [float(warm_step(i)) for i in (5, 10, 30)] == pytest.approx([0.05, 0.1, 0.01])
+  assert [float(warm_step(i)) for i in (0, 4, 10, 30)] == pytest.approx([0.01, 0.05, 0.1, 0.01])
   with pytest.raises(ValueError, match=r"schedule\.name"):
     optim.base_schedule("exp", learning_rate=0.1, steps_per_epoch=1, total_steps=1)
