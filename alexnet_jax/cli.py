@@ -7,13 +7,66 @@ exit code 1; ``run(main)`` turns each into ``error: ...`` and 2 (the README's co
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 from collections.abc import Callable
 
 from absl import app, flags
 
-EXIT_USAGE = 2
+# The exit codes every command of the project uses, and what a supervisor (launch/restart.sh, launch/slurm.sbatch's
+# requeue, the GKE manifests' failure policies) does with each: 0 and 1/2 are final, everything else is retried.
+EXIT_DONE = 0  # finished
+EXIT_ERROR = 1  # a clear error a rerun cannot fix (bad config value, bad data, NaN loss), one `error:` line
+EXIT_USAGE = 2  # a bad command line (unknown flag or config key, a value of the wrong type), one `error:` line
+EXIT_RETRY = 75  # EX_TEMPFAIL: preempted (SIGTERM, checkpoint saved) or a transient error: rerun to resume
+# Anything else (a crash, SIGABRT=134 from JAX's coordination service after a lost peer, SIGKILL=137) is also
+# retried, after a back-off and a bounded number of times.
+
+_TRANSIENT_ERRNOS = {
+  errno.EIO,
+  errno.ESTALE,  # a network file system's handle gone stale
+  errno.ETIMEDOUT,
+  errno.ECONNRESET,
+  errno.ECONNREFUSED,
+  errno.ECONNABORTED,
+  errno.EHOSTUNREACH,
+  errno.ENETUNREACH,
+  errno.ENETDOWN,
+  errno.ENETRESET,
+  errno.EAGAIN,
+}
+# gRPC status codes (JAX's runtime, the coordination service, tensorstore) that say "try again".
+_TRANSIENT_STATUS = re.compile(r"\b(UNAVAILABLE|DEADLINE_EXCEEDED|ABORTED)\b")
+
+
+def transient(error: BaseException) -> bool:
+  """An error that a rerun from the last checkpoint may not meet again: a network or I/O failure (not a missing
+  file, a permission or a full disk), an unreachable or lost peer, a storage service that is briefly unavailable."""
+  if getattr(error, "transient", None) is not None:  # the error says so itself (checkpoint.CheckpointReadError)
+    return bool(error.transient)
+  if isinstance(error, (ConnectionError, TimeoutError)):
+    return True
+  if isinstance(error, OSError):
+    return error.errno in _TRANSIENT_ERRNOS
+  return isinstance(error, (RuntimeError, ValueError)) and bool(_TRANSIENT_STATUS.search(str(error)))
+
+
+def exit_code_for(error: Exception, clear: tuple[type[BaseException], ...] = (ValueError, OSError)) -> int:
+  """Print ``error`` as one ``error:`` line and return its exit code: EXIT_RETRY for a transient error, EXIT_ERROR for
+  one of the ``clear`` kinds; anything else (a bug) is raised again, for Python's traceback."""
+  if transient(error):
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    print(
+      f"error: {type(error).__name__}: {message} -- a transient error (I/O, network, a lost or unreachable peer): "
+      f"exit {EXIT_RETRY}, a rerun resumes from the last checkpoint",
+      file=sys.stderr,
+    )
+    return EXIT_RETRY
+  if isinstance(error, clear):
+    print(f"error: {error}", file=sys.stderr)  # once: not also as a log line
+    return EXIT_ERROR
+  raise error
 
 
 def _usage_error(message: str) -> None:

@@ -136,9 +136,8 @@ def main(argv: list[str]) -> int:
     out = evaluate_workdirs(
       f.workdir.split(","), crops=f.crops, data_dir=f.data_dir, step=f.step, batch_size=f.batch_size
     )
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except Exception as e:  # one error line: 1, or 75 for a transient one (a rerun may succeed)
+    return cli.exit_code_for(e)
   print(
     f"top-1 error {out['top1_error']:.2%}  top-5 error {out['top5_error']:.2%}  ({out['crops']} crop(s), "
     f"{out['num_examples']} images, step {out['step']}) -> {out.get('path')}"

@@ -25,24 +25,32 @@ flags.DEFINE_integer(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving; rerun to resume
+EXIT_PREEMPTED = cli.EXIT_RETRY  # stopped by SIGTERM after saving; rerun to resume
 
 
 def main(argv: list[str]) -> int:
+  """Exit codes (cli.py): 0 done, 1 a clear error, 2 a bad command line, 75 preempted or a transient error."""
   del argv  # cli.parse_flags refused any leftover
   from alexnet_jax import distributed, train
 
   train.quiet_library_logs()  # before the backends start (JAX logs the ones it does not find)
   f = flags.FLAGS
-  distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, f.heartbeat_timeout_seconds)
   try:
-    result = train.train_and_evaluate(
-      flags.FLAGS.config, flags.FLAGS.workdir, allow_config_change=flags.FLAGS.allow_config_change
-    )
-  except (ValueError, train.NonFiniteError) as e:
-    print(f"error: {e}", file=sys.stderr)  # once: not also as a log line
-    return 1
-  return EXIT_PREEMPTED if result["status"] == "preempted" else 0
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, f.heartbeat_timeout_seconds)
+  except ValueError as e:
+    if not cli.transient(e):  # half of the multi-process flags, an Open MPI 5 job without a coordinator address
+      print(f"error: {e}", file=sys.stderr)
+      return cli.EXIT_USAGE
+    return cli.exit_code_for(e)
+  except Exception as e:
+    if cli.transient(e):  # the coordinator not reachable (yet): the scheduler's rerun may find it
+      return cli.exit_code_for(e)
+    raise
+  try:
+    result = train.train_and_evaluate(f.config, f.workdir, allow_config_change=f.allow_config_change)
+  except Exception as e:  # OSError: a missing file, a permission
+    return cli.exit_code_for(e, (ValueError, OSError, train.NonFiniteError))
+  return EXIT_PREEMPTED if result["status"] == "preempted" else cli.EXIT_DONE
 
 
 def run() -> None:

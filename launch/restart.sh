@@ -4,11 +4,13 @@
 #
 #   launch/restart.sh [--max_failures=N] [--backoff_secs=S] [--dry_run] -- COMMAND ...
 #
-# Exit statuses of COMMAND:
+# Exit statuses of COMMAND (the project's one mapping, alexnet_jax/cli.py; SLURM's requeue in launch/slurm.sbatch
+# and the GKE manifests' failure policies act on the same codes):
 #   0       done: stop with 0
-#   1, 2    a clear error from the trainer (bad config or data, NaN loss) or a usage error: rerunning cannot fix
-#           it, stop with that status
-#   75      preempted (SIGTERM, checkpoint saved): restart at once; does not count as a failure
+#   1, 2    a clear error from the trainer (bad config value or data, NaN loss) or a bad command line: rerunning
+#           cannot fix it, stop with that status
+#   75      preempted (SIGTERM, checkpoint saved) or a transient error (I/O, network, an unreachable peer): restart
+#           at once; does not count as a failure
 #   other   a crash, a lost peer (134, SIGABRT from JAX's coordination service), a kill (137): restart after
 #           --backoff_secs, at most --max_failures times in a row
 # SIGTERM/SIGINT sent to this script are passed on to COMMAND (which saves and exits 75), and then it stops.

@@ -4,13 +4,16 @@ restarts on the right exit statuses, the GKE manifest is consistent, and sweeps 
 import glob
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
-from tests.conftest import cli_env
+from tests.conftest import TINY_FLAGS, cli_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch")
@@ -34,14 +37,18 @@ def test_shellcheck(script):
 
 
 def test_slurm_dry_run():
-  out = sh(
-    "bash", "launch/slurm.sbatch", "configs/paper.py", "/shared/w", "--config.batch_size=256", env={"DRY_RUN": "1"}
-  )
+  env = {"DRY_RUN": "1", "PYTHON": sys.executable, "SLURM_CPUS_PER_TASK": "8"}
+  out = sh("bash", "launch/slurm.sbatch", "configs/paper.py", "/shared/w", "--config.batch_size=256", env=env)
   assert out.returncode == 0, out.stderr
-  assert (
-    "srun --kill-on-bad-exit=1 --ntasks-per-node=1 python -m alexnet_jax.main --config=configs/paper.py "
-    "--workdir=/shared/w --config.batch_size=256" in out.stdout
-  )
+  _, srun, *_, training = out.stdout.strip().splitlines()
+  assert srun.startswith("srun --kill-on-bad-exit=1 ") and "--ntasks-per-node" not in srun  # the job's layout
+  assert "with SRUN_CPUS_PER_TASK=8" in out.stdout  # srun no longer inherits --cpus-per-task (Slurm 22.05)
+  assert parse_as_main(shlex.split(training)) == {
+    "config": "configs/paper.py",
+    "workdir": "/shared/w",
+    "data_dir": "",
+    "batch_size": 256,
+  }
   assert sh("bash", "launch/slurm.sbatch", env={"DRY_RUN": "1"}).returncode == 2  # usage
 
 
@@ -54,7 +61,18 @@ def test_tpu_pod_dry_run():
     "+ gcloud compute tpus tpu-vm create t1 --zone=z1 --accelerator-type=v4-32 --version=tpu-ubuntu2204-base --spot"
   )
   assert lines[0].rstrip() == want
-  assert any("--worker=all" in line and "alexnet_jax.main\\ --workdir=/mnt/w" in line for line in lines)
+  assert remote_training_argv(out.stdout)[3:5] == ["--config=configs/paper.py", "--workdir=/mnt/w"]
+  on_demand = sh("bash", "launch/tpu_pod.sh", "--dry_run", "create", env={**env, "SPOT": "0"})
+  assert on_demand.returncode == 0 and "--spot" not in on_demand.stdout  # SPOT=0 added --spot before
+  for accelerator, runtime in [
+    ("v6e-16", "v2-alpha-tpuv6e"),
+    ("v5p-8", "v2-alpha-tpuv5"),
+    ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+  ]:
+    created = sh("bash", "launch/tpu_pod.sh", "--dry_run", "create", env={**env, "ACCELERATOR": accelerator})
+    assert f"--version={runtime}" in created.stdout, created.stdout  # cloud.google.com/tpu/docs/runtimes
+  copy = sh("bash", "launch/tpu_pod.sh", "--dry_run", "copy", env=env).stdout
+  assert "--exclude=./.venv\\*" in copy  # .venv-aot (2.4 GB) too
   assert sh("bash", "launch/tpu_pod.sh", "--dry_run", "bogus").returncode == 2
   queued = sh("bash", "launch/tpu_pod.sh", "--dry_run", "delete", env={**env, "QUEUED": "1"})
   assert "queued-resources delete t1-qr" in queued.stdout
@@ -154,3 +172,354 @@ def test_sweep_runs_locally_and_summarises(tmp_path):
     with open(os.path.join(tmp_path, "runs", row.split()[0], "metrics.jsonl")) as f:
       last = [json.loads(line) for line in f if "eval_top1_error" in line][-1]
     assert row.split()[3] == f"{last['eval_top1_error']:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training command line (launch/command.py), process discovery (alexnet_jax/distributed.py), exit codes.
+# ---------------------------------------------------------------------------------------------------------------
+PARSE_AS_MAIN = r"""
+import json, sys
+from absl import flags
+from alexnet_jax import cli, main  # main defines its flags; cli.parse_flags is what `python -m alexnet_jax.main` runs
+cli.parse_flags(sys.argv)
+f = flags.FLAGS
+print(json.dumps({"config": f["config"].config_filename, "workdir": f.workdir, "data_dir": f.config.data.dir,
+                  "batch_size": f.config.batch_size}))
+"""
+
+
+def parse_as_main(argv: list[str]) -> dict:
+  """Parse a training command's flags with alexnet_jax.main's own absl/ml_collections parser (a fresh process)."""
+  assert argv[1:3] == ["-m", "alexnet_jax.main"], argv
+  out = sh(sys.executable, "-c", PARSE_AS_MAIN, *argv[3:])
+  assert out.returncode == 0, out.stderr
+  return json.loads(out.stdout)
+
+
+def remote_training_argv(dry_run_output: str) -> list[str]:
+  """The training command in the worker script that `tpu_pod.sh --dry_run run` prints."""
+  (line,) = [line for line in dry_run_output.splitlines() if "alexnet_jax.main" in line and "+ " not in line]
+  words = shlex.split(line)
+  return words[words.index("alexnet_jax.main") - 2 : words.index(">")]
+
+
+def test_tpu_pod_dry_run_all_prints_a_training_command_that_parses():
+  """The issue's case: `--dry_run all -- --config=configs/paper.py`; ml_collections refused the kit's
+  --config.data.dir placed before --config (exit 2 on every worker)."""
+  env = {"TPU_NAME": "t1", "ZONE": "z1", "ACCELERATOR": "v5litepod-16", "WORKDIR": "/mnt/w", "DATA_DIR": "/mnt/d"}
+  out = sh("bash", "launch/tpu_pod.sh", "--dry_run", "all", "--", "--config=configs/paper.py", env=env)
+  assert out.returncode == 0, out.stderr
+  argv = remote_training_argv(out.stdout)
+  assert argv[:3] == ["python", "-m", "alexnet_jax.main"] or argv[1:3] == ["-m", "alexnet_jax.main"]
+  assert parse_as_main(argv) == {
+    "config": "configs/paper.py",
+    "workdir": "/mnt/w",
+    "data_dir": "/mnt/d",
+    "batch_size": 128,
+  }
+
+
+def test_training_command_puts_config_first_and_user_flags_win():
+  sys.path.insert(0, LAUNCH)
+  try:
+    import command
+  finally:
+    sys.path.remove(LAUNCH)
+  argv = command.training_command(
+    ["--config.batch_size=64", "--config=configs/paper.py", "--workdir=/mine"], workdir="/kit", data_dir="/d"
+  )
+  assert argv == [
+    "python",
+    "-m",
+    "alexnet_jax.main",
+    "--config=configs/paper.py",
+    "--config.data.dir=/d",
+    "--config.batch_size=64",
+    "--workdir=/mine",
+  ]
+  assert parse_as_main(argv) == {"config": "configs/paper.py", "workdir": "/mine", "data_dir": "/d", "batch_size": 64}
+  out = sh(sys.executable, "launch/command.py", "--", "--config.batch_size=64")
+  assert out.returncode == 2 and out.stderr.startswith("error: give --config=configs/NAME.py exactly once"), out.stderr
+  moved = command.config_first(["python", "-m", "alexnet_jax.main", "--config.batch_size=8", "--config", "c.py"])
+  assert moved == ["python", "-m", "alexnet_jax.main", "--config", "c.py", "--config.batch_size=8"]
+
+
+def _jax_resolves(calls: list[dict], env: dict, monkeypatch) -> dict:
+  """What JAX's own jax.distributed.initialize makes of the arguments our code passed: the same fill-in rule as
+  jax/_src/distributed.py (auto-detection for whatever is still None) through JAX's own cluster classes."""
+  from jax._src import clusters
+
+  (kw,) = calls
+  for key in [k for k in os.environ if k.startswith(("SLURM_", "OMPI_", "JAX_", "TPU_"))]:
+    monkeypatch.delenv(key)
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)
+  args = [kw["coordinator_address"], kw["num_processes"], kw["process_id"], kw["local_device_ids"]]
+  if None in args:
+    args = list(clusters.ClusterEnv.auto_detect_unset_distributed_params(*args, None, 300))
+  return dict(zip(["coordinator_address", "num_processes", "process_id", "local_device_ids"], args, strict=True))
+
+
+def _initialize_in(env: dict, monkeypatch, *flags, tpu_vm=False) -> list[dict]:
+  import jax
+  from jax._src import cloud_tpu_init
+
+  from alexnet_jax import distributed
+
+  calls = []
+
+  def fake_initialize(coordinator_address=None, num_processes=None, process_id=None, local_device_ids=None, **kw):
+    calls.append(dict(locals(), **kw))
+
+  for key in [k for k in os.environ if k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "TPU_WORKER"))]:
+    monkeypatch.delenv(key)
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)
+  monkeypatch.setattr(jax.distributed, "initialize", fake_initialize)
+  monkeypatch.setattr(cloud_tpu_init, "running_in_cloud_tpu_vm", tpu_vm)
+  collectives = jax.config.jax_cpu_collectives_implementation
+  try:
+    distributed.initialize(*(flags or (None, None, None)))
+  finally:
+    jax.config.update("jax_cpu_collectives_implementation", collectives)
+  return calls
+
+
+SLURM_2_NODES = {  # what srun sets in task 1 of `sbatch --nodes=2 --ntasks-per-node=1` (Slurm's srun(1) manual)
+  "SLURM_JOB_ID": "4242",
+  "SLURM_STEP_NODELIST": "gpu[07-08]",
+  "SLURM_NTASKS": "2",
+  "SLURM_PROCID": "1",
+  "SLURM_LOCALID": "0",
+  "SLURM_NODEID": "1",
+  "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+}
+
+
+def test_a_cloud_tpu_vm_slice_starts_jax_distributed_without_arguments(monkeypatch):
+  """A TPU VM sets no TPU_WORKER_HOSTNAMES (JAX reads the metadata server): JAX's guide says to call
+  jax.distributed.initialize() with no arguments on TPU. Before: not called at all, so orbax's async checkpoints
+  failed ("Distributed system is not available")."""
+  calls = _initialize_in({}, monkeypatch, tpu_vm=True)
+  assert len(calls) == 1
+  assert [calls[0][k] for k in ("coordinator_address", "num_processes", "process_id", "local_device_ids")] == [None] * 4
+
+
+def test_slurm_one_task_per_node_uses_every_gpu(monkeypatch):
+  """JAX alone sets local_device_ids=[SLURM_LOCALID] (one GPU of eight with --ntasks-per-node=1)."""
+  got = _jax_resolves(_initialize_in(SLURM_2_NODES, monkeypatch), SLURM_2_NODES, monkeypatch)
+  port = 4242 % 2**12 + 65535 - 2**12 + 1  # JAX's slurm_cluster.py: a port from the job id
+  assert got == {"coordinator_address": f"gpu07:{port}", "num_processes": 2, "process_id": 1, "local_device_ids": []}
+
+
+def test_slurm_one_task_per_gpu_and_the_explicit_flags(monkeypatch):
+  per_gpu = {**SLURM_2_NODES, "SLURM_NTASKS": "16", "SLURM_PROCID": "11", "SLURM_LOCALID": "3",
+             "SLURM_STEP_TASKS_PER_NODE": "8(x2)"}  # fmt: skip
+  got = _jax_resolves(_initialize_in(per_gpu, monkeypatch), per_gpu, monkeypatch)
+  assert (got["num_processes"], got["process_id"], got["local_device_ids"]) == (16, 11, [3])
+  # The three flags inside a one-task-per-node SLURM job: every GPU too (JAX filled in [SLURM_LOCALID] before).
+  got = _jax_resolves(_initialize_in(SLURM_2_NODES, monkeypatch, "h:1234", 2, 1), SLURM_2_NODES, monkeypatch)
+  assert got == {"coordinator_address": "h:1234", "num_processes": 2, "process_id": 1, "local_device_ids": []}
+
+
+def test_open_mpi_one_rank_per_node_and_open_mpi_5(monkeypatch):
+  ompi4 = {  # what mpirun (Open MPI 4) sets in rank 2 of 4, one rank per node (its mpirun(1) manual; JAX's example)
+    "OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1,10.148.0.1:34911",
+    "OMPI_COMM_WORLD_SIZE": "4",
+    "OMPI_COMM_WORLD_RANK": "2",
+    "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+    "OMPI_COMM_WORLD_LOCAL_SIZE": "1",
+  }
+  got = _jax_resolves(_initialize_in(ompi4, monkeypatch), ompi4, monkeypatch)
+  assert (got["coordinator_address"].split(":")[0], got["num_processes"], got["process_id"]) == ("10.96.0.1", 4, 2)
+  assert got["local_device_ids"] == []
+  ompi5 = {k: v for k, v in ompi4.items() if k != "OMPI_MCA_orte_hnp_uri"}
+  with pytest.raises(ValueError, match="export JAX_COORDINATOR_ADDRESS"):
+    _initialize_in(ompi5, monkeypatch)
+  got = _jax_resolves(_initialize_in({**ompi5, "JAX_COORDINATOR_ADDRESS": "h0:5555"}, monkeypatch), ompi5, monkeypatch)
+  assert got == {"coordinator_address": "h0:5555", "num_processes": 4, "process_id": 2, "local_device_ids": []}
+  assert _initialize_in({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "1"}, monkeypatch) == []  # one task: one process
+
+
+FAIL_WITH = r"""
+import errno, os
+from alexnet_jax import cli, main, train
+def fail(*a, **k):
+  raise eval(os.environ["FAIL_WITH"])
+train.train_and_evaluate = fail
+cli.run(main.main)
+"""
+
+
+@pytest.mark.parametrize(
+  "error, code",
+  [
+    ("OSError(errno.EIO, 'Input/output error')", 75),  # errno(3): an I/O error, e.g. an NFS server gone away
+    ("ConnectionResetError(errno.ECONNRESET, 'Connection reset by peer')", 75),
+    ("RuntimeError('UNAVAILABLE: failed to connect to all addresses')", 75),  # gRPC status 14: retry
+    ("RuntimeError('DEADLINE_EXCEEDED: Barrier timed out')", 75),
+    ("FileNotFoundError(errno.ENOENT, 'No such file or directory')", 1),  # a rerun cannot fix these
+    ("ValueError('batch_size 7 does not divide')", 1),
+  ],
+)
+def test_exit_codes_a_supervisor_can_act_on(tmp_path, error, code):
+  """0 done, 1 error, 2 bad command line, 75 retry (sysexits.h EX_TEMPFAIL): an uncaught I/O or lost-peer error
+  exited 1 before, which restart.sh, SLURM's requeue and the GKE policy all treat as final."""
+  argv = ["--config=configs/synthetic.py", f"--workdir={tmp_path}/w"]
+  out = sh(sys.executable, "-c", FAIL_WITH, *argv, env={**cli_env(), "FAIL_WITH": error})
+  assert out.returncode == code, out.stderr[-2000:]
+  assert out.stderr.count("error: ") == 1, out.stderr[-2000:]
+  if code == 75:
+    assert "a rerun resumes from the last checkpoint" in out.stderr
+
+
+def fake_gcloud_env(tmp_path, **extra) -> dict:
+  """PATH with tests/fake_gcloud.py as `gcloud`: a slice of 2 workers that are local processes (its docstring)."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir(exist_ok=True)
+  (bin_dir / "gcloud").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT}/tests/fake_gcloud.py" "$@"\n')
+  (bin_dir / "gcloud").chmod(0o755)
+  (tmp_path / "gcloud").mkdir(exist_ok=True)
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  return {
+    **cli_env(),
+    "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    "FAKE_GCLOUD_DIR": str(tmp_path / "gcloud"),
+    "FAKE_TPU_WORKERS": "2",
+    "FAKE_TPU_DEVICES": "4",
+    "FAKE_TPU_PORT": str(port),
+    "TPU_NAME": "t1",
+    "ZONE": "z1",
+    "ACCELERATOR": "v5litepod-8",
+    "POLL_SECS": "0",
+    "REMOTE_PYTHON": sys.executable,  # this environment stands in for the workers' .venv
+    "INSTALL_CMD": "true",
+    "DATA_DIR": "",
+    "WORKDIR": str(tmp_path / "w"),
+    **extra,
+  }
+
+
+@pytest.mark.slow
+def test_tpu_pod_trains_on_two_stand_in_workers_after_a_preemption(tmp_path):
+  """launch/restart.sh -- launch/tpu_pod.sh run, on a queued spot slice found PREEMPTED: the slice is deleted,
+  queued again and waited on until ACTIVE, copied to, and the 2 workers train together (jax.distributed through
+  JAX's TPU detection) in the foreground; a training process left by an earlier run is stopped first."""
+  env = fake_gcloud_env(tmp_path, SPOT="1", QUEUED="1")
+  assert sh("bash", "launch/tpu_pod.sh", "create", env=env).returncode == 0
+  copied = sh("bash", "launch/tpu_pod.sh", "copy", env=env)
+  assert copied.returncode == 0, copied.stderr
+  worker0 = tmp_path / "gcloud" / "worker0" / "alexnet_jax"
+  assert (worker0 / "alexnet_jax" / "main.py").exists() and not (worker0 / ".venv").exists()
+  stale = subprocess.Popen(["sleep", "600"])
+  (worker0 / "train.pid").write_text(str(stale.pid))
+  flags = [
+    "--config=configs/synthetic.py",
+    *TINY_FLAGS,
+    "--config.num_train_steps=2",
+    "--config.checkpoint_every_steps=2",
+  ]
+  try:
+    out = sh("bash", "launch/restart.sh", "--backoff_secs=0", "--", "bash", "launch/tpu_pod.sh", "run", "--", *flags,
+             env={**env, "FAKE_TPU_STATE": "PREEMPTED"}, timeout=900)  # fmt: skip
+  finally:
+    stale.kill()
+  log = out.stdout + out.stderr
+  assert out.returncode == 0, log[-4000:]
+  assert stale.wait(5) == -15, "the stale training process got SIGTERM"
+  assert "was preempted: deleting it and creating it again" in log
+  calls = [json.loads(line) for line in (tmp_path / "gcloud" / "calls.log").read_text().splitlines()]
+  verbs = [c[2:4] for c in calls]
+  assert ["tpu-vm", "delete"] not in verbs and ["queued-resources", "delete"] in verbs  # a queued slice goes with it
+  creates = [c for c in calls if c[2:4] == ["queued-resources", "create"]]
+  assert len(creates) == 2 and all("--spot" in c and "--runtime-version=v2-alpha-tpuv5-lite" in c for c in creates)
+  polls = [i for i, c in enumerate(calls) if c[2:4] == ["queued-resources", "describe"]]
+  first_scp = next(i for i, c in enumerate(calls) if c[3] == "scp" and i > polls[0])
+  assert len(polls) >= 2 and polls[1] < first_scp  # waited until ACTIVE before copying
+  assert re.search(r"Process 1 of 2 \(Cloud TPU, detected\): 4 local devices", log), log[-4000:]
+  with open(tmp_path / "w" / "run.json") as f:
+    assert json.load(f)["process_count"] == 2
+  assert (tmp_path / "w" / "checkpoints" / "2").is_dir()
+  assert "exit statuses by worker: 0 0" in log
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SLURM for real: a one-host cluster (Debian's slurm-wlm 22.05 and munge), configured in a temporary folder.
+# ---------------------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture
+def slurm_cluster(tmp_path):
+  """slurmctld + slurmd on this host, CPUs only, its own munged: yields the environment for sbatch."""
+  need = ["munged", "slurmctld", "slurmd", "sbatch", "sinfo"]
+  missing = [n for n in need if not shutil.which(n, path=os.environ["PATH"] + ":/usr/sbin:/sbin")]
+  if missing:
+    pytest.skip(f"SLURM is not installed here ({', '.join(missing)} missing): apt-get install -y slurm-wlm munge")
+  if os.geteuid() != 0:
+    pytest.skip("a one-host SLURM cluster needs root here (slurmd runs jobs as their user)")
+  d = tmp_path / "slurm"
+  (d / "state").mkdir(parents=True)
+  (d / "spool").mkdir()
+  key = d / "munge.key"
+  key.write_bytes(os.urandom(1024))
+  key.chmod(0o400)
+  sbin = "/usr/sbin"
+  munged = [f"{sbin}/munged", f"--key-file={key}", f"--socket={d}/munge.sock", f"--pid-file={d}/munged.pid",
+            f"--log-file={d}/munged.log", f"--seed-file={d}/munge.seed", "--force"]  # fmt: skip
+  assert subprocess.run(munged, capture_output=True).returncode == 0, (d / "munged.log").read_text()
+  host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+  conf = d / "slurm.conf"
+  conf.write_text(
+    f"ClusterName=alexnet_test\nSlurmctldHost={host}\nSlurmctldPort={_free_port()}\nSlurmdPort={_free_port()}\n"
+    f"AuthType=auth/munge\nAuthInfo=socket={d}/munge.sock\nCredType=cred/munge\nSlurmUser=root\nSlurmdUser=root\n"
+    f"StateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool\nSlurmctldPidFile={d}/slurmctld.pid\n"
+    f"SlurmdPidFile={d}/slurmd.pid\nSlurmctldLogFile={d}/slurmctld.log\nSlurmdLogFile={d}/slurmd.log\n"
+    "ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nSelectType=select/cons_tres\n"
+    "SelectTypeParameters=CR_CPU\nMpiDefault=none\nReturnToService=2\nJobAcctGatherType=jobacct_gather/none\n"
+    f"NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN\n"
+    "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n"
+  )
+  env = {**os.environ, "SLURM_CONF": str(conf)}
+  try:
+    for daemon in ("slurmctld", "slurmd"):
+      started = subprocess.run([f"{sbin}/{daemon}", "-f", str(conf)], env=env, capture_output=True, text=True)
+      assert started.returncode == 0, started.stderr
+    for _ in range(60):
+      if "idle" in subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True).stdout:
+        break
+      time.sleep(1)
+    else:
+      pytest.fail("the one-host SLURM cluster did not come up: " + (d / "slurmctld.log").read_text()[-2000:])
+    yield env
+  finally:
+    for pid_file in ("slurmd.pid", "slurmctld.pid", "munged.pid"):
+      if (d / pid_file).exists():
+        subprocess.run(["kill", (d / pid_file).read_text().strip()])
+
+
+@pytest.mark.slow
+def test_sbatch_trains_two_tasks_to_a_checkpoint(slurm_cluster, tmp_path):
+  """`sbatch launch/slurm.sbatch` on a one-host SLURM cluster: 2 tasks (JAX processes found through SLURM's
+  environment) train 2 steps on CPU together and save the checkpoint of step 2."""
+  workdir, log = tmp_path / "w", tmp_path / "job.out"
+  env = {**slurm_cluster, **cli_env(4), "PYTHON": sys.executable, "SLURM_CONF": slurm_cluster["SLURM_CONF"]}
+  sbatch = ["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
+            f"--output={log}", "launch/slurm.sbatch", "configs/synthetic.py", str(workdir), *TINY_FLAGS,
+            "--config.num_train_steps=2"]  # fmt: skip
+  out = subprocess.run(sbatch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  text = log.read_text() if log.exists() else ""
+  assert out.returncode == 0, out.stderr + text[-4000:]
+  assert re.search(r"Process 1 of 2 \(SLURM, detected\): 4 local devices", text), text[-4000:]
+  with open(workdir / "run.json") as f:
+    assert json.load(f)["process_count"] == 2
+  assert (workdir / "checkpoints" / "2").is_dir()
