@@ -4,7 +4,9 @@ r"""Prepare ImageNet (or any class-folder image set) once, the paper's way (Sec.
 
 SRC is either the official ILSVRC2012 tar files (``ILSVRC2012_img_train.tar`` of per-class tars and
 ``ILSVRC2012_img_val.tar``; the class list and validation labels come from tensorflow-datasets' ``imagenet2012``
-folder) or a tree ``SRC/train/<class>/<image>`` + ``SRC/val/<class>/<image>`` in any format PIL reads.
+folder) or a tree ``SRC/train/<class>/<image>`` + ``SRC/val/<class>/<image>`` in any format PIL reads. What systems
+and tools leave beside the data (hidden names such as ``.ipynb_checkpoints``, ``._name`` AppleDouble files,
+``__MACOSX``) is never a class or an image, in either layout; the log lists what was skipped (``find_images``).
 
 Every image is rescaled so its shorter side is ``image_size`` and the central ``image_size`` square is kept, then
 stored as JPEG in TFRecord shards that TFDS can read (``tfds.builder_from_directory(DST)``). One streaming pass over
@@ -17,6 +19,7 @@ more than ``--max_bad`` of them is an error.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import io
@@ -59,16 +62,58 @@ class Record:
 # -----------------------------------------------------------------------------------------------------------------
 # Finding the images.
 # -----------------------------------------------------------------------------------------------------------------
-def _tree_split(root: str, split: str, classes: list[str]) -> list[Record]:
+SYSTEM = "system files and folders (hidden names, __MACOSX)"
+
+
+def is_system_entry(name: str) -> bool:
+  """Whether a file or folder name (one path component) is what operating systems and tools leave beside the data,
+  never a class or an image: hidden names (``.ipynb_checkpoints`` that Jupyter writes, ``.git``, ``.DS_Store``,
+  ``._photo.jpg``, the AppleDouble files that macOS's tar and zip add) and ``__MACOSX``, the folder macOS's zip
+  adds. ``prepare`` skips them everywhere it lists a folder or a tar, and logs what it skipped."""
+  return name.startswith(".") or name == "__MACOSX"
+
+
+def _class_folders(root: str, split: str, skipped: dict[str, list[str]]) -> list[str]:
+  """The class folders of ``root/split``, sorted; system entries and loose files are noted in ``skipped``."""
+  folders = []
+  for name in sorted(os.listdir(os.path.join(root, split))):
+    if is_system_entry(name):
+      skipped[SYSTEM].append(f"{split}/{name}")
+    elif os.path.isdir(os.path.join(root, split, name)):
+      folders.append(name)
+    else:
+      skipped[f"files outside a class folder ({split}/<class>/<image> is read)"].append(f"{split}/{name}")
+  return folders
+
+
+def _tree_split(root: str, split: str, classes: list[str], skipped: dict[str, list[str]]) -> list[Record]:
+  """The images of ``root/split/<class>/`` (not searched further down), labelled by the class's place in
+  ``classes``; what is not read is noted in ``skipped``."""
   records = []
   for label, cls in enumerate(classes):
     folder = os.path.join(root, split, cls)
     if not os.path.isdir(folder):
       continue
     for name in sorted(os.listdir(folder)):
-      if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+      where = f"{split}/{cls}/{name}"
+      if is_system_entry(name):
+        skipped[SYSTEM].append(where)
+      elif os.path.isdir(os.path.join(folder, name)):
+        skipped["folders inside a class folder (class folders are not searched further down)"].append(where)
+      elif name.lower().endswith(IMAGE_EXTENSIONS):
         records.append(Record(os.path.join(folder, name), -1, -1, label, f"{cls}/{name}"))
+      else:
+        skipped[f"files without an image extension ({', '.join(IMAGE_EXTENSIONS)})"].append(where)
   return records
+
+
+def _log_skipped(root: str, skipped: dict[str, list[str]]) -> None:
+  """One log line per kind of entry that ``find_images`` did not read: how many, and the first few names."""
+  for what, names in skipped.items():
+    if names:
+      shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+      log = logging.info if what == SYSTEM else logging.warning  # expected beside any data; the others may be mistakes
+      log("%s: skipped %d %s: %s", root, len(names), what, shown)
 
 
 def _tfds_imagenet_file(name: str) -> str:
@@ -93,8 +138,18 @@ def _val_number(name: str) -> int | None:
   return int(match.group(1)) if match and int(match.group(1)) > 0 else None
 
 
-def _tar_split(root: str, allow_partial_val: bool = False) -> tuple[list[str], dict[str, list[Record]]]:
-  """Index the official tars without extracting them: each image becomes (tar path, byte offset, size)."""
+def _is_system_member(name: str) -> bool:
+  """Whether a tar member's path has a system component (``is_system_entry``): ``./._x.JPEG``, ``__MACOSX/...``."""
+  return any(is_system_entry(part) for part in name.split("/") if part not in ("", "."))
+
+
+def _tar_split(
+  root: str, allow_partial_val: bool = False, skipped: dict[str, list[str]] | None = None
+) -> tuple[list[str], dict[str, list[Record]]]:
+  """Index the official tars without extracting them: each image becomes (tar path, byte offset, size). System
+  members (``_is_system_member``) and members of the training tar that are not per-class tars are noted in
+  ``skipped``."""
+  skipped = collections.defaultdict(list) if skipped is None else skipped
   with open(_tfds_imagenet_file("labels.txt")) as f:
     classes = [line.strip() for line in f if line.strip()]
   index = {c: i for i, c in enumerate(classes)}
@@ -102,14 +157,22 @@ def _tar_split(root: str, allow_partial_val: bool = False) -> tuple[list[str], d
   train_tar = os.path.join(root, TRAIN_TAR)
   with tarfile.open(train_tar) as outer:
     for member in outer:
-      if not member.isfile() or not member.name.endswith(".tar"):
+      if not member.isfile():
+        continue
+      if _is_system_member(member.name):
+        skipped[SYSTEM].append(f"{TRAIN_TAR}:{member.name}")
+        continue
+      if not member.name.endswith(".tar"):
+        skipped[f"members of {TRAIN_TAR} that are not per-class tars"].append(member.name)
         continue
       synset = os.path.basename(member.name)[: -len(".tar")]
       if synset not in index:
         raise PrepareError(f"{train_tar} holds {member.name}, which is not an ILSVRC2012 class")
       with tarfile.open(fileobj=outer.extractfile(member)) as inner:
         for m in inner:
-          if m.isfile():
+          if m.isfile() and _is_system_member(m.name):
+            skipped[SYSTEM].append(f"{TRAIN_TAR}:{member.name}:{m.name}")
+          elif m.isfile():
             train.append(
               Record(train_tar, member.offset_data + m.offset_data, m.size, index[synset], f"{synset}/{m.name}")
             )
@@ -118,6 +181,8 @@ def _tar_split(root: str, allow_partial_val: bool = False) -> tuple[list[str], d
   val_tar = os.path.join(root, VAL_TAR)
   with tarfile.open(val_tar) as tar:
     members = sorted((m for m in tar if m.isfile()), key=lambda m: m.name)
+  skipped[SYSTEM] += [f"{VAL_TAR}:{m.name}" for m in members if _is_system_member(m.name)]
+  members = [m for m in members if not _is_system_member(m.name)]
   numbers = [_val_number(m.name) for m in members]
   if None in numbers or len(set(numbers)) != len(numbers) or max(numbers, default=0) > len(val_labels):
     bad = next(
@@ -139,14 +204,29 @@ def _tar_split(root: str, allow_partial_val: bool = False) -> tuple[list[str], d
 
 
 def find_images(root: str, allow_partial_val: bool = False) -> tuple[str, list[str], dict[str, list[Record]]]:
-  """(layout, classes, {'train': [...], 'val': [...]}) with a clear error for anything else."""
+  """(layout, classes, {'train': [...], 'val': [...]}) with a clear error (PrepareError) for anything else.
+
+  Classes are the folders of ``root/train`` (sorted names; label = place in that order) or ImageNet's 1,000
+  synsets in TFDS's order; system entries (``is_system_entry``: hidden names such as ``.ipynb_checkpoints``,
+  ``__MACOSX``) are never classes or images, anywhere. Class folders are not searched further down. Everything not
+  read is logged, one line per kind."""
+  skipped: dict[str, list[str]] = collections.defaultdict(list)
+  try:
+    return _find_images(root, allow_partial_val, skipped)
+  finally:  # also when the layout is refused: what was skipped may be why
+    _log_skipped(root, skipped)
+
+
+def _find_images(
+  root: str, allow_partial_val: bool, skipped: dict[str, list[str]]
+) -> tuple[str, list[str], dict[str, list[Record]]]:
   if not os.path.isdir(root):
     raise PrepareError(f"--input_dir={root} does not exist or is not a directory")
   if os.path.exists(os.path.join(root, TRAIN_TAR)) or os.path.exists(os.path.join(root, VAL_TAR)):
     missing = [t for t in (TRAIN_TAR, VAL_TAR) if not os.path.exists(os.path.join(root, t))]
     if missing:
       raise PrepareError(f"{root} has one of the official tars but not {missing}: put both in --input_dir")
-    classes, splits = _tar_split(root, allow_partial_val)
+    classes, splits = _tar_split(root, allow_partial_val, skipped)
     return "ilsvrc2012_tars", classes, splits
   train_dir = os.path.join(root, "train")
   if not os.path.isdir(train_dir):
@@ -154,16 +234,15 @@ def find_images(root: str, allow_partial_val: bool = False) -> tuple[str, list[s
       f"{root} is neither of the two layouts prepare reads: the official {TRAIN_TAR} + {VAL_TAR}, or a tree "
       f"{root}/train/<class>/<image> (+ {root}/val/<class>/<image>). Found: {sorted(os.listdir(root))[:10]}"
     )
-  classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+  classes = _class_folders(root, "train", skipped)
   if not classes:
     raise PrepareError(f"{train_dir} has no class folders: expected {train_dir}/<class>/<image>")
   val_dir = os.path.join(root, "val")
   if os.path.isdir(val_dir):
-    unknown = sorted(set(os.listdir(val_dir)) - set(classes))
-    unknown = [u for u in unknown if os.path.isdir(os.path.join(val_dir, u))]
+    unknown = sorted(set(_class_folders(root, "val", skipped)) - set(classes))
     if unknown:
       raise PrepareError(f"{val_dir} has classes that train/ lacks: {unknown[:5]}")
-  splits = {"train": _tree_split(root, "train", classes), "val": _tree_split(root, "val", classes)}
+  splits = {"train": _tree_split(root, "train", classes, skipped), "val": _tree_split(root, "val", classes, skipped)}
   if not splits["train"]:
     raise PrepareError(f"no images under {train_dir}/<class>/ (extensions read: {', '.join(IMAGE_EXTENSIONS)})")
   return "class_folders", classes, splits

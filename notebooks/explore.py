@@ -27,6 +27,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 IN_COLAB = "google.colab" in sys.modules
 TEST_MODE = os.environ.get("ALEXNET_JAX_NOTEBOOK_TEST") == "1"  # CI: the quickstart's tiny run
@@ -47,8 +48,9 @@ except ImportError:  # a clone without the package installed: run from its sourc
 # %% Parameters
 WORKDIR = "../workdirs/notebook_quickstart"  # @param {type:"string"}
 NUM_IMAGES = 8  # @param {type:"integer"}
-if TEST_MODE:
-  WORKDIR = os.environ["ALEXNET_JAX_NOTEBOOK_DIR"] + "/run"
+if TEST_MODE:  # the quickstart's test run, in the test folder the three notebooks share
+  TEST_DIR = os.environ.get("ALEXNET_JAX_NOTEBOOK_DIR") or f"{tempfile.gettempdir()}/alexnet_jax_notebook_test"
+  WORKDIR = f"{TEST_DIR}/run"
 if not os.path.isdir(f"{WORKDIR}/checkpoints"):
   raise SystemExit(f"No trained run in {WORKDIR}: run quickstart.ipynb first, or set WORKDIR to a run's workdir.")
 

@@ -24,8 +24,10 @@
 
 # %% Setup: in Colab, clone the repository and install it into Colab's runtime (nothing it ships is replaced)
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 IN_COLAB = "google.colab" in sys.modules
 TEST_MODE = os.environ.get("ALEXNET_JAX_NOTEBOOK_TEST") == "1"  # CI: a few steps on a tiny dataset
@@ -50,8 +52,10 @@ NUM_EPOCHS = 30  # @param {type:"integer"}
 WORKDIR = "../workdirs/notebook_quickstart"  # @param {type:"string"}
 DATA_ROOT = "../demo_data"  # @param {type:"string"}
 SAVE_TO_DRIVE = False  # @param {type:"boolean"}
-if TEST_MODE:
-  WORKDIR, DATA_ROOT = os.environ["ALEXNET_JAX_NOTEBOOK_DIR"] + "/run", os.environ["ALEXNET_JAX_NOTEBOOK_DIR"] + "/data"
+if TEST_MODE:  # a few steps on tiny data, in the test folder the three notebooks share (never WORKDIR above)
+  TEST_DIR = os.environ.get("ALEXNET_JAX_NOTEBOOK_DIR") or f"{tempfile.gettempdir()}/alexnet_jax_notebook_test"
+  WORKDIR, DATA_ROOT = f"{TEST_DIR}/run", f"{TEST_DIR}/data"
+  shutil.rmtree(WORKDIR, ignore_errors=True)  # every test run trains from step 0
 
 # %% [markdown]
 # ## Devices

@@ -16,8 +16,14 @@ import numpy as np
 
 from alexnet_jax.input_pipeline.prepared import PreparedSource
 
+# ImageNet's per-channel mean in 0-255 pixel units, R, G, B: the VGG networks' Caffe mean (published in B, G, R
+# order as 103.939, 116.779, 123.68), as TF-slim's preprocessing/vgg_preprocessing.py holds it (_R_MEAN = 123.68,
+# _G_MEAN = 116.78, _B_MEAN = 103.94).
 IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)
-# ImageNet's RGB covariance eigenpairs on [0, 1] pixel values, as published with fb.resnet.torch.
+# ImageNet's RGB covariance eigenpairs on [0, 1] pixel values, as published with fb.resnet.torch
+# (datasets/imagenet.lua, `pca`), in its layout: eigenvalues largest first, and a 3x3 matrix whose rows are R, G, B
+# and whose COLUMNS are the eigenvectors (its transforms.lua Lighting computes rgb = eigvec * (alpha .* eigval)).
+# The first column, (-0.5675, -0.5808, -0.5836), is brightness.
 IMAGENET_EIGENVALUES = (0.2175, 0.0188, 0.0045)
 IMAGENET_EIGENVECTORS = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 STORED_SIZE = 256
@@ -107,7 +113,7 @@ class TfdsSource(PreparedSource):
     stats = {
       "mean_image": np.broadcast_to(np.asarray(IMAGENET_MEAN_RGB, np.float32), (STORED_SIZE, STORED_SIZE, 3)),
       "eigenvalues": np.asarray(IMAGENET_EIGENVALUES, np.float32),
-      "eigenvectors": np.asarray(IMAGENET_EIGENVECTORS, np.float32).T,  # columns
+      "eigenvectors": np.asarray(IMAGENET_EIGENVECTORS, np.float32),  # columns, as published (not transposed)
     }
     return meta, stats
 
