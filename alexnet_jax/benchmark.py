@@ -250,8 +250,8 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]
   for label, kw in variants:
     for threads in (1, cores):
       src = PreparedSource(data_dir, image_size=227, seed=0, shuffle_buffer=1, num_threads=threads, **kw)
-      files, _ = src._files("train", 0, 1)
-      ds = src._train_dataset(files, start_epoch=0, batch=batch_size, per_epoch=src.steps_per_epoch(batch_size))
+      every = src._share("train", 0, 1)  # the whole training set, as one process reads it
+      ds = src._train_dataset(every, start_epoch=0, batch=batch_size, per_epoch=src.steps_per_epoch(batch_size))
       it = ds.as_numpy_iterator()
       for _ in range(3):
         next(it)

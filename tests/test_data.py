@@ -140,6 +140,40 @@ def test_bad_input_layouts(tmp_path):
     prepare.find_images(str(tmp_path))
 
 
+def test_hidden_and_system_folders_and_files_are_never_classes_or_images(tmp_path, caplog):
+  """Jupyter's .ipynb_checkpoints, macOS's __MACOSX and ._name AppleDouble files, .DS_Store: skipped in train/ and
+  val/ and in class folders, and logged; class folders are not searched further down (also logged)."""
+  root = tmp_path / "src"
+  for split, n in (("train", 3), ("val", 1)):
+    for label, cls in enumerate(["cat", "dog", "fox"]):
+      (root / split / cls).mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(shapes.draw(label, np.random.default_rng([label, i]), 24)).save(root / split / cls / f"{i}.png")
+      (root / split / cls / "._0.png").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble: not a PNG
+    (root / split / ".ipynb_checkpoints").mkdir()  # empty, as Jupyter leaves it
+    (root / split / "__MACOSX" / "cat").mkdir(parents=True)
+    (root / split / "__MACOSX" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07")
+    (root / split / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+  (root / "train" / "cat" / "more").mkdir()
+  (root / "train" / "cat" / "more" / "9.png").write_bytes((root / "train" / "cat" / "0.png").read_bytes())
+  (root / "train" / "cat" / "notes.txt").write_text("not an image")
+  with caplog.at_level(logging.INFO):
+    layout, classes, splits = prepare.find_images(str(root))
+  assert layout == "class_folders" and classes == ["cat", "dog", "fox"]
+  for split, n in (("train", 3), ("val", 1)):
+    assert [(r.label, r.name) for r in splits[split]] == [
+      (c, f"{cls}/{i}.png") for c, cls in enumerate(classes) for i in range(n)
+    ]
+  log = caplog.text
+  assert "skipped 12 system files and folders" in log  # 2 per split, and one ._0.png per class folder
+  for entry in ("train/.ipynb_checkpoints", "val/.ipynb_checkpoints", "train/__MACOSX", "val/.DS_Store"):
+    assert entry in log, entry
+  assert "train/cat/more" in log and "not searched further down" in log and "train/cat/notes.txt" in log
+  meta = prepare.prepare(str(root), str(tmp_path / "out"), image_size=16, examples_per_shard=8, num_workers=1)
+  assert meta["classes"] == ["cat", "dog", "fox"] and meta["num_bad_files"] == 0
+  assert (meta["splits"]["train"]["num_examples"], meta["splits"]["val"]["num_examples"]) == (9, 3)
+
+
 def test_not_enough_disk_space_is_refused(raw_tree, tmp_path, monkeypatch):
   monkeypatch.setattr(prepare, "estimate_bytes", lambda *a: 10**18)
   with pytest.raises(prepare.PrepareError, match="GiB free"):
@@ -246,21 +280,106 @@ def test_same_seed_epoch_index_same_pixels_new_epoch_new_ones(prepared_dir):
   assert not np.array_equal(other_seed["index"], a[0]["index"])
 
 
-def test_two_processes_together_see_every_example_once(prepared_dir, monkeypatch):
-  seen = []
+@pytest.fixture(scope="module")
+def tree_of_120(tmp_path_factory):
+  """120 training and 30 validation images: 120 is a whole number of global batches of 12 for 1, 2 and 3 processes."""
+  root = tmp_path_factory.mktemp("tree120")
+  shapes.generate(str(root), train_per_class=12, val_per_class=3, size=48, seed=2)
+  return root
+
+
+def stored_indices(folder, split: str) -> list[int]:
+  """The oracle: every record's stored index, read straight from the split's shards with TensorFlow's reader."""
+  import tensorflow as tf
+
+  meta = json.loads((folder / prepare.METADATA).read_text())
+  out = []
+  for f in meta["splits"][split]["files"]:
+    for rec in tf.data.TFRecordDataset(str(folder / f)).as_numpy_iterator():
+      out.append(tf.train.Example.FromString(rec).features.feature["index"].int64_list.value[0])
+  return out
+
+
+def as_process(monkeypatch, process: int, count: int):
+  monkeypatch.setattr(jax, "process_count", lambda: count)
+  monkeypatch.setattr(jax, "process_index", lambda: process)
+
+
+@pytest.mark.parametrize("layout", ["1 shard", "3 unequal shards", "8 unequal shards, 123 images"])
+def test_processes_share_examples_not_shards(layout, tree_of_120, prepared_dir, tmp_path, monkeypatch):
+  """Issue 20 item 6: P processes on a set of S shards (S < P, S not a multiple of P, shards of unequal sizes) train
+  on equal batches, an epoch covers every example once across them but the N mod batch of its last partial global
+  batch, a resumed process reads what an unbroken one does, and evaluation counts every example once."""
+  if layout == "8 unequal shards, 123 images":
+    folder = prepared_dir  # shards of 16, the last of 11
+  else:  # the default --examples_per_shard (1,024): one shard; 48: shards of 48, 48, 24
+    per_shard = 1024 if layout == "1 shard" else 48
+    folder = tmp_path / "prepared"
+    prepare.prepare(str(tree_of_120), str(folder), image_size=STORED, examples_per_shard=per_shard, num_workers=2)
+  meta = json.loads((folder / prepare.METADATA).read_text())
+  assert len(meta["splits"]["train"]["files"]) == {"1 shard": 1, "3 unequal shards": 3}.get(layout, 8)
+  train_all, val_all = stored_indices(folder, "train"), stored_indices(folder, "val")
+  n, batch = len(train_all), 12
+  for count in (2, 3):
+    epochs = [[], []]
+    evaluated, eval_batches = [], set()
+    for process in range(count):
+      as_process(monkeypatch, process, count)
+      src = source(folder)
+      steps = src.steps_per_epoch(batch)
+      assert steps == n // batch  # the same on every process, whatever its shards
+      got = first_batches(src, 2 * steps + 1, batch=batch)
+      assert all(len(b["index"]) == batch // count for b in got)  # equal batches: jit needs them
+      for e in (0, 1):
+        epochs[e] += np.concatenate([b["index"] for b in got[e * steps : (e + 1) * steps]]).tolist()
+      resumed = first_batches(source(folder), 1, start_step=steps, batch=batch)[0]
+      for k in resumed:  # bitwise what the unbroken stream gave at that step (epoch 1's first batch)
+        np.testing.assert_array_equal(resumed[k], got[steps][k])
+      rows = list(source(folder).eval_batches(batch))
+      eval_batches.add(len(rows))
+      real = np.concatenate([r["index"][r["mask"] > 0] for r in rows]).tolist()
+      assert len(real) in (len(val_all) // count, -(-len(val_all) // count))  # balanced shares
+      evaluated += real
+    for seen in epochs:
+      assert len(seen) == len(set(seen)) == n - n % batch, (count, len(seen), len(set(seen)))
+      assert set(seen) <= set(train_all)
+    assert epochs[0] != epochs[1]  # a new order each epoch
+    assert len(eval_batches) == 1  # every process the same number of eval batches
+    assert sorted(evaluated) == sorted(val_all)  # every validation example exactly once
+
+
+def test_tfds_source_shares_examples_between_processes(tree_of_120, tmp_path, monkeypatch):
+  """The TFDS source shares a one-shard TFDS dataset folder between 2 processes the same way (its examples carry no
+  index: a hash of their bytes identifies them); the oracle is one process reading the whole epoch."""
+  from alexnet_jax.input_pipeline.tfds_source import TfdsSource
+
+  folder = tmp_path / "prepared"  # a prepared set is also a TFDS dataset folder
+  prepare.prepare(str(tree_of_120), str(folder), image_size=STORED, num_workers=2)
+  make = lambda: TfdsSource("", str(folder), image_size=CROP, crop_fraction=CROP / STORED, seed=0, shuffle_buffer=64)
+  whole = np.concatenate([b["index"] for b in first_batches(make(), 10, batch=12)]).tolist()
+  assert len(set(whole)) == 120
+  together, evaluated = [], 0
   for process in (0, 1):
-    src = source(prepared_dir)
-    files, count = src._files("train", process, 2)
-    epoch0 = src._train_dataset(files, start_epoch=0, batch=1, per_epoch=count).take(count)
-    got = [int(b["index"][0]) for b in epoch0.as_numpy_iterator()]
-    assert len(got) == count > 0  # each process reads its own shards, every example in them
-    seen += got
-  meta = json.loads((prepared_dir / prepare.METADATA).read_text())
-  assert len(seen) == len(set(seen)) == meta["splits"]["train"]["num_examples"]
-  monkeypatch.setattr(jax, "process_count", lambda: 2)
-  assert (
-    source(prepared_dir).steps_per_epoch(16) == min(source(prepared_dir)._files("train", p, 2)[1] for p in (0, 1)) // 8
-  )
+    as_process(monkeypatch, process, 2)
+    together += np.concatenate([b["index"] for b in first_batches(make(), 10, batch=12)]).tolist()
+    evaluated += sum(int(r["mask"].sum()) for r in make().eval_batches(12))
+  assert sorted(together) == sorted(whole)
+  assert evaluated == 30
+
+
+def test_a_batch_larger_than_the_set_says_which_batch_fits(tree_of_120, tmp_path, monkeypatch):
+  folder = tmp_path / "prepared"
+  prepare.prepare(str(tree_of_120), str(folder), image_size=STORED, num_workers=2)
+  as_process(monkeypatch, 0, 3)
+  with pytest.raises(
+    ValueError,
+    match=r"batch_size=126 is larger .* \(120 images; 40 for each of the 3 processes\)"
+    r": use --config.batch_size=120 or smaller",
+  ):
+    source(folder).steps_per_epoch(126)
+  as_process(monkeypatch, 0, 121)  # more processes than images: no batch size helps, and the message says so
+  with pytest.raises(ValueError, match=r"has 120 images, fewer than the 121 processes: train it with fewer processes"):
+    source(folder).steps_per_epoch(121)
 
 
 @pytest.mark.parametrize("normalize", ["mean_image", "torchvision"])
@@ -341,10 +460,14 @@ def test_official_tar_layout_is_read_without_extracting(tmp_path, monkeypatch):
       with tarfile.open(fileobj=inner_buf, mode="w") as inner:
         for i in range(4):
           add(inner, f"{synset}_{i}.JPEG", jpeg(label, i))
+        add(inner, f"./._{synset}_0.JPEG", b"\x00\x05\x16\x07")  # AppleDouble members, as macOS's tar adds them
       add(outer, f"{synset}.tar", inner_buf.getvalue())
+      add(outer, f"./._{synset}.tar", b"\x00\x05\x16\x07")
   with tarfile.open(src / "ILSVRC2012_img_val.tar", "w") as tar:
     for i, synset in enumerate(val_labels):
       add(tar, f"ILSVRC2012_val_{i + 1:08d}.JPEG", jpeg(synsets.index(synset), 100 + i))
+    add(tar, "./._ILSVRC2012_val_00000001.JPEG", b"\x00\x05\x16\x07")
+    add(tar, "__MACOSX/ILSVRC2012_val_00000002.JPEG", b"\x00\x05\x16\x07")
 
   layout, classes, splits = prepare.find_images(str(src))
   assert layout == "ilsvrc2012_tars" and classes == synsets
@@ -354,6 +477,7 @@ def test_official_tar_layout_is_read_without_extracting(tmp_path, monkeypatch):
   assert prepare.read_bytes(splits["train"][5]) == jpeg(1, 1)
   meta = prepare.prepare(str(src), str(tmp_path / "out"), image_size=STORED, examples_per_shard=8, num_workers=2)
   assert meta["splits"]["train"]["num_examples"] == 12 and meta["splits"]["val"]["num_examples"] == 4
+  assert meta["num_bad_files"] == 0  # the AppleDouble members were never read as images
 
 
 # ---- the TFDS source ------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import evaluate, parallel, train
+from alexnet_jax import evaluate, parallel, prepare, train
 from tests.conftest import TINY_FLAGS, cli_env, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,6 +133,38 @@ def test_a_lost_process_ends_the_other_and_the_job_resumes(tmp_path):
   assert f"Resuming from the checkpoint at step {steps[-1]}" in resumed
 
 
+@pytest.mark.slow
+def test_a_one_shard_set_trains_in_two_processes(tmp_path):
+  """Issue 20 item 6, as reported: a prepared set of one training shard (under 1,024 images: prepare's default
+  --examples_per_shard) trained by 2 processes of 1 device each. Both used to exit 1 ("larger than the training set
+  share of a process (0 images)"). Now each reads half of the shard: 40 images in batches of 8 are 5 steps an epoch,
+  and the final evaluation counts all 20 validation images once."""
+  run = lambda *cmd: subprocess.run(
+    [sys.executable, "-m", *cmd], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600
+  )
+  out = run(
+    "alexnet_jax.shapes", f"--output_dir={tmp_path}/raw", "--train_per_class=4", "--val_per_class=2", "--size=80"
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  out = run("alexnet_jax.prepare", f"--input_dir={tmp_path}/raw", f"--output_dir={tmp_path}/data", "--image_size=76")
+  assert out.returncode == 0, out.stderr[-2000:]
+  with open(tmp_path / "data" / prepare.METADATA) as f:
+    assert len(json.load(f)["splits"]["train"]["files"]) == 1
+  workdir = str(tmp_path / "run")
+  train_cmd = [
+    *(sys.executable, "-m", "alexnet_jax.main", "--config=configs/demo.py", f"--workdir={workdir}"),
+    *(f"--config.data.dir={tmp_path}/data", "--config.batch_size=8", "--config.eval_batch_size=8"),
+    *("--config.model.width=0.125", "--config.num_train_steps=6", "--config.log_every_steps=1"),
+  ]
+  out = subprocess.run(
+    _launch_cmd(*train_cmd, devices=1), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=900
+  )
+  assert out.returncode == 0, out.stdout[-4000:]
+  assert "[launch] exit statuses: process 0: status 0, process 1: status 0" in out.stdout
+  assert logged(workdir, "epoch") == {s: s / 5 for s in range(1, 7)}  # floor(40 / 8) steps an epoch
+  assert [r["eval_num_examples"] for r in rows(workdir) if "eval_num_examples" in r] == [20]
+
+
 def test_model_axis_trains_like_data_parallel(tmp_path):
   """mesh.model=2 (each device one group of conv2/4/5 and half of every layer) computes what mesh.model=1 does."""
   runs = {}
@@ -163,6 +195,13 @@ def test_model_axis_must_divide_the_channels():
   config = tiny_config(**{"mesh.model": 4, "model.width": 0.0625})
   with pytest.raises(ValueError, match="does not divide dimension"):
     train.plan_state(config, parallel.create_mesh(4))
+
+
+def test_an_odd_class_count_under_the_split_names_num_classes_not_the_width():
+  config = tiny_config(**{"mesh.model": 2, "model.num_classes": 11})
+  with pytest.raises(ValueError, match=r"does not divide dimension 11 of .*fc8.*model\.num_classes") as e:
+    train.plan_state(config, parallel.create_mesh(2))
+  assert "model.width does not change it" in str(e.value)
 
 
 def test_launcher_dry_run_names_every_process():

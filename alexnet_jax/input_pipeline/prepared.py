@@ -4,12 +4,18 @@ Training: random crops of the stored (256x256) images with random horizontal fli
 mean image subtracted. Evaluation: the centre crop, or the paper's 10 crops (4 corners + centre, and their mirror
 images).
 
-Determinism: epoch e reads this process's shards in an order drawn from (seed, e, process), shuffles with a buffer
+Determinism: epoch e reads this process's share in an order drawn from (seed, e, process), shuffles with a buffer
 seeded the same way, and draws each example's crop, flip and lighting from (seed, e, example index) with stateless
 random ops. So the batch of every step is a pure function of the step, and a resumed run sees what an unbroken one
-would. One tf.data pipeline serves the whole run, the next epoch made ready while the current one is read. Each
-process reads the shards ``p, p + P, p + 2P, ...``; together the processes read every example once
-per epoch (each process drops the last partial batch of its epoch).
+would. One tf.data pipeline serves the whole run, the next epoch made ready while the current one is read.
+
+Processes: examples, not whole shards, are shared out (``_share``). The split's examples, shard after shard in the
+order ``0, P, 2P, ..., 1, P + 1, ...``, are cut into P contiguous runs of floor(N/P) or ceil(N/P) examples, so any
+shard count and any shard sizes work (one shard for two processes is cut in two) and every example is in exactly one
+process's share. Where the shards divide evenly, process p reads exactly the whole shards ``p, p + P, ...``. An
+epoch of training is floor(N / batch) steps; every process takes that many equal batches from its own share, so
+together they read every example once except N mod batch of them, which change from epoch to epoch (the last
+partial global batch; docs/DEVIATIONS.md). Evaluation reads every example of the shares once, padded and masked.
 
 What crosses to the devices: with ``device_preprocess`` (default) the uint8 crops plus, per crop, its offset and
 flip and the RGB lighting shift; the device subtracts the matching window of the mean image and adds the shift
@@ -186,20 +192,53 @@ class PreparedSource:
       image = self._resize(image)
     return tf.ensure_shape(image, [self.view_size, self.view_size, 3])
 
-  # ---- which files and how many examples each process reads ------------------------------------------------------
-  def _files(self, split: str, process: int, count: int) -> tuple[list[str], int]:
+  # ---- which examples each process reads ----------------------------------------------------------------------
+  def _share(self, split: str, process: int, count: int) -> list[tuple[str, int, int]]:
+    """Process ``process`` of ``count``'s share of ``split``: pieces (shard file, records to skip, records to read).
+
+    The split's N examples, laid out shard after shard in the order 0, P, 2P, ..., 1, P + 1, ..., are cut into P
+    contiguous runs of floor(N/P) or ceil(N/P) examples: every example in exactly one share, whatever the shard
+    count and sizes. A shard that straddles two runs is read by both processes, each its own records of it (the
+    second skips the first's: reading, not decoding, costs). With shards that divide evenly, process p reads whole
+    shards p, p + P, ... (what earlier versions read); one process reads every shard whole, in order.
+    """
     meta = self.meta["splits"][split]
-    return list(meta["files"][process::count]), sum(meta["shard_lengths"][process::count])
+    files, lengths = meta["files"], meta["shard_lengths"]
+    order = [i for p in range(count) for i in range(p, len(files), count)]
+    total = sum(lengths)
+    begin, end = process * total // count, (process + 1) * total // count
+    pieces, position = [], 0
+    for i in order:
+      lo, hi = max(begin, position), min(end, position + lengths[i])
+      if lo < hi:
+        pieces.append((files[i], lo - position, hi - lo))
+      position += lengths[i]
+    return pieces
+
+  def _files(self, split: str, process: int = 0, count: int = 1) -> tuple[list[str], int]:
+    """(the shard files that process ``process`` of ``count`` opens, how many examples of them are its share)."""
+    pieces = self._share(split, process, count)
+    return [f for f, _, _ in pieces], sum(n for _, _, n in pieces)
 
   def steps_per_epoch(self, global_batch: int) -> int:
-    """Steps every process can take in one epoch (the smallest share decides; partial batches are dropped)."""
-    local = global_batch // jax.process_count()
-    shares = [self._files("train", p, jax.process_count())[1] for p in range(jax.process_count())]
-    steps = min(shares) // local
+    """Steps of one epoch: floor(N / global_batch) for N training examples (every process's share holds floor(N/P)
+    or ceil(N/P) of them, so each has that many full local batches). Raises ValueError when a share cannot fill one
+    local batch."""
+    count = jax.process_count()
+    local = global_batch // count
+    smallest = min(self._files("train", p, count)[1] for p in range(count))
+    steps = smallest // local
     if steps < 1:
+      total = sum(self.meta["splits"]["train"]["shard_lengths"])
+      per_process = f"; {smallest} for each of the {count} processes" if count > 1 else ""
+      if smallest == 0:
+        raise ValueError(
+          f"the training set of {self.data_dir} has {total} images, fewer than the {count} processes: train it with "
+          "fewer processes"
+        )
       raise ValueError(
-        f"batch_size={global_batch} is larger than the training set share of a process "
-        f"({min(shares)} images): use a smaller batch"
+        f"batch_size={global_batch} is larger than the training set of {self.data_dir} ({total} images"
+        f"{per_process}): use --config.batch_size={count * smallest} or smaller"
       )
     return steps
 
@@ -217,6 +256,20 @@ class PreparedSource:
 
     no_autograph = tf.autograph.experimental.do_not_convert  # plain tf.data calls: nothing for AutoGraph to convert
     return tf.data.Dataset.from_tensor_slices(files).flat_map(no_autograph(self.records))
+
+  def _piece_records(self, filename, skip, take):
+    """The records of one piece of a share (see ``_share``): ``take`` records of a shard after its first ``skip``."""
+    return self.records(filename).skip(skip).take(take)
+
+  @staticmethod
+  def _pieces_dataset(pieces: list[tuple[str, int, int]], order=None):
+    """A dataset of (file, skip, take) for ``pieces``, in the order of the index tensor ``order`` if given."""
+    import tensorflow as tf
+
+    columns = [tf.constant(c, dtype) for c, dtype in zip(zip(*pieces), (tf.string, tf.int64, tf.int64))]
+    if order is not None:
+      columns = [tf.gather(c, order) for c in columns]
+    return tf.data.Dataset.from_tensor_slices(tuple(columns))
 
   def _parse(self, record):
     import tensorflow as tf
@@ -354,27 +407,31 @@ class PreparedSource:
     options.threading.private_threadpool_size = threads
     return options, (threads if self.num_threads else tf.data.AUTOTUNE)
 
-  def _epoch_records(self, files: list[str], epoch, num_examples: int):
+  def _epoch_records(self, pieces: list[tuple[str, int, int]], epoch, num_examples: int):
     """The raw records of one epoch (a tf int64 ``epoch``) in their shuffled order, cut to ``num_examples``: the
-    files in an order drawn from (seed, epoch, process), interleaved, through a shuffle buffer seeded the same way."""
+    pieces of this process's share (``_share``) in an order drawn from (seed, epoch, process), interleaved, through
+    a shuffle buffer seeded the same way."""
     import tensorflow as tf
 
     seed = _seed(tf.constant(self.seed, tf.int64), epoch, jax.process_index())
-    order = tf.random.experimental.stateless_shuffle(tf.range(len(files)), seed=tf.stack([seed, epoch]))
-    ds = tf.data.Dataset.from_tensor_slices(tf.gather(tf.constant(files), order))
+    order = tf.random.experimental.stateless_shuffle(tf.range(len(pieces)), seed=tf.stack([seed, epoch]))
+    ds = self._pieces_dataset(pieces, order)
     ds = ds.interleave(
-      tf.autograph.experimental.do_not_convert(self.records),  # plain tf.data calls: nothing for AutoGraph to do
-      cycle_length=min(16, len(files)),
+      tf.autograph.experimental.do_not_convert(self._piece_records),  # plain tf.data calls: nothing for AutoGraph
+      cycle_length=min(16, len(pieces)),
       block_length=1,
-      num_parallel_calls=min(16, len(files)),
+      num_parallel_calls=min(16, len(pieces)),
       deterministic=True,
     )
     if self.shuffle_buffer > 1:
       ds = ds.shuffle(self.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
     return ds.take(num_examples).map(lambda record: (record, epoch))
 
-  def _train_dataset(self, files: list[str], *, start_epoch: int, batch: int, per_epoch: int, skip_examples: int = 0):
-    """One pipeline for the whole run: epoch after epoch (each ``per_epoch`` batches), from ``start_epoch``.
+  def _train_dataset(
+    self, pieces: list[tuple[str, int, int]], *, start_epoch: int, batch: int, per_epoch: int, skip_examples: int = 0
+  ):
+    """One pipeline for the whole run over a share's ``pieces``: epoch after epoch (each ``per_epoch`` batches),
+    from ``start_epoch``.
 
     Epochs are interleaved two at a time with blocks of a whole epoch, so the order is exactly epoch e, then e + 1,
     ..., but the next epoch's files are opened and its shuffle buffer filled while the current one is read: no stall
@@ -387,7 +444,7 @@ class PreparedSource:
     n = per_epoch * batch
     epochs = tf.data.Dataset.range(start_epoch, 2**62)
     ds = epochs.interleave(
-      lambda e: self._epoch_records(files, e, n),
+      lambda e: self._epoch_records(pieces, e, n),
       cycle_length=2,
       block_length=n,
       num_parallel_calls=2,
@@ -398,12 +455,13 @@ class PreparedSource:
     ds = ds.batch(batch, drop_remainder=True).map(self._train_batch, num_parallel_calls=parallel, deterministic=True)
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
-  def _eval_dataset(self, files: list[str], *, batch: int):
-    """Files in order, every example once."""
+  def _eval_dataset(self, pieces: list[tuple[str, int, int]], *, batch: int):
+    """A share's pieces in order, every example of them once."""
     import tensorflow as tf
 
     options, parallel = self._options()
-    ds = self.records_in_order(files)
+    no_autograph = tf.autograph.experimental.do_not_convert
+    ds = self._pieces_dataset(pieces).flat_map(no_autograph(self._piece_records))
     ds = ds.map(self._eval_example, num_parallel_calls=parallel, deterministic=True)
     ds = ds.batch(batch).map(self._to_batch, num_parallel_calls=parallel, deterministic=True)
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -411,13 +469,13 @@ class PreparedSource:
   # ---- the source interface --------------------------------------------------------------------------------------
   def train_batches(self, start_step: int, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
     local = global_batch // jax.process_count()
-    files, _ = self._files("train", jax.process_index(), jax.process_count())
+    pieces = self._share("train", jax.process_index(), jax.process_count())
     per_epoch = self.steps_per_epoch(global_batch)
     epoch, step_in_epoch = divmod(start_step, per_epoch)
     ds = self._train_dataset(
-      files, start_epoch=epoch, batch=local, per_epoch=per_epoch, skip_examples=step_in_epoch * local
+      pieces, start_epoch=epoch, batch=local, per_epoch=per_epoch, skip_examples=step_in_epoch * local
     )
-    yield from self._named_faults(ds.as_numpy_iterator(), files)
+    yield from self._named_faults(ds.as_numpy_iterator(), [f for f, _, _ in pieces])
 
   def _named_faults(self, batches: Iterator[dict[str, np.ndarray]], files: list[str]):
     """``batches``, with TensorFlow's "corrupted record at N" (which names no file) turned into an error naming the
@@ -430,22 +488,24 @@ class PreparedSource:
       raise ValueError(damaged_shard_message(files, e.message, self.data_dir)) from None
 
   def eval_batches(self, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
-    """Every validation example once; batches padded (mask 0) so all processes yield the same number."""
-    local = global_batch // jax.process_count()
+    """Every validation example once: each process its share (``_share``: floor(N/P) or ceil(N/P) examples), in
+    batches padded (mask 0) so that all processes yield the same number, ceil(ceil(N/P) / local batch)."""
     count = jax.process_count()
-    files, _ = self._files("val", jax.process_index(), count)
-    num_batches = max(-(-self._files("val", p, count)[1] // local) for p in range(count))
+    local = global_batch // count
+    pieces = self._share("val", jax.process_index(), count)
+    files = [f for f, _, _ in pieces]
+    num_batches = -(-max(self._files("val", p, count)[1] for p in range(count)) // local)
     template = None
     yielded = 0
-    if files:
-      for batch in self._named_faults(self._eval_dataset(files, batch=local).as_numpy_iterator(), files):
+    if pieces:
+      for batch in self._named_faults(self._eval_dataset(pieces, batch=local).as_numpy_iterator(), files):
         n = len(batch["label"])
         template = batch
         yield _pad(batch, local, n)
         yielded += 1
-    while yielded < num_batches:  # processes with fewer examples keep step with the others
+    while yielded < num_batches:  # a process with fewer examples (or none: N < P) keeps step with the others
       if template is None:
-        template = next(self._eval_dataset(self._files("val", 0, 1)[0], batch=1).as_numpy_iterator())
+        template = next(self._eval_dataset(self._share("val", 0, 1), batch=1).as_numpy_iterator())
       yield _pad(template, local, 0)
       yielded += 1
 
