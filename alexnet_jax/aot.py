@@ -307,6 +307,8 @@ def compile_source(config):
       num_eval_examples=1,
       learnable=False,
       seed=0,
+      normalize=config.data.normalize,
+      subtract_mean=config.data.subtract_mean,
     )
   d = config.data
   return PreparedSource.for_compile(

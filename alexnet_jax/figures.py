@@ -67,8 +67,16 @@ def fig3_kernels(kernels: np.ndarray, columns: int = 2):
   return fig
 
 
-def fig4_predictions(images: np.ndarray, probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]):
-  """Fig. 4 left: each image with its five most probable classes as bars; the correct class's bar in red."""
+def fig4_predictions(
+  images: np.ndarray | list[np.ndarray],
+  probabilities: np.ndarray,
+  labels: np.ndarray | None,
+  class_names: list[str],
+  titles: list[str] | None = None,
+):
+  """Fig. 4 left: each image (uint8 [H, W, 3], any size) with its five most probable classes (``probabilities``
+  [N, classes]) as bars named by ``class_names``; the correct class's bar in red. ``labels=None``: images whose class
+  is not known (your own photos), titled by ``titles`` (default: the most probable class)."""
   plt = _pyplot()
   n = len(images)
   cols = min(4, n)
@@ -82,15 +90,17 @@ def fig4_predictions(images: np.ndarray, probabilities: np.ndarray, labels: np.n
       bars.set_axis_off()
       continue
     top.imshow(images[i])
-    top.set_title(class_names[labels[i]], fontsize=10)
     best = np.argsort(probabilities[i])[::-1][:5]  # fewer bars when there are fewer than 5 classes
-    colours = ["tab:red" if c == labels[i] else "tab:blue" for c in best]
+    title = titles[i] if titles else class_names[labels[i] if labels is not None else best[0]]
+    top.set_title(title, fontsize=10)
+    colours = ["tab:red" if labels is not None and c == labels[i] else "tab:blue" for c in best]
     bars.barh(range(len(best)), probabilities[i][best], color=colours)
     bars.set_yticks(range(len(best)), [class_names[c] for c in best], fontsize=8)
     bars.invert_yaxis()
     bars.set_xlim(0, 1)
     bars.tick_params(axis="x", labelsize=7)
-  fig.suptitle(f"Top-{min(5, probabilities.shape[1])} predictions (red: the correct class)")
+  known = " (red: the correct class)" if labels is not None else ""
+  fig.suptitle(f"Top-{min(5, probabilities.shape[1])} predictions{known}")
   fig.tight_layout()
   return fig
 

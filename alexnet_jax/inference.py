@@ -6,10 +6,14 @@ checkpoint with the run's own preprocessing, for notebooks, figures and your own
   fc7 = p.features(images, "fc7")       # any layer of model.LAYER_NAMES, or pool1/pool2/pool5
   images, labels = p.validation_images(16)  # the run's own validation images (a prepared set), stored size
 
-Preprocessing is the run's evaluation path: an image is rescaled so that its shorter side is the prepared set's
-stored size and its central square kept (what ``prepare`` did), resized to the size the run cut crops from
-(``data.crop_fraction``), centre-cropped to the network's input, and the run's mean image subtracted (or, on the
-synthetic source, the mean pixel value).
+Preprocessing is the run's evaluation path, as its config records it, whatever its data source: an image is
+rescaled so that its shorter side is the prepared set's stored size and its central square kept (what ``prepare``
+did), resized to the size the run cut crops from (``data.crop_fraction``), centre-cropped to the network's input,
+and normalised by the source's ``preprocess`` (``data.normalize``: the run's mean image subtracted, or
+torchvision's channel normalisation). A run without a prepared set (the synthetic source: a run of imported weights
+written without ``--data_dir``) scales the shorter side straight to ``model.image_size / data.crop_fraction``: for
+torchvision's weights, 256 then the central 224, as torchvision's ``Resize(256)`` + ``CenterCrop(224)`` (bicubic
+here, bilinear there).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class Predictor:
     step_used, state, graphdef = train.load_checkpoint(config, workdir, mesh=mesh, step=step)
     source = input_pipeline.create_source(config)
     meta = getattr(source, "meta", None)
-    names = list(meta["classes"]) if meta else [f"class {i}" for i in range(config.model.num_classes)]
+    names = list(meta["classes"]) if meta else _workdir_class_names(workdir, config.model.num_classes)
     return cls(config, step_used, jax.device_get(state["params"]), graphdef, source, names)
 
   # ---- the network ------------------------------------------------------------------------------------------------
@@ -125,10 +129,15 @@ class Predictor:
   def validation_images(self, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, S, S, 3] at the stored size, labels [N]) from the run's validation split, in order."""
     meta = getattr(self.source, "meta", None)
-    if not meta:  # the synthetic source: its evaluation images
+    if not meta:  # the synthetic source: its evaluation images, which are the crops themselves ...
       batch = next(self.source.eval_batches(count or 16))
       real = int(batch["mask"].sum())
-      return batch["image"][:real], batch["label"][:real]
+      images = batch["image"][:real]
+      # ... reflected outward to the square the crop is cut from, so that ``predict``'s centre crop of them is
+      # exactly what evaluation fed the network.
+      before = (self.source.view_size - self.image_size) // 2
+      after = self.source.view_size - self.image_size - before
+      return np.pad(images, ((0, 0), (before, after), (before, after), (0, 0)), mode="reflect"), batch["label"][:real]
     from alexnet_jax import compat, prepare
 
     compat.require_tensorflow("reading the prepared validation images")
@@ -152,6 +161,26 @@ def _run_network(graphdef, params, preprocess, batch, with_activations: bool):
   model = nnx.merge(graphdef, params)
   x = preprocess(batch)
   return model(x, return_activations=True) if with_activations else model(x)
+
+
+CLASS_NAMES_FILE = "class_names.txt"  # in a workdir without a dataset's class names: one name a line, in class order
+
+
+def _workdir_class_names(workdir: str, num_classes: int) -> list[str]:
+  """The names the workdir's ``class_names.txt`` gives (``weights`` writes ImageNet's for 1000 classes), else
+  ``class 0`` ... Raises ValueError when the file's count is not the run's."""
+  from alexnet_jax import storage
+
+  path = storage.join(storage.resolve(workdir), CLASS_NAMES_FILE)
+  if not storage.exists(path):
+    return [f"class {i}" for i in range(num_classes)]
+  with storage.open(path) as f:
+    names = [line.rstrip("\n") for line in f if line.strip() and not line.startswith("#")]
+  if len(names) != num_classes:
+    raise ValueError(
+      f"{path} names {len(names)} classes but the run has {num_classes}: fix or delete it (one name a line)"
+    )
+  return names
 
 
 def _chunks(images, batch_size: int) -> range:

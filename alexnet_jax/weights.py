@@ -13,12 +13,15 @@ The paper's network exports under our own layer names (``conv1.weight`` ... ``fc
 (out, in/groups, kh, kw), as ``nn.Conv2d(groups=2)`` holds it), with fc6 in the same NCHW order.
 
 A weights file is data, never code: ``.pth``/``.pt`` files are read with ``torch.load(..., weights_only=True)`` and
-``.safetensors`` with safetensors' numpy reader. A state_dict whose keys or shapes differ from what the network
+``.safetensors`` with safetensors' numpy reader. A training checkpoint holding the weights under ``state_dict`` (or
+``model_state_dict``, ``model``) is unwrapped, and a ``module.`` prefix (``nn.DataParallel``) dropped, each logged;
+anything else is refused saying what the file holds. A state_dict whose keys or shapes differ from what the network
 needs is refused, with every difference listed.
 
 torchvision's ImageNet weights expect its own preprocessing: RGB scaled to [0, 1], then normalised by
 ``TORCHVISION_MEAN`` / ``TORCHVISION_STD``. ``write_run`` (the command line below) makes a workdir of imported
-weights whose config says ``data.normalize='torchvision'``, so that ``evaluate`` measures them as torchvision does:
+weights whose config says ``data.normalize='torchvision'`` and ``data.crop_fraction=224/256``, so that ``evaluate``
+measures them, and ``inference.Predictor`` (with or without ``--data_dir``) predicts, as torchvision does:
 
   python -m alexnet_jax.weights --weights=torchvision --workdir=runs/torchvision --data_dir=DST
   python -m alexnet_jax.evaluate --workdir=runs/torchvision --crops=1
@@ -117,25 +120,90 @@ def _zeros_like(tree: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
   return {layer: {k: np.zeros(v.shape, np.float32) for k, v in p.items()} for layer, p in tree.items()}
 
 
+CHECKPOINT_ENTRIES = ("state_dict", "model_state_dict", "model")  # where training scripts keep the weights
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel / DistributedDataParallel, torch.compile
+SAVE_INSTEAD = "save the network's weights alone instead: torch.save(model.state_dict(), 'weights.pth')"
+
+
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A state_dict from a ``.pth``/``.pt`` file (``torch.load(weights_only=True)``: tensors only, no code) or a
-  ``.safetensors`` file, as numpy arrays."""
+  """A state_dict {name: float32 array} from a ``.pth``/``.pt`` file (``torch.load(weights_only=True)``: tensors
+  only, no code) or a ``.safetensors`` file.
+
+  A training checkpoint ({"state_dict": ..., "epoch": 90, "optimizer": ...}; also "model_state_dict" or "model") is
+  unwrapped to that entry, and names that all start with ``module.`` (``nn.DataParallel``) or ``_orig_mod.``
+  (``torch.compile``) lose the prefix; each is logged. Raises WeightsError, saying what the file holds and what to
+  save instead, for anything else that is not a mapping of names to tensors (a pickled whole model, a list, a file
+  that is not a PyTorch or safetensors file).
+  """
+  from absl import logging
+
   from alexnet_jax import storage
 
+  with storage.open(path, "rb") as f:
+    data = f.read()
   if path.endswith(".safetensors"):
+    from safetensors import SafetensorError
     from safetensors.numpy import load
 
-    with storage.open(path, "rb") as f:
-      return dict(load(f.read()))
+    try:
+      return {k: np.asarray(v, np.float32) for k, v in load(data).items()}
+    except SafetensorError as e:
+      raise WeightsError(f"{path} is not a readable safetensors file ({e}): {SAVE_INSTEAD}") from None
   import io
+  import pickle
 
   import torch
 
-  with storage.open(path, "rb") as f:
-    loaded = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-  if not isinstance(loaded, Mapping):
-    raise WeightsError(f"{path} holds a {type(loaded).__name__}, not a state_dict (a mapping of names to tensors)")
-  return {k: v.detach().float().numpy() for k, v in loaded.items()}
+  try:
+    loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+  except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise WeightsError(
+      f"{path} cannot be read as tensors only ({type(e).__name__}: {first}); it may hold a whole pickled model or "
+      f"other objects, which weights_only loading refuses: {SAVE_INSTEAD}"
+    ) from None
+  where = path
+  if isinstance(loaded, Mapping) and not _all_tensors(loaded):
+    entry = next((k for k in CHECKPOINT_ENTRIES if isinstance(loaded.get(k), Mapping)), None)
+    if entry is not None:
+      others = [k for k in loaded if k != entry]
+      logging.info("%s is a training checkpoint: using its %r entry (ignoring %s)", path, entry, others or "nothing")
+      loaded, where = loaded[entry], f"{path}'s {entry!r} entry"
+  if not isinstance(loaded, Mapping) or not loaded or not _all_tensors(loaded):
+    raise WeightsError(f"{where} holds {_describe(loaded)}, not a state_dict (names mapped to tensors): {SAVE_INSTEAD}")
+  for prefix in WRAPPER_PREFIXES:
+    if all(str(k).startswith(prefix) for k in loaded):
+      logging.info("%s: every name starts with %r (a wrapped network): the prefix is dropped", path, prefix)
+      loaded = {str(k)[len(prefix) :]: v for k, v in loaded.items()}
+  return {str(k): v.detach().float().numpy() for k, v in loaded.items()}
+
+
+def _all_tensors(mapping: Mapping) -> bool:
+  import torch
+
+  return all(isinstance(v, torch.Tensor) for v in mapping.values())
+
+
+def _describe(value: Any) -> str:
+  """What a loaded object is, for an error: 'a dict with entries epoch (int), optimizer (dict)', 'a list of 3'."""
+  if isinstance(value, Mapping):
+    if not value:
+      return "an empty mapping"
+    kinds = [f"{k} ({type(v).__name__})" for k, v in list(value.items())[:8]]
+    more = f" and {len(value) - 8} more" if len(value) > 8 else ""
+    return f"a {type(value).__name__} with entries {', '.join(kinds)}{more}"
+  if isinstance(value, (list, tuple)):
+    return f"a {type(value).__name__} of {len(value)} items"
+  return f"a {type(value).__name__}"
+
+
+def imagenet_class_names() -> list[str]:
+  """ImageNet's (ILSVRC-2012) 1000 class names, human-readable, in class order (torchvision's weights' order):
+  ``alexnet_jax/imagenet_classes.txt``, copied from torchvision's ``_IMAGENET_CATEGORIES`` (BSD-3; its header)."""
+  import importlib.resources
+
+  text = importlib.resources.files("alexnet_jax").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+  return [line for line in text.splitlines() if line and not line.startswith("#")]
 
 
 def torchvision_state_dict() -> dict[str, np.ndarray]:
@@ -171,8 +239,10 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 def write_run(state_dict: Mapping[str, Any], workdir: str, data_dir: str | None = None) -> int:
   """A workdir holding ``state_dict`` (torchvision's layout) as the ``owt`` network's step-0 checkpoint, with a
-  config that evaluates it as torchvision does: centre crop of the shorter-side-256 image, torchvision's
-  normalisation. The number of classes is fc8's. Returns it."""
+  config that evaluates and predicts as torchvision does, whatever the data source (``data_dir``'s, or none):
+  shorter side to 256, the central 224x224, RGB / 255 minus torchvision's channel means over its deviations. The
+  number of classes is fc8's; with 1000 of them, ImageNet's class names go in the workdir's ``class_names.txt``
+  (for ``inference.Predictor`` when the run has no dataset). Returns the number of classes."""
   import jax
 
   from alexnet_jax import checkpoint as checkpoint_lib
@@ -185,7 +255,9 @@ def write_run(state_dict: Mapping[str, Any], workdir: str, data_dir: str | None 
   config.model.num_classes = int(np.shape(state_dict["classifier.6.weight"])[0])
   config.data.normalize = "torchvision"
   config.data.subtract_mean = False
-  config.data.crop_fraction = 0.0  # the central 224 of the stored 256: torchvision's Resize(256) + CenterCrop(224)
+  # torchvision's Resize(256) + CenterCrop(224): the central 224 of the image scaled to 256, whatever the source
+  # stores (a prepared set at another size, a TFDS set, or none: the Predictor scales any image to 256 first).
+  config.data.crop_fraction = 224 / 256
   if data_dir:
     config.data.dir, config.data.source = data_dir, "auto"
   else:
@@ -204,6 +276,12 @@ def write_run(state_dict: Mapping[str, Any], workdir: str, data_dir: str | None 
     ckpt.wait()
   finally:
     ckpt.close()
+  if config.model.num_classes == 1000:
+    from alexnet_jax import inference
+
+    with storage.open(storage.join(workdir, inference.CLASS_NAMES_FILE), "w") as f:
+      f.write("# ImageNet's class names (alexnet_jax/imagenet_classes.txt, from torchvision), one a line\n")
+      f.write("\n".join(imagenet_class_names()) + "\n")
   return config.model.num_classes
 
 
@@ -212,7 +290,8 @@ def define_flags() -> None:
     "weights",
     None,
     "'torchvision' (IMAGENET1K_V1 via torch.hub; needs internet), or a .pth/.pt or "
-    ".safetensors file holding torchvision's AlexNet state_dict.",
+    ".safetensors file holding torchvision's AlexNet state_dict (or a training checkpoint with a 'state_dict' "
+    "or 'model' entry).",
   )
   flags.DEFINE_string("workdir", None, "Where to write the run (a step-0 checkpoint and its config).")
   flags.DEFINE_string(

@@ -19,9 +19,10 @@
 # (replace `OWNER` with where this repository lives)
 #
 # torchvision's `alexnet(weights="IMAGENET1K_V1")` is our `owt` architecture. This notebook downloads its weights
-# (with internet; `torch.hub` caches them), loads them into our JAX network (`alexnet_jax.weights`: the file is read
-# as data, `weights_only=True`), and classifies a few photos with torchvision's preprocessing. Without internet (or
-# in CI's test mode) random weights of the same shapes stand in, so every cell still runs.
+# (with internet; `torch.hub` caches them), makes a run of them for our JAX network (`alexnet_jax.weights`: the file
+# is read as data, `weights_only=True`), and classifies a few photos through that run's `Predictor`, which applies
+# torchvision's preprocessing, naming ImageNet's classes. Without internet (or in CI's test mode) random weights of
+# the same shapes stand in, so every cell still runs (their predictions are then meaningless).
 
 # %% Setup: in Colab, clone the repository and install it into Colab's runtime (nothing it ships is replaced)
 import os
@@ -47,16 +48,19 @@ except ImportError:  # a clone without the package installed: run from its sourc
 # %% Parameters
 WEIGHTS = "torchvision"  # @param ["torchvision", "a .pth or .safetensors path"] {allow-input: true}
 
-# %% The weights
+# %% The weights, as a run: what `python -m alexnet_jax.weights --weights=... --workdir=...` writes
+import tempfile
+
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from alexnet_jax import model as model_lib
-from alexnet_jax import weights
+from alexnet_jax import train, weights
+from alexnet_jax.inference import Predictor
 
-network = model_lib.AlexNet("owt", dropout_rate=0.0, rngs=nnx.Rngs(0))
-graphdef, ours = nnx.split(network, nnx.Param)
-ours = nnx.to_pure_dict(ours)
+train.quiet_library_logs()
+logging.set_verbosity(logging.WARNING)
 state_dict, source = None, "random weights (no download)"
 if not TEST_MODE:
   try:
@@ -66,29 +70,30 @@ if not TEST_MODE:
       state_dict, source = weights.load_state_dict(WEIGHTS), WEIGHTS
   except Exception as e:  # no internet, no torch: say so and go on with random weights
     print(f"could not load {WEIGHTS}: {type(e).__name__}: {e}")
-if state_dict is None:
-  state_dict = weights.to_torch_state_dict(ours, "owt")  # our random initialisation, in torchvision's layout
-params = weights.from_torch_state_dict(state_dict, ours, "owt")
+if state_dict is None:  # our random initialisation, in torchvision's layout
+  ours = nnx.to_pure_dict(nnx.split(model_lib.AlexNet("owt", rngs=nnx.Rngs(0)), nnx.Param)[1])
+  state_dict = weights.to_torch_state_dict(ours, "owt")
 print(f"loaded {len(state_dict)} arrays from {source}")
+run_dir = tempfile.TemporaryDirectory(prefix="alexnet_jax_pretrained_")  # deleted when the kernel stops
+RUN = run_dir.name  # a step-0 checkpoint and its config
+weights.write_run(state_dict, RUN)
+predictor = Predictor.from_workdir(RUN)
+data = predictor.config.data
+print(
+  f"a run of them in {RUN}: {len(predictor.class_names)} classes ({predictor.class_names[0]!r}, ...), "
+  f"data.normalize={data.normalize!r}, images scaled to {predictor.source.view_size} then the central "
+  f"{predictor.image_size}x{predictor.image_size}"
+)
 
 # %% [markdown]
 # ## Predictions
-# torchvision's preprocessing: shorter side to 256, central 224x224, RGB scaled to [0, 1] and normalised by
-# ImageNet's channel means and deviations. The photos are drawn here (no download); upload your own in Colab.
+# The `Predictor` applies what the run's config records, torchvision's preprocessing: shorter side to 256, the
+# central 224x224, RGB scaled to [0, 1] and normalised by ImageNet's channel means and deviations. Class names:
+# ImageNet's, shipped with the package (`alexnet_jax/imagenet_classes.txt`, copied from torchvision). The photos are
+# drawn here (no download); upload your own in Colab.
 
 # %%
-import jax
-import jax.numpy as jnp
-from PIL import Image
-
-from alexnet_jax import prepare
-
-
-def preprocess(image: np.ndarray) -> np.ndarray:
-  square = prepare.square_crop(Image.fromarray(prepare.to_uint8_rgb(image)), 256)
-  crop = square[16:240, 16:240].astype(np.float32) / 255.0
-  return (crop - np.asarray(weights.TORCHVISION_MEAN)) / np.asarray(weights.TORCHVISION_STD)
-
+from alexnet_jax import figures, prepare
 
 photos = {}
 if IN_COLAB and not TEST_MODE:
@@ -99,13 +104,15 @@ if not photos:
   from alexnet_jax import shapes
 
   rng = np.random.default_rng(0)
-  photos = {name: shapes.draw(i, rng, 320) for i, name in enumerate(shapes.CLASSES[:3])}
+  photos = {name: shapes.draw(i, rng, 320)[:, 20:] for i, name in enumerate(shapes.CLASSES[:3])}  # 320x300
 
-batch = jnp.asarray(np.stack([preprocess(p) for p in photos.values()]), jnp.float32)
-probabilities = np.asarray(jax.nn.softmax(nnx.merge(graphdef, params)(batch)))
+pictures = [prepare.to_uint8_rgb(p) for p in photos.values()]
+probabilities = predictor.predict(pictures)
+names = predictor.class_names
 for name, p in zip(photos, probabilities, strict=True):
   best = np.argsort(p)[::-1][:5]
-  print(f"{name}: " + ", ".join(f"class {c} {p[c]:.1%}" for c in best))
+  print(f"{name}: " + ", ".join(f"{names[c]} {p[c]:.1%}" for c in best))
+figures.fig4_predictions(pictures, probabilities, None, names, titles=list(photos))
 
 # %% [markdown]
 # ## On a prepared ImageNet

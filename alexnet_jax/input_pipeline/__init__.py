@@ -111,6 +111,9 @@ def create_source(config):
       num_eval_examples=config.data.num_eval_examples,
       learnable=config.data.learnable,
       seed=config.seed,
+      normalize=config.data.normalize,
+      subtract_mean=config.data.subtract_mean,
+      crop_fraction=config.data.crop_fraction or None,
     )
   from alexnet_jax import compat
 

@@ -3,6 +3,11 @@
 With ``learnable=True`` each class has its own coarse colour pattern (8x8 cells, blown up to the image size) and
 each image is that pattern mixed with per-image noise, so a network can learn it and a loss that falls means the
 training loop works; with ``learnable=False`` the pixels are pure noise. No files, no TFDS metadata.
+
+Its images are made at the network's input size: they are the crops, nothing is cut from them, in training and in
+evaluation alike. What the run's config records still holds for every other image: ``preprocess`` applies
+``data.normalize`` and ``data.subtract_mean`` as the other sources do, and ``view_size`` (``image_size /
+data.crop_fraction``) is the square an outside image is scaled to before its centre crop (``inference.Predictor``).
 """
 
 from __future__ import annotations
@@ -31,8 +36,19 @@ class SyntheticSource:
     num_eval_examples: int,
     learnable: bool,
     seed: int,
+    normalize: str = "mean_image",
+    subtract_mean: bool = True,
+    crop_fraction: float | None = None,
   ):
+    """``normalize``: 'mean_image' (the pixel values, minus ``mean_rgb`` when ``subtract_mean``) or 'torchvision'
+    (RGB / 255 minus torchvision's channel means, over its deviations; ``subtract_mean`` is then unused), as
+    ``data.normalize``. ``crop_fraction``: the share of an image's width its centre crop covers (0 or None: the
+    image is scaled straight to ``image_size``). Raises ValueError for another ``normalize``."""
+    if normalize not in ("mean_image", "torchvision"):
+      raise ValueError(f"data.normalize must be 'mean_image' or 'torchvision', got {normalize!r}")
     self.num_classes, self.image_size = num_classes, image_size
+    self.normalize, self.subtract_mean = normalize, subtract_mean
+    self.view_size = round(image_size / crop_fraction) if crop_fraction else image_size
     self.num_train_examples, self.num_eval_examples = num_train_examples, num_eval_examples
     self.learnable, self.seed = learnable, seed
     rng = np.random.default_rng([seed, _PATTERN])
@@ -81,4 +97,10 @@ class SyntheticSource:
     return spec(shapes)
 
   def preprocess(self, batch: dict[str, jax.Array]) -> jax.Array:
-    return batch["image"].astype(jnp.float32) - self.mean_rgb
+    """uint8 images [..., H, W, 3] -> float32, normalised as the config says (what the other sources do)."""
+    from alexnet_jax.input_pipeline.prepared import _torchvision
+
+    x = batch["image"].astype(jnp.float32)
+    if self.normalize == "torchvision":
+      return _torchvision(x)
+    return x - self.mean_rgb if self.subtract_mean else x
