@@ -88,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.min_delta = 0.0  # 'paper': an improvement must beat the best error by more than this
   c.schedule.max_drops = 3  # 'paper': "reduced three times prior to termination"
   c.schedule.step_epochs = (30.0, 60.0, 80.0)  # 'step'
-  c.schedule.warmup_epochs = 0.0  # any schedule: the rate rises linearly from 0 over this many epochs first
+  c.schedule.warmup_epochs = 0.0  # any schedule: the rate rises linearly over this many epochs first (step s: (s+1)/W)
 
   c.data = ml_collections.ConfigDict()
   # 'auto': what data.dir holds (a prepared set -> 'prepared', a TFDS dataset folder -> 'tfds'; no data.dir is an
