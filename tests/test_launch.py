@@ -1,6 +1,8 @@
 """The launch kit: shell scripts pass shellcheck and their dry runs print the right commands, the restart wrapper
-restarts on the right exit statuses, the GKE manifest is consistent, and sweeps expand, check, run and summarise."""
+restarts on the right exit statuses, the GKE manifests pass Kubernetes' and JobSet's schemas and their cross-checks,
+and sweeps expand, check, run and summarise."""
 
+import functools
 import glob
 import json
 import os
@@ -99,15 +101,229 @@ def test_restart_wrapper(tmp_path):
   assert dry.returncode == 0 and "python -m alexnet_jax.main --workdir=a\\ b" in dry.stdout
 
 
-def test_gke_manifest(tmp_path):
-  manifest = os.path.join(LAUNCH, "gke", "alexnet-job.yaml")
+GKE_MANIFESTS = sorted(glob.glob(os.path.join(LAUNCH, "gke", "*.yaml")))
+JOBSET_CRD = os.path.join(ROOT, "tests", "fixtures", "jobset.x-k8s.io_jobsets-v0.12.0.yaml")
+
+
+def gke_check():
+  sys.path.insert(0, os.path.join(LAUNCH, "gke"))
+  try:
+    import check
+  finally:
+    sys.path.remove(os.path.join(LAUNCH, "gke"))
+  return check
+
+
+def manifest_docs(path: str) -> list[dict]:
+  import yaml
+
+  with open(path) as f:
+    return [d for d in yaml.safe_load_all(f) if d]
+
+
+def job_specs(path: str) -> list[tuple[dict, dict | None]]:
+  """(each Indexed Job's spec, the JobSet's spec or None) of a manifest."""
+  out = []
+  for d in manifest_docs(path):
+    if d["kind"] == "Job":
+      out.append((d["spec"], None))
+    elif d["kind"] == "JobSet":
+      out += [(r["template"]["spec"], d["spec"]) for r in d["spec"]["replicatedJobs"]]
+  return out
+
+
+def test_gke_manifests_are_the_gpu_job_the_tpu_job_and_the_jobset():
+  kinds = {os.path.basename(p): sorted(d["kind"] for d in manifest_docs(p)) for p in GKE_MANIFESTS}
+  assert kinds == {
+    "alexnet-job.yaml": ["Job", "Service"],
+    "alexnet-tpu-job.yaml": ["Job", "Service"],
+    "alexnet-jobset.yaml": ["JobSet"],
+  }
+
+
+@pytest.mark.parametrize("manifest", GKE_MANIFESTS, ids=os.path.basename)
+def test_gke_manifest_passes_the_schemas_and_the_cross_checks(manifest):
+  """Kubernetes' own openAPI schemas (kubernetes-validate, strict) and JobSet's CRD; the GPU manifest failed the
+  1.31 schema before (onPodConditions without its required `status`)."""
   out = sh(sys.executable, "launch/gke/check.py", manifest)
   assert out.returncode == 0, out.stderr
-  broken = tmp_path / "broken.yaml"
-  with open(manifest) as f:
-    broken.write_text(f.read().replace("--num_processes=2", "--num_processes=3"))
+  assert "ok (schemas: Kubernetes 1.31.0, 1.37.0, JobSet v0.12.0; cross-checks)" in out.stdout
+
+
+BROKEN = [  # (manifest, text, replacement, what check.py must say)
+  ("alexnet-job.yaml", "clusterIP: None", "clusterIp: None", "Additional properties are not allowed ('clusterIp'"),
+  ("alexnet-job.yaml", "backoffLimit: 20", "backoffLimit: many", "spec.backoffLimit: 'many' is not of type"),
+  ("alexnet-tpu-job.yaml", "completionMode: Indexed", "completionMod: Indexed", "('completionMod' was unexpected)"),
+  ("alexnet-tpu-job.yaml", "- containerPort: 8471", "- containerPort: '8471'", "'8471' is not of type 'integer'"),
+  ("alexnet-jobset.yaml", "maxRestarts: 20", "maxRestarts: twenty", "maxRestarts: 'twenty' is not of type 'integer'"),
+  ("alexnet-jobset.yaml", "action: RestartJobSet\n", "action: RestartJobset\n", "'RestartJobset' is not one of"),
+  (
+    "alexnet-jobset.yaml",
+    "completionMode: Indexed",
+    "completionMod: Indexed",
+    "spec.replicatedJobs.0.template.spec: Additional properties are not allowed ('completionMod' was unexpected)",
+  ),
+  ("alexnet-jobset.yaml", "- name: disrupted\n", "- nam: disrupted\n", "'name' is a required property"),
+]
+
+
+@pytest.mark.parametrize("name,old,new,message", BROKEN, ids=[f"{b[0]}:{b[2].strip()}" for b in BROKEN])
+def test_gke_schemas_reject_a_mistyped_field(tmp_path, name, old, new, message):
+  with open(os.path.join(LAUNCH, "gke", name)) as f:
+    text = f.read()
+  assert old in text
+  broken = tmp_path / name
+  broken.write_text(text.replace(old, new, 1))
   out = sh(sys.executable, "launch/gke/check.py", str(broken))
-  assert out.returncode == 1 and "completions, parallelism and --num_processes differ (2, 2, 3)" in out.stderr
+  assert out.returncode == 1 and message in out.stderr, out.stderr
+
+
+def test_jobset_crd_fixture_is_jobset_v0_12_0_byte_for_byte():
+  import hashlib
+
+  import yaml
+
+  with open(JOBSET_CRD, "rb") as f:
+    text = f.read()
+  marker = b"# --- upstream file follows ---\n"
+  upstream = text[text.index(marker) + len(marker) :]
+  # sha256 of config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml at kubernetes-sigs/jobset tag v0.12.0
+  assert hashlib.sha256(upstream).hexdigest() == "d022b87624512cf0b6741b31b24a2bea9945b5a838b50713af29332c878bb6fe"
+  crd = yaml.safe_load(upstream)
+  assert crd["metadata"]["name"] == "jobsets.jobset.x-k8s.io"
+  assert [v["name"] for v in crd["spec"]["versions"]] == ["v1alpha2"]
+
+
+@pytest.mark.parametrize("manifest", GKE_MANIFESTS, ids=os.path.basename)
+def test_gke_training_command_is_command_py_s_and_parses(manifest):
+  """Each container runs launch/command.py --exec; what it execs (config first) parses with alexnet_jax.main's own
+  flag parser, pod 0's --process_id substituted as Kubernetes would."""
+  check = gke_check()
+  for spec, _ in job_specs(manifest):
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["command"][:3] == ["python", "launch/command.py", "--exec"]
+    argv = check.training_argv(container)
+    assert argv[:4] == ["python", "-m", "alexnet_jax.main", "--config=configs/paper.py"]
+    argv = [a.replace("$(JOB_COMPLETION_INDEX)", "0") for a in argv]
+    assert parse_as_main(argv) == {
+      "config": "configs/paper.py",
+      "workdir": "/shared/workdirs/paper",
+      "data_dir": "/shared/imagenet_prepared",
+      "batch_size": 128,  # the paper's batch
+    }
+    assert f"--num_processes={spec['completions']}" in argv and "--process_id=0" in argv
+
+
+def k8s_failure_message(rules: list[dict], exit_code: int | None = None, condition: str | None = None):
+  """Kubernetes' Job controller: the first matching podFailurePolicy rule, and the message a FailJob rule leaves on
+  the Job (pkg/controller/job/pod_failure_policy.go's wording)."""
+  for i, r in enumerate(rules):
+    codes = r.get("onExitCodes")
+    if exit_code is not None and codes and (exit_code in codes["values"]) == (codes["operator"] == "In"):
+      return (
+        r["action"],
+        f"Container train for pod ns/alexnet-workers-0-0-x7k2p failed with exit code {exit_code} "
+        f"matching {r['action']} rule at index {i}",
+      )
+    if condition and any(c["type"] == condition for c in r.get("onPodConditions", [])):
+      message = f"Pod ns/alexnet-workers-0-0-x7k2p has condition {condition} matching {r['action']} rule at index {i}"
+      return r["action"], message
+  return "Count", "Job has reached the specified backoff limit"
+
+
+def gke_outcome(spec: dict, jobset: dict | None, **event) -> str:
+  """What happens to a Job (or its JobSet) when one pod fails with ``event``."""
+  action, message = k8s_failure_message(spec["podFailurePolicy"]["rules"], **event)
+  if jobset is None:
+    return action
+  assert spec["backoffLimit"] == 0 and action in ("FailJob", "Count")
+  reason = "PodFailurePolicy" if action == "FailJob" else "BackoffLimitExceeded"
+  for r in jobset["failurePolicy"]["rules"]:  # JobSet: the first rule whose reasons and patterns match
+    patterns = r.get("onJobFailureMessagePatterns", [""])
+    if reason in r.get("onJobFailureReasons", [reason]) and any(re.search(p, message) for p in patterns):
+      return r["action"]
+  return "RestartJobSet"  # JobSet's default
+
+
+@pytest.mark.parametrize("manifest", GKE_MANIFESTS, ids=os.path.basename)
+def test_gke_failure_policies_act_on_cli_s_exit_codes(manifest):
+  """cli.py's mapping: 1 and 2 final; 75 (preempted, transient) and a crash retried; a disruption not counted. A Job
+  restarts the failed pod (FailJob ends it); a JobSet restarts the group, reading the Job's failure message."""
+  from alexnet_jax import cli
+
+  for spec, jobset in job_specs(manifest):
+    outcome = functools.partial(gke_outcome, spec, jobset)
+    got = {code: outcome(exit_code=code) for code in (cli.EXIT_ERROR, cli.EXIT_USAGE, cli.EXIT_RETRY, 134)}
+    got["DisruptionTarget"] = outcome(condition="DisruptionTarget")
+    if jobset is None:
+      assert got == {1: "FailJob", 2: "FailJob", 75: "Ignore", 134: "Count", "DisruptionTarget": "Ignore"}
+    else:
+      assert got == {
+        1: "FailJobSet",
+        2: "FailJobSet",
+        75: "RestartJobSet",
+        134: "RestartJobSet",
+        "DisruptionTarget": "RestartJobSetAndIgnoreMaxRestarts",
+      }
+      assert jobset["failurePolicy"]["maxRestarts"] > 0
+
+
+CROSS_BROKEN = [  # (manifest, text, replacement, what check.py must say)
+  (
+    "alexnet-job.yaml",
+    "--num_processes=2",
+    "--num_processes=3",
+    "completions, parallelism and --num_processes differ (2, 2, 3)",
+  ),
+  ("alexnet-job.yaml", "values: [75]", "values: [76]", "exit 75 -> Count, want Ignore"),
+  (
+    "alexnet-tpu-job.yaml",
+    "gke-tpu-topology: 4x4",
+    "gke-tpu-topology: 2x4",
+    "topology 2x4 has 8 chips, but 4 hosts x 4",
+  ),
+  (
+    "alexnet-tpu-job.yaml",
+    "alexnet-tpu-0.alexnet-tpu:1234",
+    "alexnet-tpu-1.alexnet-tpu:1234",
+    "--coordinator_address should be alexnet-tpu-0.alexnet-tpu:PORT",
+  ),
+  (
+    "alexnet-tpu-job.yaml",
+    "      nodeSelector:\n",
+    '      nodeSelector:\n        cloud.google.com/gke-spot: "true"\n',
+    "on Spot nodes GKE gives 15 s after SIGTERM, not 120",
+  ),
+  (
+    "alexnet-jobset.yaml",
+    "alexnet-workers-0-0.alexnet:1234",
+    "alexnet-0.alexnet:1234",
+    "--coordinator_address should be alexnet-workers-0-0.alexnet:PORT",
+  ),
+  (
+    "alexnet-jobset.yaml",
+    "exit code [12] matching",
+    "exit code [2] matching",
+    "exit 1 -> RestartJobSet, want FailJobSet",
+  ),
+  (
+    "alexnet-jobset.yaml",
+    "- --config=configs/paper.py",
+    "- --config.batch_size=64",
+    "launch/command.py refused the container's arguments: error: give --config=configs/NAME.py exactly once",
+  ),
+]
+
+
+@pytest.mark.parametrize("name,old,new,message", CROSS_BROKEN, ids=[f"{b[0]}:{b[2][:30]}" for b in CROSS_BROKEN])
+def test_gke_cross_checks_catch_what_the_schemas_cannot(tmp_path, name, old, new, message):
+  with open(os.path.join(LAUNCH, "gke", name)) as f:
+    text = f.read()
+  assert old in text, old
+  broken = tmp_path / name
+  broken.write_text(text.replace(old, new, 1))
+  out = sh(sys.executable, "launch/gke/check.py", str(broken))
+  assert out.returncode == 1 and message in out.stderr, out.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------
