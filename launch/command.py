@@ -11,7 +11,8 @@ ml_collections refuses a ``--config.KEY=VALUE`` that comes before ``--config=FIL
 in argv before a value for --config was specified"), so the kit's own flags can only follow the user's
 ``--config``. ``--workdir`` and ``--data_dir`` are the kit's defaults: a flag the user gives wins and the default is
 left out. Used by ``launch/tpu_pod.sh`` (on the machine that runs gcloud), ``launch/slurm.sbatch`` and the GKE
-manifests (``--exec`` on each node), ``launch/local.py`` and ``launch/sweep.py`` (imported). Standard library only,
+manifests (``--exec`` on each node) and ``launch/sweep.py`` (imported); ``launch/local.py`` runs the command it is
+given and adds only the process flags, which may come anywhere. Standard library only,
 Python 3.8 or later, so it runs with whatever ``python3`` the launching machine has.
 """
 

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import command  # noqa: E402  (launch/command.py: the one place a training command line is built)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -123,16 +125,12 @@ def expand(sweep: dict[str, Any], python: str = "python") -> list[Run]:
     seen.add(name)
     workdir = os.path.join(sweep["workdir_root"], name)
     overrides = {**sweep.get("fixed", {}), **point}
-    command = [
-      python,
-      "-m",
-      "alexnet_jax.main",
+    flags = [
       f"--config={sweep['config']}",
-      f"--workdir={workdir}",
       *(f"--config.{k}={_format(v)}" for k, v in overrides.items()),
       *sweep.get("extra_args", []),
     ]
-    runs.append(Run(name, workdir, point, command))
+    runs.append(Run(name, workdir, point, command.training_command(flags, python=python, workdir=workdir)))
   return runs
 
 
