@@ -27,9 +27,10 @@ from typing import Any
 
 from absl import flags
 
-from alexnet_jax import cli, quiet
+from alexnet_jax import cli
+from alexnet_jax.native import banners
 
-with quiet.filtered_native_stderr():  # .venv-aot's CUDA plugin says "Could not find cuda drivers" as jax loads it
+with banners.filtered_native_stderr():  # .venv-aot's CUDA plugin says "Could not find cuda drivers" as jax loads it
   import jax  # noqa: F401
 
 TARGET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
@@ -77,7 +78,7 @@ def use_host_only() -> None:
 
   if not os.environ.get("JAX_PLATFORMS"):
     jax.config.update("jax_platforms", "cpu")
-  with quiet.filtered_native_stderr():  # the backends start here; the plugins' banners stay off the terminal
+  with banners.filtered_native_stderr():  # the backends start here; the plugins' banners stay off the terminal
     jax.devices()
 
 
@@ -96,7 +97,7 @@ def resolve_target(spec: str) -> Target:
       raise ValueError(f"--target={spec!r}: a GPU target is {kind}:N, N GPUs on one host")
     with open(os.path.join(TARGET_DIR, chip.target_config)) as f:
       config = f.read()
-    with quiet.filtered_native_stderr():  # the plugin's "Could not find cuda drivers" on a machine without a GPU
+    with banners.filtered_native_stderr():  # the plugin's "Could not find cuda drivers" on a machine without a GPU
       topology = topologies.get_topology_desc(platform="cuda", target_config=config, topology=f"1x1x{shape}")
     return Target(spec, chip, list(topology.devices), 1)
   dims = [int(d) for d in shape.split("x")]
@@ -111,7 +112,7 @@ def resolve_target(spec: str) -> Target:
   # compiles at once (a test suite, a sweep of targets) would otherwise fail with "Internal error when accessing
   # libtpu multi-process lockfile".
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  with quiet.filtered_native_stderr():  # libtpu's "could not determine TPU accelerator type" off a TPU VM
+  with banners.filtered_native_stderr():  # libtpu's "could not determine TPU accelerator type" off a TPU VM
     topology = topologies.get_topology_desc(
       platform="tpu",
       topology_name=f"{chip.topology_prefix}:{shape}",

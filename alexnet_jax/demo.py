@@ -26,8 +26,9 @@ def say(message: str) -> None:
 def main(argv: list[str]) -> None:
   del argv
   from alexnet_jax import config_lib, evaluate, prepare, shapes, train
+  from alexnet_jax.native import library_logs
 
-  train.quiet_library_logs()
+  library_logs.quiet_library_logs()
   data_root = os.path.abspath(flags.FLAGS.data_root)
   raw, prepared = os.path.join(data_root, "shapes"), os.path.join(data_root, "shapes_prepared")
   t0 = time.time()

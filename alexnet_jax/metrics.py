@@ -14,8 +14,9 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, metrics
 
-from alexnet_jax import compat, storage
+from alexnet_jax import storage
 from alexnet_jax.model import LAYER_NAMES
+from alexnet_jax.native import compat
 from alexnet_jax.steps import RELU_LAYERS
 
 HEALTH_KINDS = ("grad_norm", "param_norm", "update_ratio", "dead_relu")

@@ -1,21 +1,14 @@
 """Training and evaluation, told top to bottom: ``train_and_evaluate(config, workdir)``.
 
-Importable from a notebook, a test or a benchmark; ``main.py`` only parses flags and calls it.
+Importable from a notebook, a test or a benchmark; ``main.py`` only parses flags and calls it. The run reads in
+phases (``_run``: mesh, input, model and optimiser, checkpoint, steps, writers, then ``_Loop``'s steps, logs,
+evaluations and saves). Around it, each in its own module: the input thread (``prefetch.py``), SIGTERM
+(``preemption.py``), ``run.json`` (``manifest.py``) and the native libraries' environment (``native/``).
 """
 
 from __future__ import annotations
 
-import collections
 import functools
-import importlib.metadata
-import json
-import logging as logging_std
-import os
-import platform
-import queue
-import signal
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -26,9 +19,12 @@ import numpy as np
 from absl import logging
 
 from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import config_lib, health, input_pipeline, optim, parallel, steps, storage, workdir_lock
+from alexnet_jax import config_lib, health, input_pipeline, manifest, optim, parallel, steps, storage, workdir_lock
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
+from alexnet_jax.native import tensorflow_devices
+from alexnet_jax.preemption import PreemptionFlag
+from alexnet_jax.prefetch import prefetch
 
 
 class NonFiniteError(RuntimeError):
@@ -83,11 +79,17 @@ def make_optimizer(config: ml_collections.ConfigDict):
   return optim.paper_sgd(o.momentum, o.weight_decay, o.weight_decay_mode, decay_mask, lr_multipliers)
 
 
-def schedule_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, int, int]:
+class Schedule(NamedTuple):
+  steps_per_epoch: int
+  num_train_steps: int
+  eval_every: int  # steps between scheduled evaluations
+
+
+def schedule_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Schedule:
   """(steps_per_epoch, num_train_steps, eval_every_steps) for this config and epoch length."""
   total = config.num_train_steps if config.num_train_steps > 0 else int(round(config.num_epochs * steps_per_epoch))
   eval_every = {-1: steps_per_epoch, 0: total}.get(config.eval_every_steps, config.eval_every_steps)
-  return steps_per_epoch, total, max(1, eval_every)
+  return Schedule(steps_per_epoch, total, max(1, eval_every))
 
 
 class StatePlan(NamedTuple):
@@ -183,63 +185,6 @@ def jit_eval_step(graphdef, preprocess, mesh, params_shardings):
   )
 
 
-def threaded(iterator: Iterator[Any], size: int) -> Iterator[Any]:
-  """Run ``iterator`` in a background thread, ``size`` items ahead. The thread makes host (numpy) batches only and
-  is stopped and joined when the consumer closes the generator, so none is left inside native code at exit."""
-  q: queue.Queue = queue.Queue(maxsize=max(1, size))
-  stop = threading.Event()
-  done = object()
-
-  def put(item) -> bool:
-    while not stop.is_set():
-      try:
-        q.put(item, timeout=0.05)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def producer():
-    try:
-      for item in iterator:
-        if not put(item):
-          return
-    except BaseException as e:
-      put(e)
-      return
-    put(done)
-
-  thread = threading.Thread(target=producer, daemon=True, name="input_producer")
-  thread.start()
-  try:
-    while True:
-      item = q.get()
-      if item is done:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
-    thread.join(timeout=60)
-
-
-def prefetch(iterator: Iterator[dict[str, np.ndarray]], size: int, sharding) -> Iterator[dict[str, jax.Array]]:
-  """Host batches made in a background thread; each put on the devices (asynchronously, from this thread) ``size``
-  steps before the step that uses it."""
-  host = threaded(iterator, size)
-  ahead: collections.deque = collections.deque()
-  try:
-    for batch in host:
-      ahead.append(parallel.to_global(batch, sharding))
-      if len(ahead) > size:
-        yield ahead.popleft()
-    while ahead:
-      yield ahead.popleft()
-  finally:
-    host.close()
-
-
 def load_checkpoint(
   config: ml_collections.ConfigDict, workdir: str, mesh=None, step: int | None = None
 ) -> tuple[int, dict[str, Any], Any]:
@@ -257,26 +202,8 @@ def load_checkpoint(
   return restored[0], restored[1], plan.graphdef
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Orbax narrates every save at INFO, fsspec/gcsfs every file they open in cloud storage, and JAX every backend it
-  did not find ("Unable to initialize backend 'tpu'" on every command): keep their warnings and errors, drop the
-  rest."""
-
-  def filter(self, record: logging_std.LogRecord) -> bool:
-    if record.name == "asyncio" and str(record.msg).startswith("Task exception was never retrieved"):
-      return False  # orbax's writers after a failed save: the error itself reaches the run, once
-    chatty = ("/orbax/", "/fsspec/", "/gcsfs/", "/jax/_src/xla_bridge.py")
-    return record.levelno >= logging_std.WARNING or not any(c in record.pathname for c in chatty)
-
-
-def quiet_library_logs() -> None:
-  logging_std.getLogger("absl").addFilter(_QuietLibraries())
-  for handler in logging_std.getLogger().handlers + [logging.get_absl_handler()]:
-    handler.addFilter(_QuietLibraries())
-
-
 # -----------------------------------------------------------------------------------------------------------------
-# Workdir, manifest and preemption.
+# The workdir.
 # -----------------------------------------------------------------------------------------------------------------
 def prepare_workdir(workdir: str) -> str:
   """The workdir, absolute (or a URL), created and proven writable before anything is computed."""
@@ -296,99 +223,6 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def _git_sha() -> str | None:
-  try:
-    out = subprocess.run(
-      ["git", "rev-parse", "HEAD"],
-      cwd=os.path.dirname(os.path.abspath(__file__)),
-      capture_output=True,
-      text=True,
-      timeout=10,
-      check=True,
-    )
-    return out.stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return None
-
-
-def write_manifest(workdir: str, config: ml_collections.ConfigDict, **extra: Any) -> None:
-  """WORKDIR/run.json: what ran, on what, with which versions (rewritten at every start)."""
-  if jax.process_index() != 0:
-    return
-  versions = {}
-  for pkg in (
-    "jax",
-    "jaxlib",
-    "flax",
-    "optax",
-    "orbax-checkpoint",
-    "clu",
-    "ml-collections",
-    "numpy",
-    "tensorflow",
-    "tensorflow-cpu",
-    "tensorflow-datasets",
-  ):
-    try:
-      versions[pkg] = importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-      pass
-  manifest = {
-    "config": config_lib.to_json(config),
-    **extra,
-    "versions": versions,
-    "python": platform.python_version(),
-    "devices": [str(d) for d in jax.devices()],
-    "device_kind": jax.devices()[0].device_kind,
-    "num_devices": jax.device_count(),
-    "process_count": jax.process_count(),
-    "git_sha": _git_sha(),
-    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-  }
-  with storage.open(storage.join(workdir, "run.json"), "w") as f:
-    json.dump(manifest, f, indent=2)
-
-
-class _PreemptionFlag:
-  """Set by SIGTERM (what schedulers send before they take a machine); the loop saves and exits cleanly."""
-
-  def __init__(self):
-    self.set = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    # The flag is set before anything is logged: a second SIGTERM can arrive while the first handler is still
-    # inside logging.warning (Python runs the nested handler there), and must see the first one as taken.
-    if self.set:  # a second SIGTERM: the first one was not enough (a hung step, say); stop now, without saving
-      logging.warning("Second SIGTERM: stopping now, without saving (the last committed checkpoint is kept).")
-      signal.signal(signum, signal.SIG_DFL)
-      os.kill(os.getpid(), signum)
-      return
-    self.set = True
-    logging.warning("SIGTERM received: saving a checkpoint at the next step all processes reach, then stopping.")
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  def reached(self, step: int, every: int) -> bool:
-    """With one process: whether SIGTERM came. With several, all must stop at the same step, so they agree (one
-    small all-gather, which waits for the step to finish) only every ``every`` steps, where the loop syncs anyway."""
-    if jax.process_count() == 1:
-      return self.set
-    if step % every:
-      return False
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.process_allgather(np.asarray(self.set)).any())
-
-
 # -----------------------------------------------------------------------------------------------------------------
 # The run.
 # -----------------------------------------------------------------------------------------------------------------
@@ -404,7 +238,7 @@ def train_and_evaluate(
   config_lib.validate(config)
   input_pipeline.resolve_source(config)  # a data.dir that is no data set is refused before the workdir is made
   workdir = prepare_workdir(workdir)
-  with _PreemptionFlag() as preemption:  # from here on SIGTERM stops the run cleanly, during setup too
+  with PreemptionFlag() as preemption:  # from here on SIGTERM stops the run cleanly, during setup too
     lock = workdir_lock.hold(workdir)
     try:
       return _run(config, workdir, allow_config_change, preemption)
@@ -414,33 +248,74 @@ def train_and_evaluate(
 
 
 def _run(
-  config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool, preemption: _PreemptionFlag
+  config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool, preemption: PreemptionFlag
 ) -> dict[str, Any]:
-  from alexnet_jax import tf_util  # clu's writers import TensorFlow: keep it off the accelerators first
-
-  tf_util.hide_accelerators_from_tensorflow()
-  from clu import periodic_actions
+  # clu's writers import TensorFlow: keep it off the accelerators first
+  tensorflow_devices.hide_accelerators_from_tensorflow()
 
   # ---- Mesh -----------------------------------------------------------------------------------------------------
-  mesh = parallel.create_mesh(config.mesh.model)
-  parallel.check_batch_size(config.batch_size, mesh, "batch_size")
-  parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  batch_sharding = parallel.batch_sharding(mesh)
-  logging.info("Mesh %s over %d devices in %d process(es)", dict(mesh.shape), jax.device_count(), jax.process_count())
+  mesh = _create_mesh(config)
 
   # ---- Input ----------------------------------------------------------------------------------------------------
   source = input_pipeline.create_source(config)
-  steps_per_epoch, num_train_steps, eval_every = schedule_steps(config, source.steps_per_epoch(config.batch_size))
+  schedule = schedule_steps(config, source.steps_per_epoch(config.batch_size))
 
   # ---- Model and optimiser: shapes first, then the state created where it lives --------------------------------
-  graphdef, init, tx, abstract, shardings = plan_state(config, mesh)
-  lr_schedule = make_lr_schedule(config, steps_per_epoch, num_train_steps)
-  num_params = model_lib.count_params(abstract["params"])
+  plan = plan_state(config, mesh)
+  lr_schedule = make_lr_schedule(config, schedule.steps_per_epoch, schedule.num_train_steps)
+  num_params = model_lib.count_params(plan.abstract["params"])
   logging.info("Model %s: %d parameters", config.model.name, num_params)
 
   # ---- Checkpoint: resume, or start afresh ----------------------------------------------------------------------
   config_json = config_lib.to_json(config)
   ckpt = checkpoint_lib.Checkpointer(storage.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+  state, resumed = _restore_or_init(ckpt, plan, config_json, workdir, allow_config_change)
+  step = int(state["step"])
+
+  # ---- Update and eval steps ------------------------------------------------------------------------------------
+  train_step = jit_train_step(plan.graphdef, plan.tx, lr_schedule, source.preprocess, mesh, plan.shardings)
+  eval_step = jit_eval_step(plan.graphdef, source.preprocess, mesh, plan.shardings["params"])
+
+  # ---- Writers: metrics, run.json, progress reports and the profiler ---------------------------------------------
+  writer = metrics_lib.create_writer(workdir, tensorboard=config.tensorboard)
+  manifest.write_manifest(
+    workdir,
+    config,
+    num_params=num_params,
+    num_train_steps=schedule.num_train_steps,
+    steps_per_epoch=schedule.steps_per_epoch,
+    resumed_from_step=step if resumed else None,
+  )
+  hooks = _periodic_actions(config, workdir, writer, schedule.num_train_steps)
+
+  # ---- Loop: train, log, evaluate, save; stop at the last step or after SIGTERM --------------------------------
+  if step >= schedule.num_train_steps:
+    logging.info("Already trained to step %d >= num_train_steps=%d: nothing to do.", step, schedule.num_train_steps)
+    ckpt.close()
+    writer.close()
+    return {"step": step, "status": "completed"}
+  loop = _Loop(config, config_json, schedule, source, mesh, plan.shardings, state, train_step, eval_step, ckpt, writer)
+  return loop.run(hooks, preemption)
+
+
+def _create_mesh(config: ml_collections.ConfigDict):
+  """Every device, in a ('data', 'model') mesh; both batch sizes checked to split evenly over it."""
+  mesh = parallel.create_mesh(config.mesh.model)
+  parallel.check_batch_size(config.batch_size, mesh, "batch_size")
+  parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  logging.info("Mesh %s over %d devices in %d process(es)", dict(mesh.shape), jax.device_count(), jax.process_count())
+  return mesh
+
+
+def _restore_or_init(
+  ckpt: checkpoint_lib.Checkpointer,
+  plan: StatePlan,
+  config_json: dict[str, Any],
+  workdir: str,
+  allow_config_change: bool,
+) -> tuple[dict[str, Any], bool]:
+  """(state, resumed): the newest readable checkpoint laid out on the mesh, or a fresh state created there. A saved
+  config whose computation differs is refused (before any array is read) unless the change is allowed."""
 
   def refuse_a_changed_config(step: int, saved_config: dict[str, Any]) -> None:  # before any array is read
     changed = config_lib.changed_keys(saved_config, config_json)
@@ -456,39 +331,27 @@ def _run(
 
   try:
     restored = ckpt.restore_latest(
-      checkpoint_lib.abstract_with_shardings(abstract, shardings), check_config=refuse_a_changed_config
+      checkpoint_lib.abstract_with_shardings(plan.abstract, plan.shardings), check_config=refuse_a_changed_config
     )
   except Exception:
     ckpt.close()
     raise
-  if restored is not None:
-    restored_step, state, saved_config = restored
-    changed = config_lib.changed_keys(saved_config, config_json)
-    if changed:
-      logging.warning("Resuming with changed config keys (allowed): %s", changed)
-    logging.info("Resuming from the checkpoint at step %d (next step: %d)", restored_step, restored_step + 1)
-  else:
-    state = jax.jit(init, out_shardings=shardings)()
+  if restored is None:
+    state = jax.jit(plan.init, out_shardings=plan.shardings)()
     logging.info("No checkpoint in %s: starting from step 0", ckpt.directory)
-  step = int(state["step"])
+    return state, False
+  restored_step, state, saved_config = restored
+  changed = config_lib.changed_keys(saved_config, config_json)
+  if changed:
+    logging.warning("Resuming with changed config keys (allowed): %s", changed)
+  logging.info("Resuming from the checkpoint at step %d (next step: %d)", restored_step, restored_step + 1)
+  return state, True
 
-  # ---- Update and eval steps ------------------------------------------------------------------------------------
-  train_step = jit_train_step(graphdef, tx, lr_schedule, source.preprocess, mesh, shardings)
-  eval_step = jit_eval_step(graphdef, source.preprocess, mesh, shardings["params"])
 
-  def run_eval() -> dict[str, float]:
-    return evaluate(eval_step, state["params"], source.eval_batches(config.eval_batch_size), batch_sharding)
+def _periodic_actions(config: ml_collections.ConfigDict, workdir: str, writer, num_train_steps: int) -> list[Any]:
+  """clu's hooks, called after every step: progress reports (steps/s) and, if asked for, a profile."""
+  from clu import periodic_actions
 
-  # ---- Writers --------------------------------------------------------------------------------------------------
-  writer = metrics_lib.create_writer(workdir, tensorboard=config.tensorboard)
-  write_manifest(
-    workdir,
-    config,
-    num_params=num_params,
-    num_train_steps=num_train_steps,
-    steps_per_epoch=steps_per_epoch,
-    resumed_from_step=step if restored else None,
-  )
   hooks: list[Any] = [
     periodic_actions.ReportProgress(
       num_train_steps=num_train_steps, writer=writer, every_steps=config.log_every_steps, every_secs=None
@@ -503,135 +366,163 @@ def _run(
         every_secs=None,
       )
     )
+  return hooks
 
-  # ---- Loop -----------------------------------------------------------------------------------------------------
-  result: dict[str, Any] = {"step": step, "status": "completed"}
-  if step >= num_train_steps:
-    logging.info("Already trained to step %d >= num_train_steps=%d: nothing to do.", step, num_train_steps)
-    ckpt.close()
-    writer.close()
-    return result
 
-  train_metrics = None
-  h = config.health
-  detector = health.CollapseDetector(
-    config.model.num_classes,
-    chance_margin=h.chance_margin,
-    vanishing_grad=h.vanishing_grad,
-    patience=h.patience,
-    max_steps_at_chance=h.max_steps_at_chance,
-  )
-  last_good_ckpt = ckpt.all_steps()[-1] if ckpt.all_steps() else None
-  window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
+class _Loop:
+  """The training loop and what it carries from step to step: the state, the metrics since the last log line, the
+  newest checkpoint known to be good. ``run`` is the loop; each of its other methods is one thing a step may do."""
 
-  def check_finite(values: dict[str, Any]) -> None:
-    if float(values["finite"]) < 1.0:
-      ckpt.wait()
-      where = (
-        f"the last good checkpoint (step {last_good_ckpt}) is intact"
-        if last_good_ckpt is not None
-        else ("no checkpoint had been written yet")
-      )
-      raise NonFiniteError(
-        f"The loss or the gradient norm became NaN/inf at or before step {step} (learning rate "
-        f"{float(values['learning_rate']):.3g}); the update was not applied and nothing was saved after it: "
-        f"{where}. Check the input data, or lower the rate: rerun with --config.optimizer.learning_rate="
-        f"{float(values['learning_rate']) / 10:.3g} --allow_config_change to resume from that checkpoint with it, or "
-        "start afresh in a new --workdir."
-      )
+  def __init__(
+    self, config, config_json, schedule: Schedule, source, mesh, shardings, state, train_step, eval_step, ckpt, writer
+  ):
+    self.config, self.config_json, self.schedule, self.source = config, config_json, schedule, source
+    self.batch_sharding, self.plateau_sharding = parallel.batch_sharding(mesh), shardings["plateau"]
+    self.train_step, self.eval_step, self.ckpt, self.writer = train_step, eval_step, ckpt, writer
+    self.state, self.step = state, int(state["step"])
+    self.train_metrics = None  # merged since the last log line; None right after one
+    h = config.health
+    self.detector = health.CollapseDetector(
+      config.model.num_classes,
+      chance_margin=h.chance_margin,
+      vanishing_grad=h.vanishing_grad,
+      patience=h.patience,
+      max_steps_at_chance=h.max_steps_at_chance,
+    )
+    self.last_good_ckpt = ckpt.all_steps()[-1] if ckpt.all_steps() else None
+    self.window_start, self.window_steps, self.input_wait = time.perf_counter(), 0, 0.0
 
-  def save(at: int) -> None:
-    nonlocal last_good_ckpt
-    if train_metrics is not None:  # never save a state that followed a non-finite step
-      check_finite(train_metrics.compute())
-    ckpt.save(at, state, config_json)
-    last_good_ckpt = at
-
-  batches = prefetch(source.train_batches(step, config.batch_size), config.data.prefetch, batch_sharding)
-  try:
-    if preemption.reached(step, 1):  # SIGTERM during setup: nothing new to save
-      result["status"] = "preempted"
-      logging.warning("Stopped before training step %d after SIGTERM; rerun the same command to resume.", step + 1)
-    while step < num_train_steps and result["status"] != "preempted":
-      t0 = time.perf_counter()
-      batch = next(batches)
-      input_wait += time.perf_counter() - t0
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, step_metrics = settle(train_step(state, batch))
-      step += 1
-      window_steps += 1
-      train_metrics = step_metrics if train_metrics is None else merge_metrics(train_metrics, step_metrics)
-      for hook in hooks:
-        hook(step)
-
-      last = step == num_train_steps
-      # The step by which the loss must have left chance is always a log step, whatever log_every_steps is.
-      if step % config.log_every_steps == 0 or last or step == h.max_steps_at_chance:
-        values = train_metrics.compute()
-        check_finite(values)
-        elapsed = time.perf_counter() - window_start
-        scalars = {f"train_{k}": v for k, v in values.items() if k not in ("learning_rate", "finite")}
-        scalars.update(
-          learning_rate=values["learning_rate"],
-          images_per_sec=window_steps * config.batch_size / elapsed,
-          input_wait_fraction=input_wait / elapsed,
-          epoch=step / steps_per_epoch,
-        )
-        writer.write_scalars(step, scalars)
-        train_metrics, window_start, window_steps, input_wait = None, time.perf_counter(), 0, 0.0
-        collapse = detector.update(step, values)
-        if collapse and config.health.on_collapse == "stop":
-          ckpt.wait()
-          raise health.CollapseError(collapse)
-        if collapse:
-          logging.warning("%s", collapse)
-
-      scheduled_eval = step % eval_every == 0
-      if scheduled_eval or last:
-        try:
-          eval_values = run_eval()
-        except Exception:  # a bad validation shard, say: the steps trained so far are saved before it stops
-          save(step)
-          ckpt.wait()
-          raise
-        writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_values.items()})
-        result.update({f"eval_{k}": v for k, v in eval_values.items()})
-        # Only scheduled evaluations feed the plateau rule: where a run happens to stop must not change it.
-        if config.schedule.name == "paper" and scheduled_eval:
-          s = config.schedule
-          plateau = optim.plateau_update(
-            jax.device_get(state["plateau"]),
-            eval_values["top1_error"],
-            patience=s.patience,
-            factor=s.factor,
-            max_drops=s.max_drops,
-            min_delta=s.min_delta,
-          )
-          if plateau["num_drops"] > int(state["plateau"]["num_drops"]):
-            logging.info(
-              "Validation error has not improved for %d evaluations: learning rate x%g (drop %d of %d)",
-              s.patience,
-              s.factor,
-              plateau["num_drops"],
-              s.max_drops,
-            )
-          state = {**state, "plateau": jax.device_put(plateau, shardings["plateau"])}
-
-      preempted = preemption.reached(step, config.log_every_steps) and not last  # at the end: finished anyway
-      if step % config.checkpoint_every_steps == 0 or last or preempted:
-        save(step)
-      if preempted:
+  def run(self, hooks: list[Any], preemption: PreemptionFlag) -> dict[str, Any]:
+    config, num_train_steps = self.config, self.schedule.num_train_steps
+    result: dict[str, Any] = {"step": self.step, "status": "completed"}
+    batches = prefetch(
+      self.source.train_batches(self.step, config.batch_size), config.data.prefetch, self.batch_sharding
+    )
+    try:
+      if preemption.reached(self.step, 1):  # SIGTERM during setup: nothing new to save
         result["status"] = "preempted"
         logging.warning(
-          "Stopped at step %d after SIGTERM; the checkpoint is being committed. Rerun the same command to resume.",
-          step,
+          "Stopped before training step %d after SIGTERM; rerun the same command to resume.", self.step + 1
         )
-        break
-  finally:  # on every path, errors included: pending saves commit, files close, the input thread stops
-    batches.close()
-    ckpt.close()
-    writer.flush()
-    writer.close()
-  result["step"] = step
-  logging.info("Finished at step %d: %s", step, {k: v for k, v in result.items() if k.startswith("eval_")})
-  return result
+      while self.step < num_train_steps and result["status"] != "preempted":
+        self.train_one_step(batches)
+        for hook in hooks:
+          hook(self.step)
+
+        last = self.step == num_train_steps
+        # The step by which the loss must have left chance is always a log step, whatever log_every_steps is.
+        if self.step % config.log_every_steps == 0 or last or self.step == config.health.max_steps_at_chance:
+          self.log_train_metrics()
+
+        scheduled_eval = self.step % self.schedule.eval_every == 0
+        if scheduled_eval or last:
+          result.update({f"eval_{k}": v for k, v in self.run_eval(scheduled_eval).items()})
+
+        preempted = preemption.reached(self.step, config.log_every_steps) and not last  # at the end: finished anyway
+        if self.step % config.checkpoint_every_steps == 0 or last or preempted:
+          self.save()
+        if preempted:
+          result["status"] = "preempted"
+          logging.warning(
+            "Stopped at step %d after SIGTERM; the checkpoint is being committed. Rerun the same command to resume.",
+            self.step,
+          )
+          break
+    finally:  # on every path, errors included: pending saves commit, files close, the input thread stops
+      batches.close()
+      self.ckpt.close()
+      self.writer.flush()
+      self.writer.close()
+    result["step"] = self.step
+    logging.info("Finished at step %d: %s", self.step, {k: v for k, v in result.items() if k.startswith("eval_")})
+    return result
+
+  def train_one_step(self, batches: Iterator[dict[str, jax.Array]]) -> None:
+    t0 = time.perf_counter()
+    batch = next(batches)
+    self.input_wait += time.perf_counter() - t0
+    with jax.profiler.StepTraceAnnotation("train", step_num=self.step):
+      self.state, step_metrics = settle(self.train_step(self.state, batch))
+    self.step += 1
+    self.window_steps += 1
+    self.train_metrics = step_metrics if self.train_metrics is None else merge_metrics(self.train_metrics, step_metrics)
+
+  def log_train_metrics(self) -> None:
+    """The train metrics since the last log line, written; finiteness and the collapse detector checked on them."""
+    values = self.train_metrics.compute()
+    self.check_finite(values)
+    elapsed = time.perf_counter() - self.window_start
+    scalars = {f"train_{k}": v for k, v in values.items() if k not in ("learning_rate", "finite")}
+    scalars.update(
+      learning_rate=values["learning_rate"],
+      images_per_sec=self.window_steps * self.config.batch_size / elapsed,
+      input_wait_fraction=self.input_wait / elapsed,
+      epoch=self.step / self.schedule.steps_per_epoch,
+    )
+    self.writer.write_scalars(self.step, scalars)
+    self.train_metrics, self.window_start, self.window_steps, self.input_wait = None, time.perf_counter(), 0, 0.0
+    collapse = self.detector.update(self.step, values)
+    if collapse and self.config.health.on_collapse == "stop":
+      self.ckpt.wait()
+      raise health.CollapseError(collapse)
+    if collapse:
+      logging.warning("%s", collapse)
+
+  def run_eval(self, scheduled: bool) -> dict[str, float]:
+    """The validation metrics, written; a scheduled evaluation also feeds the paper's plateau rule."""
+    batches = self.source.eval_batches(self.config.eval_batch_size)
+    try:
+      eval_values = evaluate(self.eval_step, self.state["params"], batches, self.batch_sharding)
+    except Exception:  # a bad validation shard, say: the steps trained so far are saved before it stops
+      self.save()
+      self.ckpt.wait()
+      raise
+    self.writer.write_scalars(self.step, {f"eval_{k}": v for k, v in eval_values.items()})
+    # Only scheduled evaluations feed the plateau rule: where a run happens to stop must not change it.
+    if self.config.schedule.name == "paper" and scheduled:
+      self.state = {**self.state, "plateau": self.plateau_after(eval_values["top1_error"])}
+    return eval_values
+
+  def plateau_after(self, top1_error: float):
+    """The plateau rule's state after this validation error (Sec. 5: the rate divided by 10 when it stops
+    improving), on the devices."""
+    s = self.config.schedule
+    plateau = optim.plateau_update(
+      jax.device_get(self.state["plateau"]),
+      top1_error,
+      patience=s.patience,
+      factor=s.factor,
+      max_drops=s.max_drops,
+      min_delta=s.min_delta,
+    )
+    if plateau["num_drops"] > int(self.state["plateau"]["num_drops"]):
+      logging.info(
+        "Validation error has not improved for %d evaluations: learning rate x%g (drop %d of %d)",
+        s.patience,
+        s.factor,
+        plateau["num_drops"],
+        s.max_drops,
+      )
+    return jax.device_put(plateau, self.plateau_sharding)
+
+  def save(self) -> None:
+    if self.train_metrics is not None:  # never save a state that followed a non-finite step
+      self.check_finite(self.train_metrics.compute())
+    self.ckpt.save(self.step, self.state, self.config_json)
+    self.last_good_ckpt = self.step
+
+  def check_finite(self, values: dict[str, Any]) -> None:
+    if float(values["finite"]) < 1.0:
+      self.ckpt.wait()
+      where = (
+        f"the last good checkpoint (step {self.last_good_ckpt}) is intact"
+        if self.last_good_ckpt is not None
+        else "no checkpoint had been written yet"
+      )
+      lr = float(values["learning_rate"])
+      raise NonFiniteError(
+        f"The loss or the gradient norm became NaN/inf at or before step {self.step} (learning rate {lr:.3g}); the "
+        f"update was not applied and nothing was saved after it: {where}. Check the input data, or lower the rate: "
+        f"rerun with --config.optimizer.learning_rate={lr / 10:.3g} --allow_config_change to resume from that "
+        "checkpoint with it, or start afresh in a new --workdir."
+      )

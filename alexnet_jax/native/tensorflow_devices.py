@@ -1,19 +1,22 @@
-"""TensorFlow, imported only where it is needed (input pipeline, data tools, clu's TensorBoard writer)."""
+"""TensorFlow, imported only where it is needed (input pipeline, data tools, clu's TensorBoard writer), kept off the
+accelerators."""
 
 from __future__ import annotations
 
 
 def hide_accelerators_from_tensorflow() -> None:
   """TensorFlow must never take GPU/TPU memory that JAX needs: make it CPU-only, if it is installed at all."""
-  from alexnet_jax import quiet
+  from alexnet_jax.native import banners
 
-  quiet.quiet_tensorflow_logs()
+  banners.quiet_tensorflow_logs()
   try:
     import tensorflow as tf
   except ImportError:
     return
 
-  with quiet.filtered_native_stderr():  # a CUDA build of TensorFlow on a machine without a GPU: "failed call to cuInit"
+  with (
+    banners.filtered_native_stderr()
+  ):  # a CUDA build of TensorFlow on a machine without a GPU: "failed call to cuInit"
     tf.config.set_visible_devices([], "GPU")
     try:
       tf.config.set_visible_devices([], "TPU")

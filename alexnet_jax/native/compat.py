@@ -72,7 +72,7 @@ def _stand_in_for_clu_summary_writer() -> None:
 
   module = types.ModuleType(name)
   module.SummaryWriter = SummaryWriter
-  module.__doc__ = "alexnet_jax.compat's stand-in: TensorFlow is not installed."
+  module.__doc__ = "alexnet_jax.native.compat's stand-in: TensorFlow is not installed."
   sys.modules[name] = module
 
 
