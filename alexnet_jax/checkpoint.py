@@ -21,6 +21,7 @@ A restore tells damage from everything else, because only damage may cost a chec
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -59,9 +60,10 @@ def fingerprints(state: Any) -> dict[str, int]:
   return {jax.tree_util.keystr(path): int(v) for path, v in jax.tree_util.tree_flatten_with_path(values)[0]}
 
 
-def _first_line(error: Exception) -> str:
-  """An exception's first line (readers' errors can run to pages)."""
-  return str(error).splitlines()[0] if str(error) else ""
+def _first_line(error: BaseException) -> str:
+  """An exception's first line, without tensorstore's spec dump (readers' errors can run to pages)."""
+  line = str(error).splitlines()[0] if str(error) else ""
+  return re.split(r" \[tensorstore_spec=| See full TensorStore details", line)[0]
 
 
 class DiskFullError(ValueError):
@@ -100,8 +102,17 @@ _DAMAGE = (
 )
 
 
-def _judge(error: BaseException) -> str:
-  """'damage' (evidence of damaged bytes, if it repeats), 'mismatch', 'transient', or 'other' (stop, move nothing)."""
+def _chain(error: BaseException) -> list[BaseException]:
+  """``error`` and the errors behind it (``__cause__``, else ``__context__``): orbax wraps tensorstore's
+  ``OUT_OF_RANGE: Error reading ...`` in a bare ``Exception`` whose own text says nothing."""
+  links: list[BaseException] = []
+  while error is not None and error not in links and len(links) < 16:
+    links.append(error)
+    error = error.__cause__ or error.__context__
+  return links
+
+
+def _judge_one(error: BaseException) -> str:
   text = f"{type(error).__name__}: {error}"
   if isinstance(error, PermissionError | MemoryError) or any(m in text for m in _NOT_DAMAGE):
     return "other"
@@ -113,7 +124,21 @@ def _judge(error: BaseException) -> str:
     return "damage"
   if isinstance(error, OSError | ValueError) and any(m in text for m in _DAMAGE):
     return "damage"
-  return "other"
+  return "unknown"
+
+
+_PRECEDENCE = ("other", "transient", "mismatch", "damage")  # a reason not to move anything wins over damage
+
+
+def _judge(error: BaseException) -> tuple[str, BaseException]:
+  """('damage' (evidence of damaged bytes, if it repeats) | 'mismatch' | 'transient' | 'other' (stop, move
+  nothing), the error in the chain that decided it), over ``error`` and every error behind it."""
+  verdicts = [(_judge_one(e), e) for e in _chain(error)]
+  for kind in _PRECEDENCE:
+    for verdict, link in verdicts:
+      if verdict == kind:
+        return kind, link
+  return "other", error
 
 
 def _path(path: tuple[Any, ...]) -> str:
@@ -192,8 +217,8 @@ class Checkpointer:
       try:
         return read()
       except Exception as e:
-        kind = _judge(e)
-        reason = f"{type(e).__name__}: {_first_line(e)}"
+        kind, why = _judge(e)
+        reason = f"{type(why).__name__}: {_first_line(why)}"
         if kind == "damage" and attempt == 1:
           logging.warning("Reading the %s of step %d failed (%s); trying once more.", what, step, reason)
           continue
@@ -275,10 +300,12 @@ class Checkpointer:
     to ``checkpoints_corrupt/`` and the one before it tried; every other failure (``check_config``'s refusal,
     ``CheckpointMismatchError``, ``CheckpointReadError``) is raised with every step left in place.
     """
+    damaged = []
     for step in reversed(self.all_steps()):
       try:
         return self.restore(step, abstract_state, check_config=check_config)
       except _Damaged as e:
+        damaged.append(step)
         logging.warning(
           "Checkpoint at step %d in %s cannot be read (%s); moving it aside and falling back to the previous step.",
           step,
@@ -289,6 +316,13 @@ class Checkpointer:
           self._quarantine(step)
         except OSError as moved:  # a read-only workdir (evaluate may read one): skip the step, move nothing
           logging.warning("Could not move step %d aside (%s); using the previous step.", step, moved)
+    if damaged:
+      logging.warning(
+        "Every checkpoint in %s was damaged (steps %s, kept for inspection in checkpoints_corrupt/): none is left "
+        "to resume from.",
+        self.directory,
+        ", ".join(map(str, sorted(damaged))),
+      )
     return None
 
   def read_config(self, step: int | None = None) -> tuple[int, dict[str, Any]]:

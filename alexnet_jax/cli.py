@@ -1,8 +1,8 @@
 """What every command line of the project shares: a bad command line is one ``error:`` line and exit code 2.
 
 absl reports a bad flag value, a missing required flag or a config file that cannot be loaded with a traceback and
-exit code 1; ``run(main)`` turns each into ``error: ...`` and 2 (the README's contract: 2 for every bad command line,
-1 for every other clear error). ``--verbosity`` at 1 or more keeps the traceback.
+exit code 1; ``run(main)`` turns each into ``error: ...`` and 2 (docs/training.md's contract: 2 for every bad command
+line, 1 for every other clear error). ``--verbosity`` at 1 or more keeps the traceback.
 """
 
 from __future__ import annotations
@@ -67,6 +67,48 @@ def exit_code_for(error: Exception, clear: tuple[type[BaseException], ...] = (Va
     print(f"error: {error}", file=sys.stderr)  # once: not also as a log line
     return EXIT_ERROR
   raise error
+
+
+def define_process_flags() -> None:
+  """The flags of a multi-process run, for every command that can run as one (``main``, ``evaluate``); without them
+  the cluster's environment is read (``alexnet_jax/distributed.py``)."""
+  flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs.")
+  flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+  flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+  flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 100, "Multi-process: how soon the others stop (with an error) after a process dies."
+  )
+  flags.DEFINE_integer(
+    "initialization_timeout_seconds",
+    300,
+    "Multi-process: how long a process waits for the coordinator (process 0) before it exits 75 (JAX's default: 300).",
+  )
+
+
+def start_processes() -> int | None:
+  """Join the other processes (``distributed.initialize`` with the process flags): None once joined, else the exit
+  code to return after one ``error:`` line (2 for half of the flags, 75 for a coordinator not reachable)."""
+  from alexnet_jax import distributed
+
+  f = flags.FLAGS
+  try:
+    distributed.initialize(
+      f.coordinator_address,
+      f.num_processes,
+      f.process_id,
+      f.heartbeat_timeout_seconds,
+      f.initialization_timeout_seconds,
+    )
+  except ValueError as e:
+    if not transient(e):  # half of the multi-process flags, an Open MPI 5 job without a coordinator address
+      print(f"error: {e}", file=sys.stderr)
+      return EXIT_USAGE
+    return exit_code_for(e)
+  except Exception as e:
+    if transient(e):  # the coordinator not reachable (yet): the scheduler's rerun may find it
+      return exit_code_for(e)
+    raise
+  return None
 
 
 def _usage_error(message: str) -> None:

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 import ml_collections
-from absl import flags
+from absl import flags, logging
 
 from alexnet_jax import cli
 
@@ -26,6 +26,7 @@ def define_flags() -> None:
   flags.DEFINE_string("data_dir", None, "A prepared dataset to evaluate on (default: the run's data.dir).")
   flags.DEFINE_integer("step", None, "Which checkpoint (default: the newest).")
   flags.DEFINE_integer("batch_size", None, "Global evaluation batch (default: the run's eval_batch_size).")
+  cli.define_process_flags()  # launch/local.py, SLURM, ...: evaluate runs on any number of processes
 
 
 def config_from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -53,7 +54,7 @@ def evaluate_workdirs(
   import jax
 
   from alexnet_jax import checkpoint as checkpoint_lib
-  from alexnet_jax import config_lib, input_pipeline, parallel, storage, train
+  from alexnet_jax import config_lib, input_pipeline, parallel, storage, train, weights
 
   if crops not in (1, 10):
     raise ValueError(f"--crops must be 1 or 10, got {crops}")
@@ -67,6 +68,12 @@ def evaluate_workdirs(
     finally:
       ckpt.close()
     config = config_from_json(saved)
+    if not data_dir and weights.imported_without_data(workdir, config):
+      raise ValueError(
+        f"{workdir} holds imported weights written without a dataset (python -m alexnet_jax.weights without "
+        "--data_dir): evaluating them would only measure synthetic images. Pass --data_dir=DST, a prepared "
+        "ImageNet (python -m alexnet_jax.prepare)"
+      )
     if data_dir:
       config.data.dir = data_dir
       config.data.source = "auto"  # whatever that folder holds
@@ -109,13 +116,16 @@ def evaluate_workdirs(
   }
   if jax.process_index() == 0:
     eval_dir = storage.join(storage.resolve(workdirs[0]), "eval")
-    storage.makedirs(eval_dir)
     name = (
       f"step{steps_used[0]}_{crops}crop.json" if len(workdirs) == 1 else f"ensemble{len(workdirs)}_{crops}crop.json"
     )
-    out["path"] = storage.join(eval_dir, name)
-    with storage.open(out["path"], "w") as f:
-      json.dump(out, f, indent=1)
+    try:  # a read-only workdir (an archived run, a shared bucket) still gets its numbers printed
+      storage.makedirs(eval_dir)
+      with storage.open(storage.join(eval_dir, name), "w") as f:
+        json.dump(out, f, indent=1)
+      out["path"] = storage.join(eval_dir, name)
+    except OSError as e:
+      logging.warning("Could not write %s (%s): the result is printed only.", storage.join(eval_dir, name), e)
   return out
 
 
@@ -128,10 +138,12 @@ def main(argv: list[str]) -> int:
   if f.crops not in (1, 10):
     print(f"error: --crops must be 1 or 10, got {f.crops}", file=sys.stderr)
     return 2
-  from alexnet_jax import distributed, train
+  from alexnet_jax.native import library_logs
 
-  train.quiet_library_logs()  # before the backends start
-  distributed.initialize(None, None, None)
+  library_logs.quiet_library_logs()  # before the backends start
+  exit_code = cli.start_processes()
+  if exit_code is not None:
+    return exit_code
   try:
     out = evaluate_workdirs(
       f.workdir.split(","), crops=f.crops, data_dir=f.data_dir, step=f.step, batch_size=f.batch_size
@@ -140,7 +152,7 @@ def main(argv: list[str]) -> int:
     return cli.exit_code_for(e)
   print(
     f"top-1 error {out['top1_error']:.2%}  top-5 error {out['top5_error']:.2%}  ({out['crops']} crop(s), "
-    f"{out['num_examples']} images, step {out['step']}) -> {out.get('path')}"
+    f"{out['num_examples']} images, step {out['step']}) -> {out.get('path') or 'not written (see the warning)'}"
   )
   return 0
 

@@ -11,9 +11,10 @@ rescaled so that its shorter side is the prepared set's stored size and its cent
 did), resized to the size the run cut crops from (``data.crop_fraction``), centre-cropped to the network's input,
 and normalised by the source's ``preprocess`` (``data.normalize``: the run's mean image subtracted, or
 torchvision's channel normalisation). A run without a prepared set (the synthetic source: a run of imported weights
-written without ``--data_dir``) scales the shorter side straight to ``model.image_size / data.crop_fraction``: for
-torchvision's weights, 256 then the central 224, as torchvision's ``Resize(256)`` + ``CenterCrop(224)`` (bicubic
-here, bilinear there).
+written without ``--data_dir``) scales the shorter side straight to ``model.image_size / data.crop_fraction``.
+Resizing uses the filter of the preprocessing the config records (``prepared.resize_method``): bicubic for the
+paper's runs, and for ``data.normalize='torchvision'`` (imported weights) torchvision's own: ``Resize(256)`` (PIL's
+bilinear, which antialiases) then ``CenterCrop(224)``, step for step.
 """
 
 from __future__ import annotations
@@ -73,17 +74,22 @@ class Predictor:
     """Images of any size -> the batch the run's ``preprocess`` takes (uint8 crops and where they were cut). An image
     is an array: uint8, or floats in [0, 1] or [0, 255], greyscale or RGB(A) (``prepare.to_uint8_rgb``)."""
     from alexnet_jax import prepare
+    from alexnet_jax.input_pipeline.prepared import resize_method
 
     crop = self.image_size
     stored = getattr(self.source, "stored_size", None)
     view = getattr(self.source, "view_size", crop)
+    method = resize_method(getattr(self.source, "normalize", "mean_image"))
     crops = []
     for image in images:
       image = prepare.to_uint8_rgb(image)
       if stored:  # what prepare did, then the run's resize on read
         image = _square(image, stored)
         if view != stored:
-          image = _resize(image, view)
+          image = _resize(image, view, method)
+      elif method == "bilinear":  # torchvision's own Resize(view) + CenterCrop(crop), exactly
+        crops.append(_torchvision_resize_and_crop(image, view, crop))
+        continue
       else:
         image = _square(image, view)
       centre = (image.shape[0] - crop) // 2
@@ -138,7 +144,8 @@ class Predictor:
       before = (self.source.view_size - self.image_size) // 2
       after = self.source.view_size - self.image_size - before
       return np.pad(images, ((0, 0), (before, after), (before, after), (0, 0)), mode="reflect"), batch["label"][:real]
-    from alexnet_jax import compat, prepare
+    from alexnet_jax import prepare
+    from alexnet_jax.native import compat
 
     compat.require_tensorflow("reading the prepared validation images")
 
@@ -196,7 +203,26 @@ def _square(image: np.ndarray, size: int) -> np.ndarray:
   return prepare.square_crop(Image.fromarray(image), size)
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
+def _resize(image: np.ndarray, size: int, method: str = "bicubic") -> np.ndarray:
+  """A square image resized to size x size with the run's filter (``prepared.resize_method``), antialiased."""
   from PIL import Image
 
+  if method == "bilinear":
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
   return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0))
+
+
+def _torchvision_resize_and_crop(image: np.ndarray, size: int, crop: int) -> np.ndarray:
+  """torchvision's ``Resize(size)`` + ``CenterCrop(crop)`` of a PIL image: the shorter side to ``size`` and the
+  longer to ``int(size * long / short)``, PIL's bilinear filter (antialiased when it shrinks), then the crop at
+  ``round((side - crop) / 2)``."""
+  from PIL import Image
+
+  im = Image.fromarray(image)
+  w, h = im.size
+  new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+  if new != (w, h):
+    im = im.resize(new, Image.Resampling.BILINEAR)
+  w, h = im.size
+  top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+  return np.asarray(im.crop((left, top, left + crop, top + crop)), dtype=np.uint8)

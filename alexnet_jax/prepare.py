@@ -6,7 +6,8 @@ SRC is either the official ILSVRC2012 tar files (``ILSVRC2012_img_train.tar`` of
 ``ILSVRC2012_img_val.tar``; the class list and validation labels come from tensorflow-datasets' ``imagenet2012``
 folder) or a tree ``SRC/train/<class>/<image>`` + ``SRC/val/<class>/<image>`` in any format PIL reads. What systems
 and tools leave beside the data (hidden names such as ``.ipynb_checkpoints``, ``._name`` AppleDouble files,
-``__MACOSX``) is never a class or an image, in either layout; the log lists what was skipped (``find_images``).
+``__MACOSX``, ``lost+found``, Synology's ``@eaDir``: ``is_system_entry``) is never a class or an image, in either
+layout, nor is a folder that holds no images; the log lists what was skipped (``find_images``).
 
 Every image is rescaled so its shorter side is ``image_size`` and the central ``image_size`` square is kept, then
 stored as JPEG in TFRecord shards that TFDS can read (``tfds.builder_from_directory(DST)``). One streaming pass over
@@ -34,7 +35,8 @@ import time
 import numpy as np
 from absl import flags, logging
 
-from alexnet_jax import cli, compat, storage
+from alexnet_jax import cli, storage
+from alexnet_jax.native import compat
 
 FORMAT_VERSION = 1
 METADATA = "alexnet_prepared.json"
@@ -62,25 +64,46 @@ class Record:
 # -----------------------------------------------------------------------------------------------------------------
 # Finding the images.
 # -----------------------------------------------------------------------------------------------------------------
-SYSTEM = "system files and folders (hidden names, __MACOSX)"
+SYSTEM = "system files and folders (hidden names, __MACOSX, lost+found, @eaDir, $RECYCLE.BIN, ...)"
+# What file systems, NAS boxes and operating systems put in any folder: ext4's fsck folder, Synology's thumbnail
+# folders, Windows' recycle bin, volume information and thumbnail cache, Explorer's folder settings.
+SYSTEM_NAMES = frozenset(
+  ("__MACOSX", "lost+found", "@eaDir", "$RECYCLE.BIN", "System Volume Information", "Thumbs.db", "desktop.ini")
+)
+NO_IMAGES = "folders holding no images (a class without images cannot be learned)"
 
 
 def is_system_entry(name: str) -> bool:
   """Whether a file or folder name (one path component) is what operating systems and tools leave beside the data,
   never a class or an image: hidden names (``.ipynb_checkpoints`` that Jupyter writes, ``.git``, ``.DS_Store``,
-  ``._photo.jpg``, the AppleDouble files that macOS's tar and zip add) and ``__MACOSX``, the folder macOS's zip
-  adds. ``prepare`` skips them everywhere it lists a folder or a tar, and logs what it skipped."""
-  return name.startswith(".") or name == "__MACOSX"
+  ``._photo.jpg``, the AppleDouble files that macOS's tar and zip add), ``__MACOSX`` (macOS's zip), ``lost+found``
+  (ext4), ``@eaDir`` (Synology), ``$RECYCLE.BIN`` and ``System Volume Information`` (Windows) and the like
+  (``SYSTEM_NAMES``). ``prepare`` skips them everywhere it lists a folder or a tar, and logs what it skipped."""
+  return name.startswith(".") or name in SYSTEM_NAMES
+
+
+def _holds_images(folder: str) -> bool:
+  """Whether ``folder`` holds an image file (not a system entry; not searched further down), as ``_tree_split``
+  reads them."""
+  with os.scandir(folder) as entries:
+    return any(
+      not is_system_entry(e.name) and e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.is_dir() for e in entries
+    )
 
 
 def _class_folders(root: str, split: str, skipped: dict[str, list[str]]) -> list[str]:
-  """The class folders of ``root/split``, sorted; system entries and loose files are noted in ``skipped``."""
+  """The class folders of ``root/split`` that hold images, sorted; system entries, folders without images (an empty
+  folder is never a class: it cannot be learned, and would shift every label after it) and loose files are noted
+  in ``skipped``."""
   folders = []
   for name in sorted(os.listdir(os.path.join(root, split))):
     if is_system_entry(name):
       skipped[SYSTEM].append(f"{split}/{name}")
     elif os.path.isdir(os.path.join(root, split, name)):
-      folders.append(name)
+      if _holds_images(os.path.join(root, split, name)):
+        folders.append(name)
+      else:
+        skipped[NO_IMAGES].append(f"{split}/{name}/")
     else:
       skipped[f"files outside a class folder ({split}/<class>/<image> is read)"].append(f"{split}/{name}")
   return folders
@@ -208,8 +231,9 @@ def find_images(root: str, allow_partial_val: bool = False) -> tuple[str, list[s
 
   Classes are the folders of ``root/train`` (sorted names; label = place in that order) or ImageNet's 1,000
   synsets in TFDS's order; system entries (``is_system_entry``: hidden names such as ``.ipynb_checkpoints``,
-  ``__MACOSX``) are never classes or images, anywhere. Class folders are not searched further down. Everything not
-  read is logged, one line per kind."""
+  ``__MACOSX``, ``lost+found``, ``@eaDir``) are never classes or images, anywhere, and a folder holding no images is
+  never a class (a warning names it). Class folders are not searched further down. Everything not read is logged,
+  one line per kind."""
   skipped: dict[str, list[str]] = collections.defaultdict(list)
   try:
     return _find_images(root, allow_partial_val, skipped)
@@ -387,9 +411,9 @@ def write_shard(
 ) -> dict:
   """Write one shard (atomically) and its sidecar ``.done.json`` with counts, bad files, the inputs it was made
   from and partial statistics."""
-  from alexnet_jax import quiet
+  from alexnet_jax.native import banners
 
-  quiet.quiet_tensorflow_logs("3")
+  banners.quiet_tensorflow_logs("3")
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")
@@ -664,8 +688,6 @@ def main(argv: list[str]) -> int:
     print("error: give --input_dir=SRC and --output_dir=DST", file=sys.stderr)
     return 2
   try:
-    from alexnet_jax import compat
-
     compat.require_tensorflow("prepare")
   except compat.TensorFlowMissing as e:
     print(f"error: {e}", file=sys.stderr)

@@ -12,11 +12,13 @@ torchvision's ``alexnet(weights="IMAGENET1K_V1")`` is our ``owt`` architecture (
 The paper's network exports under our own layer names (``conv1.weight`` ... ``fc8.bias``; a grouped layer's weight is
 (out, in/groups, kh, kw), as ``nn.Conv2d(groups=2)`` holds it), with fc6 in the same NCHW order.
 
-A weights file is data, never code: ``.pth``/``.pt`` files are read with ``torch.load(..., weights_only=True)`` and
-``.safetensors`` with safetensors' numpy reader. A training checkpoint holding the weights under ``state_dict`` (or
-``model_state_dict``, ``model``) is unwrapped, and a ``module.`` prefix (``nn.DataParallel``) dropped, each logged;
-anything else is refused saying what the file holds. A state_dict whose keys or shapes differ from what the network
-needs is refused, with every difference listed.
+A weights file is data, never code: PyTorch files (``.pth``/``.pt``) are read with ``torch.load(...,
+weights_only=True)`` and safetensors files through safetensors' torch reader (any dtype, bfloat16 included), told
+apart by their first bytes. The weights are found wherever a training script put them (``load_state_dict``: the one
+mapping of tensors whose names, less one common prefix such as ``module.``, ``_orig_mod.`` or Lightning's ``model.``,
+are AlexNet's), and what was unwrapped is logged; any other file (empty, text, HTML, a Git LFS pointer, a zip that
+is not a PyTorch file, a pickled whole model) is refused in one line saying what it is. A state_dict whose keys or
+shapes differ from what the network needs is refused, with every difference listed.
 
 torchvision's ImageNet weights expect its own preprocessing: RGB scaled to [0, 1], then normalised by
 ``TORCHVISION_MEAN`` / ``TORCHVISION_STD``. ``write_run`` (the command line below) makes a workdir of imported
@@ -29,6 +31,9 @@ measures them, and ``inference.Predictor`` (with or without ``--data_dir``) pred
 
 from __future__ import annotations
 
+import codecs
+import io
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -120,68 +125,210 @@ def _zeros_like(tree: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
   return {layer: {k: np.zeros(v.shape, np.float32) for k, v in p.items()} for layer, p in tree.items()}
 
 
-CHECKPOINT_ENTRIES = ("state_dict", "model_state_dict", "model")  # where training scripts keep the weights
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel / DistributedDataParallel, torch.compile
+CHECKPOINT_ENTRIES = ("state_dict", "model_state_dict", "model")  # preferred where a file holds several weight sets
 SAVE_INSTEAD = "save the network's weights alone instead: torch.save(model.state_dict(), 'weights.pth')"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _names(layers) -> frozenset[str]:
+  return frozenset(f"{name}.{kind}" for name in layers for kind in ("weight", "bias"))
+
+
+# The parameter names of torchvision's AlexNet (features.0.weight ...) and of our own export (conv1.weight ...): what
+# a state_dict's keys are, once any wrapper's prefix is dropped.
+NAME_SETS = (_names(TORCHVISION_LAYERS.values()), _names(TORCHVISION_LAYERS))
+
+
+def sniff(data: bytes) -> str | None:
+  """What a file that is not loadable weights looks like, judged by its first bytes (None: a zip archive holding a
+  PyTorch file, a pickle, or a safetensors file, to be read)."""
+  if not data:
+    return "is empty (0 bytes): the download or copy did not finish"
+  head = data[:1024]
+  if _safetensors_header(data) is not None:
+    return None
+  if head.startswith(b"version https://git-lfs"):
+    return (
+      "is a Git LFS pointer (a small text file standing for the weights), not the weights: fetch them with "
+      "`git lfs pull` in its repository, or download the file itself"
+    )
+  if head.startswith(b"PK\x03\x04"):
+    import zipfile
+
+    try:
+      names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except zipfile.BadZipFile as e:
+      return f"is a damaged zip archive ({e}): download it again"
+    if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+      return None  # torch.save's archive
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "") or "nothing"
+    return f"is a zip archive but not a PyTorch file (it holds {shown}): unpack it and give the weights file inside"
+  if head[:1] == b"\x80":  # a pickle (torch's legacy format)
+    return None
+  stripped = head.lstrip().lower()
+  if stripped.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")) or b"<html" in stripped:
+    return (
+      "is an HTML page, not weights: probably an error or sign-in page saved in place of the file; download the "
+      "file itself (a direct link)"
+    )
+  try:  # a character cut at byte 1024 is not a reason to call it binary
+    text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+  except UnicodeDecodeError:
+    text = None
+  if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
+    first = text.strip().splitlines()[0][:60] if text.strip() else ""
+    return f"is a text file (it starts {first!r}), not weights"
+  return (
+    f"is neither a PyTorch file (a zip archive or a pickle) nor a safetensors file (it starts with bytes "
+    f"{data[:8].hex(' ')})"
+  )
+
+
+def _safetensors_header(data: bytes) -> int | None:
+  """The header length of a safetensors file (8 bytes little-endian, then a JSON object), else None."""
+  if len(data) < 10:
+    return None
+  n = int.from_bytes(data[:8], "little")
+  return n if 2 <= n <= len(data) - 8 and data[8:9] == b"{" else None
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A state_dict {name: float32 array} from a ``.pth``/``.pt`` file (``torch.load(weights_only=True)``: tensors
-  only, no code) or a ``.safetensors`` file.
+  """A state_dict {name: float32 array} from a PyTorch file (``.pth``/``.pt``, read with
+  ``torch.load(weights_only=True)``: tensors only, never code) or a safetensors file (any dtype torch reads,
+  bfloat16 included), told apart by their first bytes.
 
-  A training checkpoint ({"state_dict": ..., "epoch": 90, "optimizer": ...}; also "model_state_dict" or "model") is
-  unwrapped to that entry, and names that all start with ``module.`` (``nn.DataParallel``) or ``_orig_mod.``
-  (``torch.compile``) lose the prefix; each is logged. Raises WeightsError, saying what the file holds and what to
-  save instead, for anything else that is not a mapping of names to tensors (a pickled whole model, a list, a file
-  that is not a PyTorch or safetensors file).
+  Wherever the weights sit in the file, they are found by one rule: the one mapping of tensors, at any depth (a
+  training checkpoint's ``state_dict``, ``model_state_dict``, ``model``, ``net`` entry, ``{"checkpoint":
+  {"state_dict": ...}}``) whose names, after dropping one prefix common to all (``module.`` of
+  ``nn.DataParallel``, ``_orig_mod.`` of ``torch.compile``, ``model.`` of Lightning), are AlexNet's (torchvision's
+  or ours); what was unwrapped is logged. Raises WeightsError, saying what the file is and what to give instead, for
+  anything else (an empty, text, HTML or Git LFS pointer file, a zip that is not a PyTorch file, a pickled whole
+  model, a list, no weights found).
   """
-  from absl import logging
-
   from alexnet_jax import storage
 
   with storage.open(path, "rb") as f:
     data = f.read()
-  if path.endswith(".safetensors"):
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
-
-    try:
-      return {k: np.asarray(v, np.float32) for k, v in load(data).items()}
-    except SafetensorError as e:
-      raise WeightsError(f"{path} is not a readable safetensors file ({e}): {SAVE_INSTEAD}") from None
-  import io
-  import pickle
-
+  what = sniff(data)
+  if what:
+    raise WeightsError(f"{path} {what}")
+  if _safetensors_header(data) is not None:
+    return _unwrap(path, _load_safetensors(path, data))
   import torch
 
   try:
     loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-  except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise WeightsError(
-      f"{path} cannot be read as tensors only ({type(e).__name__}: {first}); it may hold a whole pickled model or "
-      f"other objects, which weights_only loading refuses: {SAVE_INSTEAD}"
-    ) from None
-  where = path
-  if isinstance(loaded, Mapping) and not _all_tensors(loaded):
-    entry = next((k for k in CHECKPOINT_ENTRIES if isinstance(loaded.get(k), Mapping)), None)
+  except Exception as e:  # whatever torch raises: one line saying what the file is
+    raise WeightsError(f"{path} {_torch_refusal(e)}: {SAVE_INSTEAD}") from None
+  return _unwrap(path, loaded)
+
+
+def _load_safetensors(path: str, data: bytes) -> dict[str, Any]:
+  from safetensors import SafetensorError
+
+  try:
+    try:
+      from safetensors.torch import load
+    except ImportError:  # no torch: numpy's dtypes (no bfloat16)
+      from safetensors.numpy import load
+    return load(data)
+  except (SafetensorError, KeyError, ValueError, TypeError) as e:
+    raise WeightsError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}): {SAVE_INSTEAD}") from None
+
+
+def _torch_refusal(e: BaseException) -> str:
+  """What torch.load's failure says about the file, without torch's advice to load with weights_only=False (which
+  runs whatever code the file holds) and without its terminal escapes."""
+  message = _ANSI.sub("", str(e))
+  found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+  if found:
+    return (
+      f"holds pickled Python objects ({found.group(1)}), such as a whole model saved with torch.save(model): "
+      "they are code, which is never loaded"
+    )
+  detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", message, re.S)
+  line = (detail.group(1) if detail else message).strip().splitlines()
+  line = [s for s in line if "weights_only" not in s]
+  said = f"{type(e).__name__}: {line[0].strip()[:200]}" if line else type(e).__name__
+  return f"cannot be read as tensors only ({said}): it is damaged, or holds objects other than tensors"
+
+
+def _is_tensor(value: Any) -> bool:
+  torch = sys.modules.get("torch")
+  return isinstance(value, np.ndarray) or (torch is not None and isinstance(value, torch.Tensor))
+
+
+def _prefix(keys: list[str]) -> str | None:
+  """The one prefix (possibly '') that, dropped from every key, leaves AlexNet's parameter names (at least one of
+  them; others are listed as differences later), else None."""
+  known = NAME_SETS[0] | NAME_SETS[1]
+  counts: dict[str, int] = {}
+  for k in keys:
+    for name in known:
+      if k.endswith(name) and (len(k) == len(name) or k[-len(name) - 1] == "."):
+        counts[k[: -len(name)]] = counts.get(k[: -len(name)], 0) + 1
+  for prefix, _ in sorted(counts.items(), key=lambda item: (-item[1], len(item[0]))):
+    if all(k.startswith(prefix) for k in keys):
+      return prefix
+  return None
+
+
+def _unwrap(path: str, loaded: Any) -> dict[str, np.ndarray]:
+  """The weights inside what a file held (see ``load_state_dict``), as float32 arrays."""
+  from absl import logging
+
+  candidates = []  # (where, mapping, prefix, exact)
+
+  def visit(value: Any, where: tuple, depth: int) -> None:
+    if not isinstance(value, Mapping) or not value or depth > 4:
+      return
+    if all(_is_tensor(v) for v in value.values()):
+      keys = [str(k) for k in value]
+      prefix = _prefix(keys)
+      if prefix is not None:
+        candidates.append((where, value, prefix, {k[len(prefix) :] for k in keys} in NAME_SETS))
+      return
+    for k, v in value.items():
+      visit(v, (*where, k), depth + 1)
+
+  visit(loaded, (), 0)
+  if not candidates and isinstance(loaded, Mapping) and loaded and all(_is_tensor(v) for v in loaded.values()):
+    candidates = [((), loaded, "", False)]  # some other network's state_dict: its differences are listed later
+  if len(candidates) > 1:
+    exact = [c for c in candidates if c[3]]
+    candidates = exact or candidates
+  if len(candidates) > 1:
+    preferred = [c for c in candidates if len(c[0]) == 1 and c[0][0] in CHECKPOINT_ENTRIES]
+    preferred.sort(key=lambda c: CHECKPOINT_ENTRIES.index(c[0][0]))
+    if preferred:
+      candidates = preferred[:1]
+  if len(candidates) != 1:
+    if candidates:
+      shown = ", ".join(_where(c[0]) for c in candidates)
+      raise WeightsError(f"{path} holds several sets of AlexNet weights ({shown}): save the one you want alone")
+    entry = next((k for k in CHECKPOINT_ENTRIES if isinstance(loaded, Mapping) and k in loaded), None)
     if entry is not None:
-      others = [k for k in loaded if k != entry]
-      logging.info("%s is a training checkpoint: using its %r entry (ignoring %s)", path, entry, others or "nothing")
-      loaded, where = loaded[entry], f"{path}'s {entry!r} entry"
-  if not isinstance(loaded, Mapping) or not loaded or not _all_tensors(loaded):
-    raise WeightsError(f"{where} holds {_describe(loaded)}, not a state_dict (names mapped to tensors): {SAVE_INSTEAD}")
-  for prefix in WRAPPER_PREFIXES:
-    if all(str(k).startswith(prefix) for k in loaded):
-      logging.info("%s: every name starts with %r (a wrapped network): the prefix is dropped", path, prefix)
-      loaded = {str(k)[len(prefix) :]: v for k, v in loaded.items()}
-  return {str(k): v.detach().float().numpy() for k, v in loaded.items()}
+      raise WeightsError(f"{path}'s {entry!r} entry holds {_describe(loaded[entry])}, not a state_dict: {SAVE_INSTEAD}")
+    raise WeightsError(f"{path} holds {_describe(loaded)}, and no AlexNet state_dict in it: {SAVE_INSTEAD}")
+  where, state_dict, prefix, _ = candidates[0]
+  if where:
+    ignored = [str(k) for k in loaded if k != where[0]] if isinstance(loaded, Mapping) else []
+    logging.info(
+      "%s is a training checkpoint: using its %s entry (ignoring %s)", path, _where(where), ignored or "nothing"
+    )
+  if prefix:
+    logging.info("%s: every name starts with %r (a wrapped network): the prefix is dropped", path, prefix)
+  return {str(k)[len(prefix) :]: _to_float32(v) for k, v in state_dict.items()}
 
 
-def _all_tensors(mapping: Mapping) -> bool:
-  import torch
+def _where(where: tuple) -> str:
+  return repr(where[0]) if len(where) == 1 else "".join(f"[{k!r}]" for k in where)
 
-  return all(isinstance(v, torch.Tensor) for v in mapping.values())
+
+def _to_float32(value: Any) -> np.ndarray:
+  if isinstance(value, np.ndarray):
+    return value.astype(np.float32)
+  return value.detach().float().cpu().numpy()
 
 
 def _describe(value: Any) -> str:
@@ -237,16 +384,23 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # A run made of imported weights, for evaluate, the Predictor and the figures.
 # ---------------------------------------------------------------------------------------------------------------
-def write_run(state_dict: Mapping[str, Any], workdir: str, data_dir: str | None = None) -> int:
+IMPORTED_KEY = "imported_weights"  # in the run.json of a run ``write_run`` made: where its weights came from
+
+
+def write_run(
+  state_dict: Mapping[str, Any], workdir: str, data_dir: str | None = None, source: str | None = None
+) -> int:
   """A workdir holding ``state_dict`` (torchvision's layout) as the ``owt`` network's step-0 checkpoint, with a
   config that evaluates and predicts as torchvision does, whatever the data source (``data_dir``'s, or none):
   shorter side to 256, the central 224x224, RGB / 255 minus torchvision's channel means over its deviations. The
   number of classes is fc8's; with 1000 of them, ImageNet's class names go in the workdir's ``class_names.txt``
-  (for ``inference.Predictor`` when the run has no dataset). Returns the number of classes."""
+  (for ``inference.Predictor`` when the run has no dataset). The workdir's ``run.json`` records
+  ``imported_weights`` (``source``, where the weights came from), by which ``evaluate`` knows that a run without a
+  dataset has nothing to be evaluated on. Returns the number of classes."""
   import jax
 
   from alexnet_jax import checkpoint as checkpoint_lib
-  from alexnet_jax import config_lib, parallel, storage, train
+  from alexnet_jax import config_lib, manifest, parallel, storage, train
 
   if "classifier.6.weight" not in state_dict:
     raise WeightsError("not a torchvision AlexNet state_dict: no classifier.6.weight (fc8)")
@@ -270,6 +424,7 @@ def write_run(state_dict: Mapping[str, Any], workdir: str, data_dir: str | None 
   params = from_torch_state_dict(state_dict, jax.device_get(state["params"]), "owt")
   state["params"] = jax.device_put(params, plan.shardings["params"])
   workdir = train.prepare_workdir(workdir)
+  manifest.write_manifest(workdir, config, **{IMPORTED_KEY: source or "a state_dict"})
   ckpt = checkpoint_lib.Checkpointer(storage.join(workdir, "checkpoints"), max_to_keep=1)
   try:
     ckpt.save(0, state, config_lib.to_json(config))
@@ -283,6 +438,27 @@ def write_run(state_dict: Mapping[str, Any], workdir: str, data_dir: str | None 
       f.write("# ImageNet's class names (alexnet_jax/imagenet_classes.txt, from torchvision), one a line\n")
       f.write("\n".join(imagenet_class_names()) + "\n")
   return config.model.num_classes
+
+
+def imported_without_data(workdir: str, config: Any) -> bool:
+  """Whether ``workdir`` is a run of imported weights written without a dataset (``write_run`` without
+  ``data_dir``): its config records the synthetic source, and its run.json says ``imported_weights`` (runs written
+  before run.json said so: no training steps and torchvision's normalisation, which no synthetic training run has)."""
+  import json
+
+  from alexnet_jax import storage
+
+  if config.data.source != "synthetic":
+    return False
+  path = storage.join(storage.resolve(workdir), "run.json")
+  if storage.exists(path):
+    try:
+      with storage.open(path) as f:
+        if IMPORTED_KEY in json.load(f):
+          return True
+    except (OSError, ValueError):
+      pass
+  return config.num_train_steps == 0 and config.data.normalize == "torchvision"
 
 
 def define_flags() -> None:
@@ -305,7 +481,7 @@ def main(argv: list[str]) -> int:
   f = flags.FLAGS
   try:
     state_dict = torchvision_state_dict() if f.weights == "torchvision" else load_state_dict(f.weights)
-    classes = write_run(state_dict, f.workdir, f.data_dir)
+    classes = write_run(state_dict, f.workdir, f.data_dir, source=f.weights)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -57,10 +57,11 @@ if not os.path.isdir(f"{WORKDIR}/checkpoints"):
 # %% The run, with its own preprocessing
 from absl import logging
 
-from alexnet_jax import figures, train
+from alexnet_jax import figures
 from alexnet_jax.inference import Predictor
+from alexnet_jax.native import library_logs
 
-train.quiet_library_logs()
+library_logs.quiet_library_logs()
 logging.set_verbosity(logging.WARNING)
 predictor = Predictor.from_workdir(WORKDIR)
 images, labels = predictor.validation_images()
@@ -75,7 +76,7 @@ print(f"top-1 error (centre crop): {(probabilities.argmax(1) != labels).mean():.
 # conv1's output channels.
 
 # %%
-figures.fig3_kernels(predictor.conv1_kernels())
+_ = figures.fig3_kernels(predictor.conv1_kernels())
 
 # %% [markdown]
 # ## Fig. 4 (left): top-5 predictions
@@ -84,7 +85,7 @@ figures.fig3_kernels(predictor.conv1_kernels())
 import numpy as np
 
 shown = np.arange(min(NUM_IMAGES, len(images)))
-figures.fig4_predictions(images[shown], probabilities[shown], labels[shown], predictor.class_names)
+_ = figures.fig4_predictions(images[shown], probabilities[shown], labels[shown], predictor.class_names)
 
 # %% [markdown]
 # ## Fig. 4 (right): nearest neighbours by fc7
@@ -93,13 +94,13 @@ figures.fig4_predictions(images[shown], probabilities[shown], labels[shown], pre
 
 # %%
 features = predictor.features(images, "fc7")
-figures.fig4_neighbours(images, features, queries=np.arange(min(5, len(images) - 1)), k=min(6, len(images) - 1))
+_ = figures.fig4_neighbours(images, features, queries=np.arange(min(5, len(images) - 1)), k=min(6, len(images) - 1))
 
 # %% [markdown]
 # ## Confusion matrix
 
 # %%
-figures.confusion(labels, probabilities.argmax(1), predictor.class_names)
+_ = figures.confusion(labels, probabilities.argmax(1), predictor.class_names)
 
 # %% [markdown]
 # ## Your own images

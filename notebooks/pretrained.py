@@ -56,10 +56,11 @@ from absl import logging
 from flax import nnx
 
 from alexnet_jax import model as model_lib
-from alexnet_jax import train, weights
+from alexnet_jax import weights
 from alexnet_jax.inference import Predictor
+from alexnet_jax.native import library_logs
 
-train.quiet_library_logs()
+library_logs.quiet_library_logs()
 logging.set_verbosity(logging.WARNING)
 state_dict, source = None, "random weights (no download)"
 if not TEST_MODE:
@@ -112,7 +113,13 @@ names = predictor.class_names
 for name, p in zip(photos, probabilities, strict=True):
   best = np.argsort(p)[::-1][:5]
   print(f"{name}: " + ", ".join(f"{names[c]} {p[c]:.1%}" for c in best))
-figures.fig4_predictions(pictures, probabilities, None, names, titles=list(photos))
+# `fig = ...`, not the bare call: the figure is displayed once, as the cell ends (a bare call shows it twice)
+fig = figures.fig4_predictions(pictures, probabilities, None, names, titles=list(photos))
+if source.startswith("random"):  # random weights give each of the 1000 classes about 0.1%: scale the bars to them
+  top = float(np.sort(probabilities, axis=1)[:, -5:].max())
+  for bars in (ax for ax in fig.axes if ax.patches):
+    bars.set_xlim(0, 1.1 * top)
+  fig.suptitle(f"Top-5 predictions of random weights (each about {1 / len(names):.1%}; axis up to {1.1 * top:.2%})")
 
 # %% [markdown]
 # ## On a prepared ImageNet

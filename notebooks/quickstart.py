@@ -65,7 +65,7 @@ if TEST_MODE:  # a few steps on tiny data, in the test folder the three notebook
 # %%
 import jax
 
-from alexnet_jax import compat
+from alexnet_jax.native import compat
 
 print(f"jax {jax.__version__}, backend {jax.default_backend()}: {jax.devices()}")
 print("TensorFlow (tf.data):", "installed" if compat.has_tensorflow() else "missing")
@@ -106,9 +106,10 @@ print(config.data)
 from absl import logging
 
 from alexnet_jax import train
+from alexnet_jax.native import library_logs
 
 logging.set_verbosity(logging.INFO)  # absl's log lines: the progress of the run
-train.quiet_library_logs()  # without orbax's narration of every save
+library_logs.quiet_library_logs()  # without orbax's narration of every save
 result = train.train_and_evaluate(config, WORKDIR)
 print(result)
 
@@ -120,7 +121,7 @@ print(result)
 from alexnet_jax import figures
 
 rows = figures.read_metrics(f"{WORKDIR}/metrics.jsonl")
-figures.training_curves(rows)
+_ = figures.training_curves(rows)
 
 # %% [markdown]
 # ## 10-crop evaluation (Sec. 4.1)

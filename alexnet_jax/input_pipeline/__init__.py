@@ -115,7 +115,7 @@ def create_source(config):
       subtract_mean=config.data.subtract_mean,
       crop_fraction=config.data.crop_fraction or None,
     )
-  from alexnet_jax import compat
+  from alexnet_jax.native import compat
 
   compat.require_tensorflow(f"data.source={name!r}")
   from alexnet_jax.input_pipeline.prepared import PreparedSource

@@ -34,8 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import prepare as prepare_lib
-from alexnet_jax import quiet, storage
+from alexnet_jax import storage
 from alexnet_jax.input_pipeline import spec
+from alexnet_jax.native import banners
 
 _MIX = 0x9E3779B1  # to spread (seed, epoch, process) over seed space
 _PRIME = 2**31 - 1
@@ -102,6 +103,7 @@ class PreparedSource:
     if not eval_split or not eval_split["num_examples"]:
       raise ValueError(f"{data_dir} has no validation images (prepare it from a tree with SRC/val/<class>/...)")
     self.num_eval_examples = eval_split["num_examples"]
+    self.normalize = normalize  # before the mean image is resized: it names the filter
     self.mean_image = self._resized_mean(np.asarray(stats["mean_image"], np.float32))
     self.eigenvalues = np.asarray(stats["eigenvalues"], np.float32)
     self.eigenvectors = np.asarray(stats["eigenvectors"], np.float32)
@@ -143,13 +145,18 @@ class PreparedSource:
       return mean_image
     import tensorflow as tf
 
-    return tf.image.resize(mean_image, [self.view_size] * 2, method="bicubic", antialias=True).numpy()
+    return tf.image.resize(mean_image, [self.view_size] * 2, method=self.resize_method, antialias=True).numpy()
+
+  @property
+  def resize_method(self) -> str:
+    """'bicubic', or torchvision's 'bilinear' for ``normalize='torchvision'`` (``resize_method``)."""
+    return resize_method(self.normalize)
 
   def _resize(self, image):
-    """A decoded stored image resized to view_size x view_size (bicubic, antialiased, back to uint8)."""
+    """A decoded stored image resized to view_size x view_size (``resize_method``, antialiased, back to uint8)."""
     import tensorflow as tf
 
-    image = tf.image.resize(image, [self.view_size] * 2, method="bicubic", antialias=True)
+    image = tf.image.resize(image, [self.view_size] * 2, method=self.resize_method, antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
   # ---- the dataset on disk: what a subclass (the TFDS source) replaces ------------------------------------------
@@ -398,9 +405,9 @@ class PreparedSource:
   def _options(self):
     import tensorflow as tf
 
-    from alexnet_jax import tf_util
+    from alexnet_jax.native import tensorflow_devices
 
-    tf_util.hide_accelerators_from_tensorflow()
+    tensorflow_devices.hide_accelerators_from_tensorflow()
     options = tf.data.Options()
     options.deterministic = True
     threads = self.num_threads or max(1, os.cpu_count() or 1)
@@ -564,6 +571,13 @@ class PreparedSource:
     return x + shift
 
 
+def resize_method(normalize: str) -> str:
+  """The resize filter of the preprocessing ``data.normalize`` names: torchvision's (``Resize`` on a PIL image: PIL's
+  bilinear, antialiased) for 'torchvision', so that imported weights see what they were trained on; the paper's
+  pipeline's bicubic (antialiased) otherwise."""
+  return "bilinear" if normalize == "torchvision" else "bicubic"
+
+
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # ImageNet's RGB channel means and deviations, for pixels in [0, 1]
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 
@@ -599,7 +613,7 @@ def shard_damage(path: str) -> str | None:
   import tensorflow as tf
 
   try:
-    with quiet.filtered_native_stderr():  # TensorFlow's own "Local rendezvous is aborting" line: we say what it was
+    with banners.filtered_native_stderr():  # TensorFlow's own "Local rendezvous is aborting" line: we say what it was
       tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda count, _: count + 1).numpy()
   except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError) as e:
     return _record_fault(e.message)

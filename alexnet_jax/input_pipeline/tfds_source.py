@@ -60,7 +60,7 @@ class TfdsSource(PreparedSource):
     del data_dir  # every TFDS image is resized on read anyway (to view_size directly)
 
   def _load(self, data_dir: str) -> tuple[dict, dict]:
-    from alexnet_jax import compat
+    from alexnet_jax.native import compat
 
     problem = compat.tfds_problem()
     if problem:
@@ -134,7 +134,8 @@ class TfdsSource(PreparedSource):
 
   def _decode_full(self, jpeg):
     """Decode any size, then the paper's fixed preprocessing: shorter side to the size the crops are cut from (256
-    for 227x227 crops; bicubic, antialiased), and the centre square."""
+    for 227x227 crops; bicubic, or bilinear for ``data.normalize='torchvision'``, antialiased), and the centre
+    square."""
     import tensorflow as tf
 
     size = self.view_size
@@ -142,7 +143,7 @@ class TfdsSource(PreparedSource):
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = size / tf.reduce_min(shape)
     new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
-    image = tf.image.resize(image, new, method="bicubic", antialias=True)
+    image = tf.image.resize(image, new, method=self.resize_method, antialias=True)  # torchvision's for its runs
     image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     top, left = (new[0] - size) // 2, (new[1] - size) // 2
     return tf.ensure_shape(image[top : top + size, left : left + size], [size, size, 3])
