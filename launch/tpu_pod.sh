@@ -13,7 +13,8 @@
 # Settings (environment): TPU_NAME, ZONE, ACCELERATOR (v4-32, v5litepod-16, v5p-16, v6e-16, ...), RUNTIME (the TPU
 # software version; default from ACCELERATOR, as Cloud TPU's "TPU software versions" page says: v6e
 # v2-alpha-tpuv6e, v5p v2-alpha-tpuv5, v5e v2-alpha-tpuv5-lite, v4 and older tpu-ubuntu2204-base), PROJECT,
-# SPOT=1 (a spot slice), QUEUED=1 (a queued resource, waited on until ACTIVE), DATA_DIR, WORKDIR, PYTHON_VERSION
+# SPOT=1 (a spot slice), QUEUED=1 (a queued resource, waited on until ACTIVE; SPOT and QUEUED take 1/true or
+# 0/false, anything else is refused), DATA_DIR, WORKDIR, PYTHON_VERSION
 # (3.12), INSTALL_CMD (what each worker runs in ~/alexnet_jax to install; default below). The data and the workdir
 # must be visible to every worker under the same path: a Filestore (NFS) share, or a GCS bucket mounted with
 # gcsfuse in the install step (GCSFUSE_BUCKET=bucket GCSFUSE_MOUNT=/mnt/gcs).
@@ -23,11 +24,17 @@
 #
 # `run` trains in the foreground: one ssh per worker, each running the one training command (built by
 # launch/command.py: --config first, then the kit's flags, then the rest) with its output in ~/train.log too, and
-# returns when every worker has ended, with the exit code a supervisor acts on (alexnet_jax/cli.py: 0 done, 1 or 2
-# an error to fix, 75 preempted or transient: rerun). Before it starts, a training process left by an earlier run
-# (its pid in ~/alexnet_jax/train.pid) is stopped and libtpu's lock file /tmp/libtpu_lockfile removed. A slice found
-# PREEMPTED (spot) is deleted and created again (create, copy, install) before training, so wrapping `run` in
-# launch/restart.sh resumes a preempted run from its last checkpoint.
+# returns when every worker has ended, with one exit code a supervisor acts on (launch/command.py --combine, the
+# project's one rule: 1 or 2 from any worker, an error to fix, wins; 127 from any worker means the interpreter is
+# missing: run `install`; 0 when all are 0; 75 only when every failure was 75; else the first crash status, e.g.
+# 134, 137, 255 from ssh, which launch/restart.sh retries with its back-off and --max_failures). Before it starts, a
+# training process left by an earlier run (its pid in ~/alexnet_jax/train.pid) is stopped and libtpu's lock file
+# /tmp/libtpu_lockfile removed. SIGTERM or SIGINT (Ctrl-C) to `run` is passed on to the trainers themselves (ssh
+# without a terminal passes no signal): each worker's trainer gets SIGTERM through its pid file, saves and exits 75,
+# and `run` returns when they have (a second signal stops waiting). A slice taken back is made again (delete,
+# create, copy, install) before training: a TPU VM found PREEMPTED or TERMINATED, or with QUEUED=1 a queued resource
+# found SUSPENDING, SUSPENDED (Cloud TPU deletes a preempted spot slice's node: describe says NOT_FOUND) or FAILED,
+# deleted with --force. So wrapping `run` in launch/restart.sh resumes a preempted run from its last checkpoint.
 set -euo pipefail
 
 dry_run=0
@@ -44,6 +51,7 @@ ACCELERATOR="${ACCELERATOR:-v4-32}"
 PROJECT="${PROJECT:-}"
 SPOT="${SPOT:-0}"
 QUEUED="${QUEUED:-0}"
+QR_NAME="${TPU_NAME}-qr"
 DATA_DIR="${DATA_DIR-/mnt/data/imagenet_prepared}"  # DATA_DIR= (empty): none (configs/synthetic.py)
 WORKDIR="${WORKDIR:-/mnt/work/alexnet}"
 PYTHON_VERSION="${PYTHON_VERSION:-3.12}"
@@ -69,12 +77,17 @@ fi
 
 gcloud_flags=(--zone="$ZONE")
 if [ -n "$PROJECT" ]; then gcloud_flags+=(--project="$PROJECT"); fi
+boolean() {  # boolean NAME VALUE WHAT: 1 or 0, or one error line and exit 2
+  case "$2" in
+    1 | true) echo 1 ;;
+    0 | false | "") echo 0 ;;
+    *) error "$1=$2: give 1 (or true) for $3, 0 (or false, the default) for none" ;;
+  esac
+}
+SPOT="$(boolean SPOT "$SPOT" "a spot slice")" || exit 2
+QUEUED="$(boolean QUEUED "$QUEUED" "a queued resource")" || exit 2
 spot_flag=()
-case "$SPOT" in
-  1) spot_flag=(--spot) ;;
-  0) ;;
-  *) error "SPOT=${SPOT}: 1 for a spot slice, 0 (default) for an on-demand one" ;;
-esac
+if [ "$SPOT" = "1" ]; then spot_flag=(--spot); fi
 
 run() {  # print, and execute unless --dry_run
   printf '+ '
@@ -89,6 +102,11 @@ on_all_workers() {
 
 state() { gcloud compute tpus tpu-vm describe "$TPU_NAME" "${gcloud_flags[@]}" --format='value(state)' 2>/dev/null || true; }
 
+qr_state() {  # the queued resource's state (REST v2 QueuedResourceState); empty when there is none
+  gcloud compute tpus queued-resources describe "$QR_NAME" "${gcloud_flags[@]}" --format='value(state.state)' \
+    2>/dev/null || true
+}
+
 num_workers() {  # the slice's hosts, as the TPU API lists them
   gcloud compute tpus tpu-vm describe "$TPU_NAME" "${gcloud_flags[@]}" --format=json \
     | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["networkEndpoints"]))'
@@ -96,18 +114,30 @@ num_workers() {  # the slice's hosts, as the TPU API lists them
 
 create() {
   if [ "$QUEUED" = "1" ]; then
-    run gcloud compute tpus queued-resources create "${TPU_NAME}-qr" --node-id="$TPU_NAME" "${gcloud_flags[@]}" \
-      --accelerator-type="$ACCELERATOR" --runtime-version="$RUNTIME" "${spot_flag[@]}"
-    [ "$dry_run" -eq 1 ] && return 0
     local s=""
+    if [ "$dry_run" -eq 0 ]; then s="$(qr_state)"; fi
+    case "$s" in
+      "") ;;
+      SUSPENDING | SUSPENDED | FAILED)  # its node is gone (or never came): a new request takes its name
+        echo "queued resource ${QR_NAME} is ${s}: deleting it before queueing a new one" >&2
+        delete ;;
+      *) echo "queued resource ${QR_NAME} exists (${s}): waiting for it" >&2 ;;
+    esac
+    case "$s" in
+      "" | SUSPENDING | SUSPENDED | FAILED)
+        run gcloud compute tpus queued-resources create "$QR_NAME" --node-id="$TPU_NAME" "${gcloud_flags[@]}" \
+          --accelerator-type="$ACCELERATOR" --runtime-version="$RUNTIME" "${spot_flag[@]}" ;;
+    esac
+    [ "$dry_run" -eq 1 ] && return 0
     while true; do  # nothing can be copied to a slice that does not exist yet
-      s="$(gcloud compute tpus queued-resources describe "${TPU_NAME}-qr" "${gcloud_flags[@]}" \
-        --format='value(state.state)')"
+      s="$(qr_state)"
       case "$s" in
-        ACTIVE) echo "queued resource ${TPU_NAME}-qr is ACTIVE"; return 0 ;;
-        FAILED | SUSPENDED) echo "error: queued resource ${TPU_NAME}-qr is ${s}: see gcloud compute tpus queued-resources describe ${TPU_NAME}-qr" >&2; exit 1 ;;
+        ACTIVE) echo "queued resource ${QR_NAME} is ACTIVE"; return 0 ;;
+        FAILED | SUSPENDING | SUSPENDED | "")
+          echo "error: queued resource ${QR_NAME} is ${s:-gone}: see gcloud compute tpus queued-resources describe ${QR_NAME}" >&2
+          exit 1 ;;
       esac
-      echo "queued resource ${TPU_NAME}-qr: ${s}; waiting ${POLL_SECS}s" >&2
+      echo "queued resource ${QR_NAME}: ${s}; waiting ${POLL_SECS}s" >&2
       sleep "$POLL_SECS"
     done
   else
@@ -118,7 +148,7 @@ create() {
 
 delete() {
   if [ "$QUEUED" = "1" ]; then
-    run gcloud compute tpus queued-resources delete "${TPU_NAME}-qr" "${gcloud_flags[@]}" --force --quiet
+    run gcloud compute tpus queued-resources delete "$QR_NAME" "${gcloud_flags[@]}" --force --quiet
   else
     run gcloud compute tpus tpu-vm delete "$TPU_NAME" "${gcloud_flags[@]}" --quiet
   fi
@@ -168,16 +198,36 @@ exit \$status
 EOF
 }
 
-train() {
-  if [ "$dry_run" -eq 0 ]; then
-    case "$(state)" in
-      PREEMPTED | TERMINATED)
-        echo "slice ${TPU_NAME} was preempted: deleting it and creating it again" >&2
-        delete; create; copy; install ;;
-      "") echo "error: no TPU ${TPU_NAME} in ${ZONE}: run '$0 create' (or all) first" >&2; exit 1 ;;
+remake() {  # $1: why
+  echo "slice ${TPU_NAME} $1: deleting it and creating it again" >&2
+  delete; create; copy; install
+}
+
+check_slice() {  # before `run`: make the slice again if it was taken back
+  if [ "$QUEUED" = "1" ]; then
+    local s
+    s="$(qr_state)"
+    case "$s" in
+      "") echo "error: no queued resource ${QR_NAME} in ${ZONE}: run '$0 create' (or all) first" >&2; exit 1 ;;
+      SUSPENDING | SUSPENDED | FAILED) remake "was preempted (queued resource ${QR_NAME}: ${s})"; return 0 ;;
+      ACTIVE) ;;
+      *) create ;;  # still queued or provisioning: wait until ACTIVE
     esac
   fi
-  local script n pids=() statuses=() status=0
+  case "$(state)" in
+    PREEMPTED | TERMINATED) remake "was preempted" ;;
+    "") echo "error: no TPU ${TPU_NAME} in ${ZONE}: run '$0 create' (or all) first" >&2; exit 1 ;;
+  esac
+}
+
+stop_trainers() {  # SIGTERM to every worker's trainer (its pid file): it saves and exits 75
+  gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_flags[@]}" --worker=all \
+    --command="cd ~/${REPO_DIR} && [ -f train.pid ] && kill -TERM \$(cat train.pid) || true" || true
+}
+
+train() {
+  if [ "$dry_run" -eq 0 ]; then check_slice; fi
+  local script n s pids=() statuses=() status=0 signalled=0
   script="$(worker_script)"
   if [ "$dry_run" -eq 1 ]; then
     echo "+ gcloud compute tpus tpu-vm ssh ${TPU_NAME} ${gcloud_flags[*]} --worker=W --command=\"\$SCRIPT\"" \
@@ -191,20 +241,35 @@ train() {
     gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_flags[@]}" --worker="$w" --command="$script" &
     pids+=($!)
   done
-  trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done' TERM INT
+  # ssh without a terminal passes no signal on: the trainers get SIGTERM through their pid files, save and exit
+  # 75, and their ssh sessions end with that status. A second signal ends the local ssh clients at once.
+  # shellcheck disable=SC2329  # called by the trap
+  on_signal() {
+    signalled=$((signalled + 1))
+    if [ "$signalled" -eq 1 ]; then
+      echo "signal received: stopping the trainers on every worker (they save and exit 75); again to stop waiting" >&2
+      stop_trainers
+    else
+      for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    fi
+  }
+  trap on_signal TERM INT
+  local seen
   for p in "${pids[@]}"; do
+    seen="$signalled"
     s=0
     wait "$p" || s=$?
+    # a trapped signal interrupts wait (status 128 + signal): wait again for the ssh client's own exit status
+    while [ "$s" -gt 128 ] && [ "$signalled" -ne "$seen" ]; do seen="$signalled"; s=0; wait "$p" || s=$?; done
     statuses+=("$s")
   done
+  trap - TERM INT
   echo "exit statuses by worker: ${statuses[*]}" >&2
-  for s in "${statuses[@]}"; do  # an error to fix wins over a retry; a lost peer (134, 255: ssh) is a retry
-    case "$s" in
-      1 | 2) exit "$s" ;;
-      0) ;;
-      *) status=75 ;;
-    esac
-  done
+  status="$(python3 "$HERE/launch/command.py" --combine "${statuses[@]}")" || status=1
+  case "$status" in
+    126 | 127) echo "error: the training command could not start on a worker (status ${status}): its interpreter" \
+                 "${REMOTE_PYTHON} is missing; run '$0 install' (or all) first" >&2 ;;
+  esac
   exit "$status"
 }
 

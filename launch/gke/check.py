@@ -6,7 +6,7 @@ pieces that must agree with each other and with the trainer.
 
 Schemas: every built-in object (Service, Job) against the Kubernetes API's own openAPI schemas bundled by the
 ``kubernetes-validate`` package, strictly (an unknown or mistyped field is an error), for each version in
-``KUBERNETES_VERSIONS``; a JobSet against the openAPIV3Schema of JobSet's CRD (``tests/fixtures/``, release
+``KUBERNETES_VERSIONS``; a JobSet against the openAPIV3Schema of JobSet's CRD (``tests/support/fixtures/``, release
 v0.12.0, its provenance in the file's header), also strict, with ``jsonschema``.
 
 Cross-checks, per Indexed Job or JobSet: completions == parallelism == --num_processes; the coordinator address
@@ -15,9 +15,9 @@ names pod 0 through the headless Service the pods use as subdomain (a Job's own 
 (``--config`` first); a TPU pod asks for ``google.com/tpu`` chips (requests == limits) with the accelerator and
 topology node selectors, and the hosts times chips per host fill the topology; on a Spot node (GKE gives a pod at
 most 15 s after SIGTERM there) terminationGracePeriodSeconds is at most 15. The failure policies act on the exit
-codes as ``alexnet_jax/cli.py`` defines them: 1 and 2 final, 75 and anything else retried, a disruption (node
-preempted or drained) not counted as a failure. With kubectl on PATH and a cluster configured, ``--server`` also
-runs ``kubectl apply --dry-run=server``.
+codes as ``alexnet_jax/cli.py`` defines them: 1 and 2 final, 75 and anything else retried and counted (bounded), a
+disruption (node preempted or drained) not counted as a failure. With kubectl on PATH and a cluster configured,
+``--server`` also runs ``kubectl apply --dry-run=server``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import sys
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-JOBSET_CRD = os.path.join(ROOT, "tests", "fixtures", "jobset.x-k8s.io_jobsets-v0.12.0.yaml")
+JOBSET_CRD = os.path.join(ROOT, "tests", "support", "fixtures", "jobset.x-k8s.io_jobsets-v0.12.0.yaml")
 # The oldest Kubernetes with podFailurePolicy GA (1.31) and a recent one; GKE's supported versions lie between.
 KUBERNETES_VERSIONS = ("1.31.0", "1.37.0")
 # alexnet_jax/cli.py's exit codes.
@@ -156,7 +156,7 @@ def _policy_problems(what: str, job_spec: dict, container: str, jobset_spec: dic
     want = {
       "exit 1": "FailJob",
       "exit 2": "FailJob",
-      "exit 75": "Ignore",
+      "exit 75": "Count",  # bounded: a real preemption is the DisruptionTarget rule's
       "exit 134": "Count",
       "DisruptionTarget": "Ignore",
     }
