@@ -10,7 +10,7 @@ TEST_XLA_FLAGS := --xla_force_host_platform_device_count=$(DEVICES) \
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 WORKDIR ?= workdirs/demo
 
-.PHONY: install install-aot aot-env install-colab test test-fast lint demo bench clean
+.PHONY: install install-aot aot-env install-colab test test-fast test-unit test-system test-docs breaks lint demo bench clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,7 @@ $(AOT_VENV)/.installed: pyproject.toml
 	@touch $@
 
 # Google Colab's runtime (constraints/colab.txt: Python 3.13, jax 0.7.2, flax 0.11.2, ...) in a venv of its own, and
-# this package installed into it with those versions held (tests/test_colab.py checks that none of them changed).
+# this package installed into it with those versions held (tests/docs/test_colab.py checks that none of them changed).
 COLAB_VENV ?= .venv-colab
 COLAB_PYTHON ?= $(shell PYENV_VERSION=3.13.0 pyenv which python 2>/dev/null || command -v python3.13)
 install-colab: $(COLAB_VENV)/.installed
@@ -52,13 +52,31 @@ $(VENV)/.installed-package: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[tf]'
 	@touch $@
 
-# Every test, on CPU with $(DEVICES) fake devices (the sharded code paths are the ones tested). The full-size CLI tests
-# (~10 GB each) share one worker (--dist loadgroup), so two never run at once.
-test: install install-aot install-colab
-	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 --dist loadgroup -q --durations=25 tests
+# Every test, on CPU with $(DEVICES) fake devices (the sharded code paths are the ones tested), level by level:
+# tests/unit (fast, in-process), tests/system (command lines, several processes, faults, AOT compiles, launch kits,
+# cloud storage), tests/docs (the README's and docs' commands, the notebooks, Colab's stack). The full-size CLI tests
+# (~10 GB each) share one worker (--dist loadgroup), so two never run at once. A level that collects no test fails
+# (pytest's exit 5), saying so.
+PYTEST = XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 --dist loadgroup -q
+define run_level
+	$(PYTEST) $(2) tests/$(1) || { rc=$$?; [ $$rc != 5 ] || echo "error: pytest collected no test in tests/$(1)" >&2; exit $$rc; }
+endef
 
-test-fast: install
-	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow" tests
+test: test-unit test-system test-docs
+
+test-fast test-unit: install
+	$(call run_level,unit,--durations=10)
+
+test-system: install install-aot
+	$(call run_level,system,--durations=25)
+
+test-docs: install install-colab
+	$(call run_level,docs,--durations=10)
+
+# Each deliberate one-line break of tests/support/breaks.py applied in a scratch copy: the test named for it must fail
+# (not in `make test`: a copy and a test run per break; ONLY=name for one).
+breaks: install
+	$(BIN)/python -m tests.support.breaks $(if $(ONLY),--only $(ONLY))
 
 lint: install
 	$(BIN)/ruff check alexnet_jax configs tests benchmarks launch notebooks

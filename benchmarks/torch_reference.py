@@ -13,7 +13,7 @@ of JAX's images/s to the best PyTorch variant's.
 
 The network is ours exactly (``alexnet_jax.model``): same layers, LRN with alpha as printed (PyTorch's
 ``LocalResponseNorm`` divides alpha by n, so it gets alpha*n), dropout after fc6 and fc7, NHWC-order flatten made
-unnecessary by loading weights through ``load_jax_params``. ``tests/test_torch_reference.py`` checks that both
+unnecessary by loading weights through ``load_jax_params``. ``tests/unit/test_torch_reference.py`` checks that both
 compute the same logits, gradients and update.
 """
 

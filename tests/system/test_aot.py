@@ -1,0 +1,242 @@
+"""alexnet_jax.aot: the real train and eval steps compiled for GPUs and TPUs that are not here.
+
+The compiles run in ``.venv-aot`` (``make install-aot``: libtpu, the CUDA plugin and ptxas), in subprocesses with
+the environment a user's shell has (no ``JAX_PLATFORMS``: the module itself keeps jax off any local device, and
+with no GPU here the CUDA plugin must not take the GPU targets down with it). What the compiler produced is read
+independently of the module's own summary where that is cheap: the HLO text for the gradient all-reduce, the
+parameter count for its bytes.
+"""
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from alexnet_jax import aot
+from tests.support import ROOT
+
+AOT_PYTHON = os.path.join(ROOT, ".venv-aot", "bin", "python")
+PAPER_PARAMS = 60_965_224  # the paper net's parameter count (model.count_params; tests/unit/test_model.py)
+
+
+def user_env() -> dict[str, str]:
+  """A user's environment: no fake CPU devices (the target's devices count) and no JAX_PLATFORMS (conftest sets it
+  for the tests in this process)."""
+  return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+
+
+def aot_run(*args, timeout=900):
+  if not os.path.exists(AOT_PYTHON):
+    pytest.fail("the accelerator compilers are not installed: run `make install-aot` (make test does)")
+  env = user_env()
+  env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+  cmd = [AOT_PYTHON, "-m", "alexnet_jax.aot", *args]
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def programs(out) -> dict[str, dict]:
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  return {r["program"]: r for r in rows}
+
+
+# ---- what the paper's layout allows, from the layer sizes ----------------------------------------------------------
+# Each conv layer's output channels, by the output's spatial size (conv3, conv4 and conv5 are all 13 x 13).
+PAPER_CONV_CHANNELS = {55: [96], 27: [256], 13: [384, 384, 256]}
+# Where the paper's two GPUs exchanged activations, per example: conv2's maps into conv3, pool5 into fc6, and the
+# fully connected layers' 4096 + 1000 outputs; plus the LRN's halo of n//2 = 2 channels each way at the split, after
+# conv1 (55 x 55) and conv2 (27 x 27). Forward and backward, at most float32.
+EXCHANGED_PER_EXAMPLE = 2 * 4 * (13 * 13 * 256 + 6 * 6 * 256 + 4096 + 1000)
+HALO_PER_EXAMPLE = 2 * 4 * 2 * 2 * (55 * 55 + 27 * 27)
+# One array result: "= bf16[64,13,13,256]{layout} all-gather(" (read here, independently of aot.py's reader).
+RESULT = re.compile(r"=\s*(?P<dtype>[a-z]+\d*)\[(?P<dims>[\d,]*)\]\S*\s+(?P<op>[a-z][\w\-]*)\(")
+
+
+def collective_budget(*, model: int, data: int, batch_per_device: int) -> int:
+  """The most a train step may move per device: one float32 copy of this device's parameters for the gradient
+  all-reduce (when there is more than one data-parallel replica), the paper's activation exchanges (when the
+  model is split), and 1 MiB for the metrics and scalars."""
+  grads = 4 * (PAPER_PARAMS // model + 4096) if data > 1 else 0
+  activations = (EXCHANGED_PER_EXAMPLE + HALO_PER_EXAMPLE) * batch_per_device if model > 1 else 0
+  return grads + activations + 2**20
+
+
+def result_shapes(hlo: str, ops: tuple[str, ...]) -> list[tuple[str, tuple[int, ...]]]:
+  """(dtype, dims) of every instruction ``ops`` with one array as its result."""
+  found = []
+  for m in RESULT.finditer(hlo):
+    if m.group("op") in ops:
+      found.append((m.group("dtype"), tuple(int(d) for d in m.group("dims").split(",") if d)))
+  return found
+
+
+def assert_paper_layout(hlo: str, train: dict, *, model: int, data: int, batch: int, halo: bool = False):
+  """What the compiled train step of the paper net must show, read from its HLO. ``halo``: the LRN spans all
+  channels across the split (configs/paper.py:text); otherwise each column is normalised apart (the authors' code,
+  configs/paper.py) and nothing but the paper's exchanges and the gradients cross devices."""
+  b = batch // data
+  forward = [c for c in aot.convolutions(hlo) if not c["backward"]]
+  # Every conv layer's output as this device computes it: the layer's channels / model, each exactly once. With the
+  # split, conv2, conv4 and conv5 are one group each (128, 192, 128): no device computes a full-width group layer.
+  by_size: dict[int, list[int]] = {}
+  for c in forward:
+    assert c["shape"][0] == b, c  # this device's share of the batch
+    by_size.setdefault(c["spatial"][0], []).append(c["features"])
+  assert {k: sum(v) for k, v in by_size.items()} == {k: sum(v) // model for k, v in PAPER_CONV_CHANNELS.items()}
+  if model == 2:
+    assert {k: sorted(v) for k, v in by_size.items()} == {55: [48], 27: [128], 13: [128, 192, 192]}
+  # conv1 is the accelerator's convolution (11 x 11, stride 4), not the CPU's matrix-product 'patches' path.
+  assert any(c["window"] == "11x11" and c["stride"] == "4x4" for c in forward)
+  # All-gathers move activations (batch-major: this device's examples), never a kernel.
+  for dtype, dims in result_shapes(hlo, ("all-gather", "all-gather-done")):
+    assert dims and dims[0] == b, (dtype, dims)
+  # The LRN's halo is the only neighbour exchange (collective-permute): there with the text's all-channel LRN under
+  # the split, absent per column and without a split.
+  assert ("collective-permute" in train["collectives"]) == (halo and model > 1), train["collectives"]
+  moved = sum(v["bytes"] for v in train["collectives"].values())
+  assert moved <= collective_budget(model=model, data=data, batch_per_device=b), train["collectives"]
+  # The LRN (rsqrt), the softmax (exp) and the loss (log) are computed in float32, whatever the model's dtype.
+  special = result_shapes(hlo, ("rsqrt", "exponential", "log"))
+  assert special and {dtype for dtype, _ in special} == {"f32"}, special
+
+
+# ---- the HLO reading, on hand-written lines -------------------------------------------------------------------------
+def test_collectives_are_counted_once_with_their_result_bytes():
+  hlo = "\n".join(
+    [
+      "  %all-reduce.1 = f32[1000]{0} all-reduce(f32[1000]{0} %p), replica_groups={{0,1}}, to_apply=%add",
+      "  %ag-start = (bf16[64,13,13,128]{3,2,1,0}, bf16[128,13,13,128]{3,2,1,0}) all-gather-start(%x), dimensions={0}",
+      "  %ag-done = bf16[128,13,13,128]{3,2,1,0} all-gather-done(%ag-start)",
+      "  ROOT %tuple-ar = (f32[10]{0}, bf16[4,4]{1,0}) all-reduce(%a, %b), to_apply=%add",
+      "  %cp = s32[2]{0} collective-permute(%c), source_target_pairs={{0,1},{1,0}}",
+      "  %not-a-collective = f32[8]{0} add(%a, %b)",
+    ]
+  )
+  assert aot.collectives(hlo) == {
+    "all-reduce": {"count": 2, "bytes": 4000 + 40 + 32},
+    "all-gather": {"count": 1, "bytes": 128 * 13 * 13 * 128 * 2},
+    "collective-permute": {"count": 1, "bytes": 8},
+  }
+
+
+# ---- compiles -------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_every_named_target_resolves_to_its_devices():
+  code = (
+    "from alexnet_jax import aot\n"
+    "for t in ['h100:8', 'a100:4', 'v4:2x2x1', 'v5e:2x2', 'v5e:2x4', 'v5p:2x2x1', 'v6e:2x2', 'v5e:4x4']:\n"
+    "  r = aot.resolve_target(t)\n"
+    "  print(t, len(r.devices), r.num_hosts, r.devices[0].platform)\n"
+  )
+  out = subprocess.run([AOT_PYTHON, "-c", code], cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  got = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+  assert got == {
+    "h100:8": "8 1 gpu",
+    "a100:4": "4 1 gpu",
+    "v4:2x2x1": "4 1 tpu",
+    "v5e:2x2": "4 1 tpu",
+    "v5e:2x4": "8 1 tpu",
+    "v5p:2x2x1": "4 1 tpu",
+    "v6e:2x2": "4 1 tpu",
+    "v5e:4x4": "16 4 tpu",
+  }
+
+
+@pytest.mark.slow
+def test_paper_net_on_two_h100s_with_the_model_split(tmp_path):
+  """The paper's run as a user would check it before paying for it: full size, bfloat16, batch 128, mesh.model=2."""
+  hlo = tmp_path / "train.hlo"
+  out = aot_run(
+    "--config=configs/paper.py",
+    "--target=h100:2",
+    "--config.mesh.model=2",
+    "--config.model.dtype=bfloat16",
+    f"--hlo_out={hlo}",
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  got = programs(out)
+  train, evaluate = got["train"], got["eval"]
+  assert train["num_devices"] == 2 and train["mesh"] == {"data": 1, "model": 2} and train["batch_size"] == 128
+  assert train["dtype"] == "bfloat16" and train["flops_per_device"] is None  # XLA:GPU reports no cost analysis
+  assert train["bytes_accessed_per_device"] is None
+  assert train["fits"] and train["device_memory_bytes"] > 80 * 10**9
+  # Each device holds about half of the parameters and their momentum, in float32.
+  assert 0.4 * PAPER_PARAMS * 8 < train["argument_bytes"] < 0.6 * PAPER_PARAMS * 8 + 128 * 227 * 227 * 3
+  assert train["peak_bytes"] >= train["argument_bytes"] and evaluate["peak_bytes"] < train["peak_bytes"]
+  text = hlo.read_text()
+  assert "HloModule" in text and "__cudnn$conv" in text  # XLA:GPU's program (cuDNN convolutions), not the CPU's
+  assert aot.collectives(text) == train["collectives"]
+  assert_paper_layout(text, train, model=2, data=1, batch=128)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "config,target,model,data",
+  [
+    ("configs/paper.py:text", "v5e:2x2", 2, 2),
+    ("configs/paper.py", "h100:8", 1, 8),
+    ("configs/paper.py", "v5e:2x4", 1, 8),
+  ],
+)
+def test_the_paper_layout_in_what_the_compiler_produced(tmp_path, config, target, model, data):
+  """The model split on a TPU slice (data 2 x model 2; the text's LRN across the split), and data parallelism on 8
+  GPUs and 8 TPU chips."""
+  hlo = tmp_path / "train.hlo"
+  out = aot_run(
+    f"--config={config}",
+    f"--target={target}",
+    f"--config.mesh.model={model}",
+    "--config.model.dtype=bfloat16",
+    "--config.eval_batch_size=64",
+    f"--hlo_out={hlo}",
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  train = programs(out)["train"]
+  assert train["mesh"] == {"data": data, "model": model} and train["fits"]
+  text = hlo.read_text()
+  assert aot.collectives(text) == train["collectives"]
+  assert_paper_layout(text, train, model=model, data=data, batch=128, halo=config.endswith(":text"))
+  if data > 1:  # the gradient all-reduce carries every parameter this device holds (bf16 at least)
+    assert train["collectives"]["all-reduce"]["bytes"] >= 2 * PAPER_PARAMS // model
+  if target.startswith("v5e"):  # libtpu's cost analysis gives the roofline estimate
+    assert train["roofline_seconds"] > 0 and train["roofline_bound"] in ("compute", "memory")
+
+
+@pytest.mark.slow
+def test_a_tpu_pod_slice_of_four_hosts_all_reduces_every_gradient():
+  """v5e:4x4 is 16 chips on 4 hosts; data parallel, so the gradient all-reduce must carry every parameter."""
+  out = aot_run(
+    "--config=configs/paper.py",
+    "--target=v5e:4x4",
+    "--config.data.source=synthetic",
+    "--config.model.width=0.25",
+    "--config.batch_size=64",
+    "--config.eval_batch_size=64",
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  train = programs(out)["train"]
+  assert train["num_devices"] == 16 and train["num_hosts"] == 4 and train["mesh"] == {"data": 16, "model": 1}
+  assert train["flops_per_device"] > 0 and train["bytes_accessed_per_device"] > 0  # libtpu's cost analysis
+  params = 4_587_592  # the paper net at width 0.25 (model.count_params)
+  assert train["collectives"]["all-reduce"]["bytes"] >= 4 * params  # float32 gradients, all of them
+
+
+@pytest.mark.slow
+def test_a_batch_that_does_not_fit_names_the_need_and_the_largest_batch_that_does():
+  out = aot_run(
+    "--config=configs/paper.py", "--target=h100:1", "--config.data.source=synthetic", "--config.batch_size=32768"
+  )
+  assert out.returncode == 1, out.stderr[-3000:]
+  train = programs(out)["train"]
+  assert not train["fits"] and train["peak_bytes"] > train["device_memory_bytes"]
+  line = next(line for line in out.stderr.splitlines() if line.startswith("error: the train step"))
+  assert f"needs {train['peak_bytes'] / 2**30:.2f} GiB per device; a h100 device has 79.10 GiB" in line
+  largest = int(line.rsplit("the largest batch_size that fits is ", 1)[1].rstrip("."))
+  assert 1024 <= largest < 32768
+
+
+def test_an_unknown_target_is_a_command_line_error():
+  out = aot_run("--config=configs/paper.py", "--target=tpu9:2x2", timeout=300)
+  assert out.returncode == 2 and "expected one of ['a100', 'h100', 'v4', 'v5e', 'v5p', 'v6e']" in out.stderr

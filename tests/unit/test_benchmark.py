@@ -1,0 +1,65 @@
+"""The benchmark's arithmetic (not its speed): FLOPs per layer, MFU, the per-device memory of a layout, and one row of
+real output from a tiny network."""
+
+import os
+import sys
+
+import pytest
+from flax import nnx
+
+from alexnet_jax import benchmark
+from alexnet_jax import model as M
+from tests.support import ROOT
+
+
+def test_flops_per_layer_by_hand():
+  paper = nnx.eval_shape(lambda: M.AlexNet("paper", rngs=nnx.Rngs(0)))
+  flops = benchmark.layer_flops(paper)
+  # 2 x output positions x (kernel area x input channels per group) x output channels
+  assert flops["conv1"] == 2 * 55 * 55 * 11 * 11 * 3 * 96
+  assert flops["conv2"] == 2 * 27 * 27 * 5 * 5 * 48 * 256  # two groups: 48 input channels each
+  assert flops["conv3"] == 2 * 13 * 13 * 3 * 3 * 256 * 384
+  assert flops["conv5"] == 2 * 13 * 13 * 3 * 3 * 192 * 256
+  assert flops["fc6"] == 2 * 6 * 6 * 256 * 4096
+  assert 3 * sum(flops.values()) == 4_346_440_896  # forward + backward per image, as RESULTS.md quotes
+  owt = benchmark.layer_flops(nnx.eval_shape(lambda: M.AlexNet("owt", rngs=nnx.Rngs(0))))
+  assert owt["conv1"] == 2 * 55 * 55 * 11 * 11 * 3 * 64 and owt["conv2"] == 2 * 27 * 27 * 5 * 5 * 64 * 192
+
+
+@pytest.mark.parametrize("mesh_model", [1, 2])
+def test_rows_from_a_tiny_network(mesh_model):
+  row = benchmark.bench_train_step(
+    "paper", 16, "float32", 1, 1, 0.125, "auto", 100.0, False, mesh_model=mesh_model, memory_only=mesh_model == 2
+  )
+  if mesh_model == 1:
+    assert row["what"] == "train_step" and row["images_per_sec"] > 0
+    assert row["ms_per_step"] == pytest.approx(16 / row["images_per_sec"] * 1e3)
+    assert row["mfu"] == pytest.approx(row["tflops_per_sec"] / 100.0)
+    assert row["tflops_per_sec"] == pytest.approx(row["flops_per_image"] * row["images_per_sec"] / 1e12)
+    assert row["conv1_impl"] == "patches" and row["conv_impl"] == "split"  # the CPU defaults
+  else:
+    assert row["what"] == "train_step_memory" and row["mesh"] == {"data": 4, "model": 2}
+    full = benchmark.bench_train_step("paper", 16, "float32", 1, 1, 0.125, "auto", None, False, memory_only=True)
+    assert 0.5 <= row["param_bytes_per_device"] / full["param_bytes_per_device"] < 0.52
+    assert row["temp_bytes_per_device"] > 0
+
+
+def test_the_early_dynamics_study_runs_valid_commands_and_reads_them_right():
+  """benchmarks/early_dynamics.py (issue 13's study): every variant's command parses and validates as main takes it,
+  each spells out every choice under study, and 'left chance' is three log windows in a row 0.1 below ln(C)."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import early_dynamics as study
+
+  runs = study.commands("/data", "/out", 300, [0, 1], list(study.VARIANTS))
+  assert len(runs) == 2 * len(study.VARIANTS) and len({workdir for _, _, workdir, _ in runs}) == len(runs)
+  study.check(runs)
+  for name, _, _, cmd in runs:
+    assert all(any(a.startswith(f) for a in cmd) for f in ("--config.model.init=", "--config.model.lrn_per_column=")), (
+      name
+    )
+  name, seed, workdir, cmd = runs[0]
+  with pytest.raises(SystemExit, match=r"model\.lrn_per_colum"):
+    study.check([(name, seed, workdir, [*cmd, "--config.model.lrn_per_colum=True"])])
+  steps = [10, 20, 30, 40, 50, 60]
+  assert study.left_chance(steps, [2.4, 2.1, 2.3, 2.1, 2.0, 1.9], chance=2.3026) == 40
+  assert study.left_chance(steps, [2.4, 2.1, 2.1, 2.3, 2.1, 2.1], chance=2.3026) is None

@@ -1,0 +1,360 @@
+"""The training loop: sharding invariance, bitwise resume, checkpoints, and errors a user can act on."""
+
+import itertools
+import logging
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoint, config_lib, input_pipeline, parallel, steps, train
+from tests.support import ROOT
+from tests.support.tiny import tiny_config
+
+
+def first_steps(config, devices, n=2):
+  """Losses and final state of n train steps on the given devices (data parallel over all of them)."""
+  mesh = parallel.create_mesh(1, devices)
+  source = input_pipeline.create_source(config)
+  graphdef, init, tx, _, shardings = train.plan_state(config, mesh)
+  state = jax.jit(init, out_shardings=shardings)()
+  step = jax.jit(
+    steps.make_train_step(graphdef, tx, train.make_lr_schedule(config, 10, 10), source.preprocess),
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, parallel.replicated(mesh)),
+  )
+  losses = []
+  for batch in itertools.islice(source.train_batches(0, config.batch_size), n):
+    state, out = step(state, parallel.to_global(batch, parallel.batch_sharding(mesh)))
+    losses.append(float(out["loss"].mean()))
+  return losses, jax.device_get(state)
+
+
+def test_eight_devices_give_the_same_loss_as_one():
+  config = tiny_config()
+  losses8, state8 = first_steps(config, jax.devices())
+  losses1, state1 = first_steps(config, jax.devices()[:1])
+  assert len(jax.devices()) == 8
+  np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+  assert losses8[0] != losses8[1]  # the step really changed the parameters
+  for a, b in zip(jax.tree.leaves(state8["params"]), jax.tree.leaves(state1["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def assert_states_equal(a, b):
+  leaves_a, tree_a = jax.tree.flatten(jax.device_get(a))
+  leaves_b, tree_b = jax.tree.flatten(jax.device_get(b))
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_resume_is_bitwise_identical_to_an_unbroken_run(tmp_path):
+  # Evaluations every 2 steps with patience 1 feed the plateau rule, so its state must survive the resume too.
+  def config(n):
+    return tiny_config(num_train_steps=n, eval_every_steps=2, checkpoint_every_steps=100, **{"schedule.patience": 1})
+
+  straight = train.train_and_evaluate(config(6), tmp_path / "straight")
+  first = train.train_and_evaluate(config(3), tmp_path / "resumed")
+  assert first["step"] == 3
+  resumed = train.train_and_evaluate(config(6), tmp_path / "resumed")
+  assert straight["step"] == resumed["step"] == 6
+  step_a, state_a, _ = train.load_checkpoint(config(6), tmp_path / "straight")
+  step_b, state_b, _ = train.load_checkpoint(config(6), tmp_path / "resumed")
+  assert step_a == step_b == 6 and int(state_a["step"]) == 6
+  assert_states_equal(state_a, state_b)
+  assert straight["eval_top1_error"] == resumed["eval_top1_error"]
+  lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+  assert any('"step": 4' in line and "train_loss" in line for line in lines)
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path):
+  train.train_and_evaluate(tiny_config(num_train_steps=2), tmp_path)
+  changed = tiny_config(num_train_steps=3, **{"optimizer.learning_rate": 0.02, "model.dropout_rate": 0.3})
+  with pytest.raises(train.ConfigChangedError) as e:
+    train.train_and_evaluate(changed, tmp_path)
+  assert "optimizer.learning_rate: 0.01 -> 0.02" in str(e.value) and "model.dropout_rate" in str(e.value)
+  assert "--allow_config_change" in str(e.value)
+  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=3).all_steps() == [2]  # untouched
+  result = train.train_and_evaluate(changed, tmp_path, allow_config_change=True)
+  assert result["step"] == 3
+
+
+def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
+  config = tiny_config(num_train_steps=2)
+  train.train_and_evaluate(config, tmp_path)
+  _, state8, _ = train.load_checkpoint(config, tmp_path)
+  one = parallel.create_mesh(1, jax.devices()[:1])
+  _, state1, _ = train.load_checkpoint(config, tmp_path, mesh=one)
+  assert state1["params"]["conv1"]["kernel"].sharding.device_set == {jax.devices()[0]}
+  assert len(state8["params"]["conv1"]["kernel"].sharding.device_set) == 8
+  assert_states_equal(state8, state1)
+
+
+def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(num_train_steps=5, checkpoint_every_steps=1, **{"optimizer.learning_rate": 1e30})
+  with pytest.raises(train.NonFiniteError, match="last good checkpoint \\(step 1\\) is intact") as e:
+    train.train_and_evaluate(config, tmp_path)
+  assert "--config.optimizer.learning_rate=1e+29 --allow_config_change" in str(e.value)  # advice one can follow
+  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=3).all_steps() == [1]
+  _, state, _ = train.load_checkpoint(config, tmp_path)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state["params"])))
+
+
+def test_a_failing_final_evaluation_keeps_the_final_checkpoint(tmp_path, monkeypatch):
+  """A bad validation shard must not cost the steps trained: the state is saved before the error goes up, so a rerun
+  (after re-preparing the data) does not train them again."""
+  from alexnet_jax.input_pipeline import synthetic
+
+  def broken(self, global_batch):
+    raise OSError("corrupted record at 76661")
+    yield
+
+  monkeypatch.setattr(synthetic.SyntheticSource, "eval_batches", broken)
+  config = tiny_config(num_train_steps=3, checkpoint_every_steps=2)
+  with pytest.raises(OSError, match="corrupted record"):
+    train.train_and_evaluate(config, tmp_path)
+  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=3).all_steps() == [2, 3]
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_step(tmp_path, caplog):
+  train.train_and_evaluate(tiny_config(num_train_steps=4), tmp_path)
+  ckpt_dir = tmp_path / "checkpoints"
+  assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) == [2, 4]
+  for f in (ckpt_dir / "4" / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"garbage")
+  with caplog.at_level(logging.WARNING):
+    result = train.train_and_evaluate(tiny_config(num_train_steps=6), tmp_path)
+  assert "step 4" in caplog.text and "cannot be read" in caplog.text
+  assert result["step"] == 6
+  assert [p.name.split(".")[0] for p in (tmp_path / "checkpoints_corrupt").iterdir()] == ["4"]
+  steps_now = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+  assert steps_now == [2, 4, 6]  # step 4 was trained again from 2 and saved cleanly
+
+
+def test_evaluation_counts_every_example_exactly_once():
+  config = tiny_config()
+  config.data.num_eval_examples = 21  # 21 = 16 + 5: padding on the second batch, 8 devices
+  mesh = parallel.create_mesh(1)
+  source = input_pipeline.create_source(config)
+  graphdef, init, _, _, shardings = train.plan_state(config, mesh)
+  params = jax.jit(init, out_shardings=shardings)()["params"]
+  eval_step = train.jit_eval_step(graphdef, source.preprocess, mesh, shardings["params"])
+  result = train.evaluate(eval_step, params, source.eval_batches(16), parallel.batch_sharding(mesh))
+  assert result["num_examples"] == 21
+  # The same numbers computed plainly, one example at a time, with no padding.
+  plain = steps.make_eval_step(graphdef, source.preprocess)
+  per_example = []
+  for batch in source.eval_batches(16):
+    out = jax.device_get(plain(params, batch))
+    per_example += [out["top5_error"][i] for i in range(len(out["mask"])) if out["mask"][i]]
+  assert len(per_example) == 21
+  assert result["top5_error"] == pytest.approx(float(np.mean(per_example)), abs=1e-6)
+
+
+def test_saved_config_round_trips():
+  from alexnet_jax import evaluate
+
+  config = tiny_config(**{"schedule.step_epochs": (3.0, 7.0), "model.dtype": "bfloat16"})
+  back = evaluate.config_from_json(config_lib.to_json(config))
+  assert back.to_dict() == config.to_dict() and isinstance(back.schedule.step_epochs, tuple)
+  with pytest.raises(ValueError, match="does not know"):
+    evaluate.config_from_json({**config_lib.to_json(config), "nonsense": 1})
+
+
+# ---- Bad input gets a clear error ---------------------------------------------------------------------------------
+def test_unknown_config_key_lists_the_valid_ones():
+  config = tiny_config()
+  config.model.widht = 0.5
+  with pytest.raises(ValueError, match=r"model\.widht \(did you mean model\.width\?\).*Valid keys: .*batch_size"):
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize("key,value", [("model.name", "vgg"), ("model.dtype", "float16"), ("data.source", "x")])
+def test_bad_config_values_name_the_choices(key, value):
+  with pytest.raises(ValueError, match="is not one of"):
+    config_lib.validate(tiny_config(**{key: value}))
+
+
+@pytest.mark.parametrize(
+  "key,value,match",
+  [
+    ("mesh.model", 4, r"lrn_per_column .* mesh\.model=1 or 2"),
+    ("optimizer.bias_lr_multiplier", 0.0, "bias_lr_multiplier must be positive"),
+    ("schedule.warmup_epochs", -1.0, "warmup_epochs must be >= 0"),
+  ],
+)
+def test_the_authors_settings_refuse_what_they_cannot_do(key, value, match):
+  config = tiny_config(**{"model.lrn_per_column": True, key: value})
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate(config)
+
+
+def test_paper_config_is_the_authors_code_and_its_text_variant_the_print():
+  """configs/paper.py follows cuda-convnet2's layer files where they differ from the text (docs/DEVIATIONS.md);
+  configs/paper.py:text is the base config, the recipe as printed; both say "at chance" by step 500."""
+  paper = os.path.join(ROOT, "configs", "paper.py")
+  authors, text = config_lib.load_config_file(paper), config_lib.load_config_file(paper + ":text")
+  base, printed = config_lib.flatten(config_lib.base_config()), config_lib.flatten(text)
+  assert {k for k in base if base[k] != printed[k]} == {"health.max_steps_at_chance"}  # the docstring's promise
+  assert authors.health.max_steps_at_chance == printed["health.max_steps_at_chance"] == 500
+  config_lib.validate(authors)
+  assert sorted(config_lib.changed_keys(config_lib.to_json(text), config_lib.to_json(authors))) == [
+    "model.init",
+    "model.lrn_alpha_over_n",
+    "model.lrn_per_column",
+    "optimizer.bias_lr_multiplier",
+    "optimizer.decay_biases",
+  ]
+  assert authors.model.init == "cuda_convnet2" and authors.optimizer.bias_lr_multiplier == 2.0
+  with pytest.raises(ValueError, match="the variants are authors, text"):
+    config_lib.load_config_file(paper + ":txt")
+
+
+def test_batch_that_does_not_divide_the_devices(tmp_path):
+  with pytest.raises(ValueError, match=r"batch_size=12 does not divide the 8 data-parallel devices.*e\.g\. 8 or 16"):
+    train.train_and_evaluate(tiny_config(batch_size=12), tmp_path)
+
+
+def test_model_axis_that_does_not_divide_the_devices(tmp_path):
+  with pytest.raises(ValueError, match=r"mesh\.model=3 does not divide the 8 devices"):
+    train.train_and_evaluate(tiny_config(**{"mesh.model": 3}), tmp_path)
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(ValueError, match="is not writable"):
+    train.train_and_evaluate(tiny_config(), blocker / "run")
+
+
+def test_workdir_outputs(tmp_path):
+  train.train_and_evaluate(tiny_config(num_train_steps=2), tmp_path)
+  import json
+
+  manifest = json.loads((tmp_path / "run.json").read_text())
+  assert manifest["num_devices"] == 8 and manifest["process_count"] == 1
+  assert manifest["config"]["model"]["width"] == 0.125 and manifest["num_params"] > 0
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train_rows = [r for r in rows if "train_loss" in r]
+  assert [r["step"] for r in train_rows] == [1, 2]
+  assert {"train_top1_error", "train_top5_error", "learning_rate", "images_per_sec"} <= set(train_rows[0])
+  eval_rows = [r for r in rows if "eval_top1_error" in r]
+  assert eval_rows[-1]["step"] == 2 and eval_rows[-1]["eval_num_examples"] == 20
+  assert any(pathlib.Path(tmp_path, "tensorboard").iterdir())
+  assert os.path.isdir(tmp_path / "checkpoints" / "2")
+
+
+def test_evaluate_cli_function_single_and_ensemble(tmp_path):
+  """evaluate_workdirs: the eval JSON; a run ensembled with itself is itself; two runs average their softmax."""
+  import json
+
+  from flax import nnx
+
+  from alexnet_jax import evaluate
+
+  for name, seed in (("a", 0), ("b", 1)):
+    train.train_and_evaluate(tiny_config(num_train_steps=2, seed=seed), tmp_path / name)
+  single = evaluate.evaluate_workdirs([str(tmp_path / "a")], crops=1)
+  saved = json.loads((tmp_path / "a" / "eval" / "step2_1crop.json").read_text())
+  assert {k: saved[k] for k in ("step", "crops", "num_examples")} == {"step": 2, "crops": 1, "num_examples": 20}
+  assert saved["top1_error"] == single["top1_error"]
+  same = evaluate.evaluate_workdirs([str(tmp_path / "a"), str(tmp_path / "a")], crops=1)
+  assert (same["top1_error"], same["top5_error"]) == (single["top1_error"], single["top5_error"])
+  assert same["loss"] == pytest.approx(single["loss"], rel=1e-6)
+  both = evaluate.evaluate_workdirs([str(tmp_path / "a"), str(tmp_path / "b")], crops=1)
+  assert (tmp_path / "a" / "eval" / "ensemble2_1crop.json").exists()
+  # The same number by hand: average the two models' softmax over the 20 examples.
+  config = tiny_config(num_train_steps=2)
+  source = input_pipeline.create_source(config)
+  probs, labels = [], None
+  for name, seed in (("a", 0), ("b", 1)):
+    _, state, graphdef = train.load_checkpoint(tiny_config(num_train_steps=2, seed=seed), tmp_path / name)
+    model = nnx.merge(graphdef, jax.device_get(state["params"]))
+    batches = list(source.eval_batches(16))
+    p = np.concatenate([np.asarray(jax.nn.softmax(model(source.preprocess(b)))) for b in batches])
+    mask = np.concatenate([b["mask"] for b in batches]).astype(bool)
+    probs.append(p[mask])
+    labels = np.concatenate([b["label"] for b in batches])[mask]
+  mean = (probs[0] + probs[1]) / 2
+  expected_loss = float(np.mean(-np.log(mean[np.arange(20), labels])))
+  assert both["loss"] == pytest.approx(expected_loss, rel=1e-4)
+  assert both["top1_error"] == pytest.approx(float(np.mean(mean.argmax(1) != labels)))
+
+
+def test_the_learning_rate_after_a_plateau_drop_is_divided_by_the_factor(tmp_path):
+  """Sec. 5's rule end to end: an evaluation every 2 steps that never improves enough (min_delta 2 > any error) with
+  patience 1 drops the rate after step 4's evaluation; metrics.jsonl's learning_rate is 0.01 for steps 1-4, then
+  0.01 * 0.1 for the steps trained after the drop (5, 6)."""
+  import json
+
+  overrides = {"schedule.name": "paper", "schedule.patience": 1, "schedule.factor": 0.1, "schedule.min_delta": 2.0}
+  config = tiny_config(num_train_steps=6, eval_every_steps=2, checkpoint_every_steps=6, **overrides)
+  config.optimizer.learning_rate = 0.01
+  config.schedule.warmup_epochs = 0.0
+  train.train_and_evaluate(config, tmp_path)
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  rates = {r["step"]: r["learning_rate"] for r in rows if "learning_rate" in r}
+  assert sorted(rates) == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([rates[s] for s in range(1, 7)], [0.01] * 4 + [0.001] * 2, rtol=1e-6)
+
+
+def test_metrics_rows_reach_the_disk_at_once(tmp_path):
+  """metrics.jsonl is flushed at every write: a crash cannot lose rows whose checkpoints exist."""
+  from alexnet_jax import metrics
+
+  writer = metrics.JsonlWriter(str(tmp_path / "metrics.jsonl"))
+  writer.write_scalars(3, {"train_loss": 1.5})
+  assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 3, "train_loss": 1.5}\n'  # before close
+  writer.close()
+
+
+def test_evaluate_never_creates_a_mistyped_workdir(tmp_path):
+  from alexnet_jax import evaluate
+
+  with pytest.raises(ValueError, match="holds no checkpoints/ folder"):
+    evaluate.evaluate_workdirs([str(tmp_path / "typo")], crops=1)
+  assert not (tmp_path / "typo").exists()
+
+
+def test_fingerprints_are_layout_independent_and_see_one_flipped_bit():
+  x = np.random.default_rng(0).normal(size=(64, 24)).astype(np.float32)
+  mesh = parallel.create_mesh(2)  # 4 x 2: rows over 'data'... any layout gives the same number
+  sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model")))
+  assert checkpoint.fingerprints({"x": sharded}) == checkpoint.fingerprints({"x": jax.device_put(x, jax.devices()[0])})
+  flipped = x.view(np.uint32).copy()
+  flipped[37, 5] ^= 1 << 31  # one bit, the sign of one weight
+  assert checkpoint.fingerprints({"x": flipped.view(np.float32)}) != checkpoint.fingerprints({"x": x})
+  swapped = x.copy()
+  swapped[[0, 1]] = swapped[[1, 0]]  # the same values in other places
+  assert checkpoint.fingerprints({"x": swapped}) != checkpoint.fingerprints({"x": x})
+
+
+def overwrite_inside_state_data(step_dir):
+  """64 bytes in the middle of the largest array data file of a checkpoint, changed (as bit rot or a bad copy
+  would): damage that the reader does not trip on."""
+  data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+  target = max(data_files, key=lambda p: p.stat().st_size)
+  data = bytearray(target.read_bytes())
+  middle = len(data) // 2
+  data[middle : middle + 64] = bytes(b ^ 0x5A for b in data[middle : middle + 64])
+  target.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_with_changed_bytes_is_never_restored(tmp_path, caplog):
+  from alexnet_jax import evaluate
+
+  train.train_and_evaluate(tiny_config(num_train_steps=4), tmp_path)
+  overwrite_inside_state_data(tmp_path / "checkpoints" / "4")
+  with caplog.at_level(logging.WARNING):
+    result = train.train_and_evaluate(tiny_config(num_train_steps=6), tmp_path)  # resumes from 2, not from 4
+  assert "Checkpoint at step 4" in caplog.text and "differ from what was saved" in caplog.text
+  assert result["step"] == 6 and [p.name.split(".")[0] for p in (tmp_path / "checkpoints_corrupt").iterdir()] == ["4"]
+  caplog.clear()
+  overwrite_inside_state_data(tmp_path / "checkpoints" / "6")
+  with caplog.at_level(logging.WARNING):
+    out = evaluate.evaluate_workdirs([str(tmp_path)], crops=1)
+  assert out["step"] == 4 and "Checkpoint at step 6" in caplog.text and "differ from what was saved" in caplog.text
