@@ -8,20 +8,14 @@ r"""A CPU-sized AlexNet on the embedded shapes dataset: what `make demo` runs, t
 (`make demo` runs these four for you.) The same recipe trains on any prepared class-folder set:
 `--config.data.dir=DST --config.model.num_classes=N`.
 
-The paper's pipeline and network, scaled to a CPU: images stored at 76x76 instead of 256x256 and random 67x67 crops
-instead of 227x227 (the same 0.89 ratio), the paper's architecture at 1/4 width (two groups, LRN, overlapping
-pooling, dropout), flips, fancy-PCA lighting and mean-image subtraction, SGD momentum 0.9 with coupled weight decay
-5e-4, batch 64. Two changes because the network is small and the run short: PyTorch's default initialisation
-instead of N(0, 0.01) (at 1/4 width the paper's initialisation passes almost no signal through 8 layers and the
-loss sits at ln(10) for hundreds of steps), and the step schedule (divide by 10 after 24 of the 30 epochs)
-instead of waiting for plateaus.
-
 Hardware and time: 2 CPU cores (one JAX CPU device), about 4 minutes of training and 15 s of 10-crop evaluation.
 Expected: top-1 error near 12-20% (chance: 90%), top-5 near 0.5%, on the 1,000 validation images. Measured here
 (2026-11-22, 2-core EPYC, 2,790 steps in 4 min 0 s): 17.2% top-1 centre crop, 12.3% / 0.1% top-1 / top-5 with the
-paper's 10 crops (15.3% / 0.3% before the CPU fast paths changed the float rounding). The rate drop matters: at
-epoch 20 (before it) an earlier run stood at 55% top-1, and a 20-epoch version of this recipe ended between 29% and
-51% depending on the random draws.
+paper's 10 crops (15.3% / 0.3% before the CPU fast paths changed the float rounding).
+
+The paper's pipeline and network scaled to a CPU (76x76 stored, 67x67 crops, 1/4 width, batch 64), with PyTorch's
+initialisation and a step schedule (divide by 10 after 24 of the 30 epochs).
+Why: docs/training.md#the-recipes-data-and-settings.
 """
 
 from alexnet_jax import config_lib
