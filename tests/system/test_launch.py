@@ -929,17 +929,24 @@ def slurm_cluster(tmp_path):
         subprocess.run(["kill", (d / pid_file).read_text().strip()])
 
 
-@pytest.mark.slow
-def test_sbatch_trains_two_tasks_to_a_checkpoint(slurm_cluster, tmp_path):
-  """`sbatch launch/slurm.sbatch` on a one-host SLURM cluster: 2 tasks (JAX processes found through SLURM's
-  environment) train 2 steps on CPU together and save the checkpoint of step 2."""
-  workdir, log = tmp_path / "w", tmp_path / "job.out"
-  env = {**slurm_cluster, **cli_env(4), "PYTHON": sys.executable, "SLURM_CONF": slurm_cluster["SLURM_CONF"]}
+def sbatch_tiny_run(slurm_cluster, tmp_path, workdir, *, python, **env_extra):
+  """``sbatch --wait launch/slurm.sbatch`` of the tiny synthetic run, 2 tasks on one node: (sbatch's result, the
+  job's output)."""
+  log = tmp_path / "job.out"
+  env = {**slurm_cluster, **cli_env(4), "PYTHON": python, **env_extra}
   sbatch = ["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
             f"--output={log}", "launch/slurm.sbatch", "configs/synthetic.py", str(workdir), *TINY_FLAGS,
             "--config.num_train_steps=2"]  # fmt: skip
   out = subprocess.run(sbatch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-  text = log.read_text() if log.exists() else ""
+  return out, log.read_text() if log.exists() else ""
+
+
+@pytest.mark.slow
+def test_sbatch_trains_two_tasks_to_a_checkpoint(slurm_cluster, tmp_path):
+  """`sbatch launch/slurm.sbatch` on a one-host SLURM cluster: 2 tasks (JAX processes found through SLURM's
+  environment) train 2 steps on CPU together and save the checkpoint of step 2."""
+  workdir = tmp_path / "w"
+  out, text = sbatch_tiny_run(slurm_cluster, tmp_path, workdir, python=sys.executable)
   assert out.returncode == 0, out.stderr + text[-4000:]
   assert re.search(r"Process 1 of 2 \(SLURM, detected\): 4 local devices", text), text[-4000:]
   with open(workdir / "run.json") as f:
@@ -952,7 +959,7 @@ def test_sbatch_an_error_in_one_task_is_final_not_requeued(slurm_cluster, tmp_pa
   """QA 24 (3): one task's error (rank 1 only given a bad model name) was requeued: srun --kill-on-bad-exit ends the
   others (143, or 75 after saving) and returns the highest status. Each task's own status is recorded now and
   launch/command.py --combine makes it 1: final, no requeue."""
-  workdir, log = tmp_path / "w", tmp_path / "job.out"
+  workdir = tmp_path / "w"
   python = tmp_path / "python"  # rank 1's training command gets a bad config value; rank 0's is fine
   python.write_text(
     "#!/bin/bash\n"
@@ -961,12 +968,7 @@ def test_sbatch_an_error_in_one_task_is_final_not_requeued(slurm_cluster, tmp_pa
     f'exec "{sys.executable}" "$@"\n'
   )
   python.chmod(0o755)
-  env = {**slurm_cluster, **cli_env(4), "PYTHON": str(python), "MAX_REQUEUES": "1"}
-  sbatch = ["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
-            f"--output={log}", "launch/slurm.sbatch", "configs/synthetic.py", str(workdir), *TINY_FLAGS,
-            "--config.num_train_steps=2"]  # fmt: skip
-  out = subprocess.run(sbatch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-  text = log.read_text() if log.exists() else ""
+  out, text = sbatch_tiny_run(slurm_cluster, tmp_path, workdir, python=str(python), MAX_REQUEUES="1")
   assert out.returncode == 1, out.stderr + text[-4000:]
   assert "requeueing" not in text and re.search(r"exit statuses by task: \d+ 1 .*the job's: 1", text), text[-4000:]
   assert "model.name='nope'" in text
