@@ -10,7 +10,7 @@ TEST_XLA_FLAGS := --xla_force_host_platform_device_count=$(DEVICES) \
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 WORKDIR ?= workdirs/demo
 
-.PHONY: install install-aot aot-env install-colab test test-fast test-unit test-system test-docs breaks lint demo bench clean
+.PHONY: install install-aot aot-env install-colab install-latest test-latest durations test test-fast test-unit test-system test-docs breaks lint demo bench clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,19 @@ $(COLAB_VENV)/.installed: pyproject.toml constraints/colab.txt
 	$(COLAB_VENV)/bin/python -m pip install -q -c constraints/colab.txt .
 	@touch $@
 
+# The other end of pyproject.toml's ranges: the newest release of every package they allow, on Python 3.12, in a venv
+# of its own (a fresh venv resolves each package to its newest allowed release; versions.txt records what that was).
+LATEST_VENV ?= .venv-latest
+LATEST_PYTHON ?= $(shell PYENV_VERSION=3.12.1 pyenv which python 2>/dev/null || command -v python3.12)
+install-latest: $(LATEST_VENV)/.installed
+$(LATEST_VENV)/.installed: pyproject.toml
+	@test -n "$(LATEST_PYTHON)" || { echo "error: no Python 3.12: install it or set LATEST_PYTHON=" >&2; exit 1; }
+	@test -x $(LATEST_VENV)/bin/python || $(LATEST_PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev,tf]'
+	$(LATEST_VENV)/bin/python -m pip freeze > $(LATEST_VENV)/versions.txt
+	@touch $@
+
 # The package and the developer tools (tests, lint, the PyTorch reference).
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,26 +65,46 @@ $(VENV)/.installed-package: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[tf]'
 	@touch $@
 
-# Every test, on CPU with $(DEVICES) fake devices (the sharded code paths are the ones tested), level by level:
+# Every test, on CPU with $(DEVICES) fake devices (the sharded code paths are the ones tested). Three levels:
 # tests/unit (fast, in-process), tests/system (command lines, several processes, faults, AOT compiles, launch kits,
-# cloud storage), tests/docs (the README's and docs' commands, the notebooks, Colab's stack). The full-size CLI tests
-# (~10 GB each) share one worker (--dist loadgroup), so two never run at once. A level that collects no test fails
-# (pytest's exit 5), saying so.
+# cloud storage), tests/docs (the README's and docs' commands, the notebooks, Colab's stack). `make test` runs them in
+# one session on two workers, longest modules first (tests/conftest.py), so that neither worker idles while the other
+# finishes a level; test-unit/-system/-docs run one level. The full-size CLI tests (~10 GB each) share one worker
+# (--dist loadgroup), so two never run at once. A run that collects no test fails (pytest's exit 5), saying so.
+# JAX's compilation cache for the tests lives in .cache/jax-tests (tests/conftest.py), the JUnit reports beside it.
 PYTEST = XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 --dist loadgroup -q
-define run_level
-	$(PYTEST) $(2) tests/$(1) || { rc=$$?; [ $$rc != 5 ] || echo "error: pytest collected no test in tests/$(1)" >&2; exit $$rc; }
+define run_tests
+	@mkdir -p .cache
+	$(PYTEST) $(2) --junitxml=.cache/junit-$(1).xml $(3) || { rc=$$?; [ $$rc != 5 ] || echo "error: pytest collected no test in $(3)" >&2; exit $$rc; }
 endef
 
-test: test-unit test-system test-docs
+test: install install-aot install-colab
+	$(call run_tests,all,--durations=30,tests/unit tests/system tests/docs)
 
 test-fast test-unit: install
-	$(call run_level,unit,--durations=10)
+	$(call run_tests,unit,--durations=10,tests/unit)
 
 test-system: install install-aot
-	$(call run_level,system,--durations=25)
+	$(call run_tests,system,--durations=25,tests/system)
 
 test-docs: install install-colab
-	$(call run_level,docs,--durations=10)
+	$(call run_tests,docs,--durations=10,tests/docs)
+
+# tests/support/durations.txt (the order `make test` starts modules in) from the last `make test`'s JUnit report.
+durations:
+	$(BIN)/python -m tests.support.durations .cache/junit-all.xml
+
+# The newest allowed versions (.venv-latest, Python 3.12): the unit level, then a run through the command line that
+# prepares, trains, resumes and evaluates. The first line says which versions ran.
+LATEST_TESTS := tests/unit tests/system/test_cli.py::test_train_then_resume_then_resume_on_one_device \
+  tests/system/test_cli.py::test_demo_recipe_learns_through_the_command_line
+test-latest: install-latest
+	@$(LATEST_VENV)/bin/python -c 'import sys; print("newest allowed on Python", sys.version.split()[0] + ":", \
+	  *[l.strip() for l in open("$(LATEST_VENV)/versions.txt") if l.split("==")[0].lower().replace("_", "-") in \
+	  ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-cpu", "tensorflow-datasets", "numpy")])'
+	@mkdir -p .cache
+	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(LATEST_VENV)/bin/python -m pytest -n 2 --dist loadgroup -q --durations=10 \
+	  --junitxml=.cache/junit-latest.xml $(LATEST_TESTS)
 
 # Each deliberate one-line break of tests/support/breaks.py applied in a scratch copy: the test named for it must fail
 # (not in `make test`: a copy and a test run per break; ONLY=name for one).

@@ -22,9 +22,9 @@ PAPER_PARAMS = 60_965_224  # the paper net's parameter count (model.count_params
 
 
 def user_env() -> dict[str, str]:
-  """A user's environment: no fake CPU devices (the target's devices count) and no JAX_PLATFORMS (conftest sets it
-  for the tests in this process)."""
-  return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  """A user's environment: no fake CPU devices (the target's devices count), no JAX_PLATFORMS and no compilation
+  cache (conftest sets them for the tests): every program here is compiled for its target, never read back."""
+  return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS") and not k.startswith("JAX_")}
 
 
 def aot_run(*args, timeout=900):
