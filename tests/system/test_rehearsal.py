@@ -3,6 +3,7 @@ official layout is prepared, ``configs/paper.py`` trains on it at full width on 
 SIGTERM, resumes, and is evaluated with the paper's 10 crops."""
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -72,4 +73,10 @@ def test_imagenet_path_rehearsed_end_to_end(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads((workdir / "eval" / "step4_10crop.json").read_text())
   assert (result["step"], result["crops"], result["num_examples"]) == (4, 10, 50)
-  assert 0.0 <= result["top1_error"] <= 1.0 and result["data_source"] == "prepared"
+  assert result["data_source"] == "prepared"
+  # Each of the 50 images is counted once with weight one (padding never counted): the errors are whole numbers of
+  # images out of 50, top-5 no worse than top-1; the loss, a mean of -log of a probability, is finite and positive.
+  wrong1, wrong5 = result["top1_error"] * 50, result["top5_error"] * 50
+  assert wrong1 == pytest.approx(round(wrong1), abs=1e-4) and wrong5 == pytest.approx(round(wrong5), abs=1e-4), result
+  assert 0 <= round(wrong5) <= round(wrong1) <= 50, result
+  assert 0 < result["loss"] < math.inf, result

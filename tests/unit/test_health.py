@@ -2,13 +2,10 @@
 
 import json
 import logging
-import math
 
 import jax
 import numpy as np
-import optax
 import pytest
-from flax import nnx
 
 from alexnet_jax import health, input_pipeline, model, parallel, steps, train
 from tests.support.tiny import tiny_config
@@ -28,37 +25,63 @@ def one_step(config, edit_params=None):
   return state, jax.device_get(after), jax.device_get(out), batch, graphdef, source.preprocess
 
 
-def norm(tree):
-  return math.sqrt(sum(float(np.sum(np.square(np.asarray(x, np.float64)))) for x in jax.tree.leaves(tree)))
+DEAD_OUT_OF_EIGHT = {layer: i + 1 for i, layer in enumerate(steps.RELU_LAYERS)}  # conv1 1/8 of its units, ... fc7 7/8
 
 
-def test_diagnostics_match_a_hand_computation():
-  before, after, out, batch, graphdef, preprocess = one_step(tiny_config())
-  # The same loss, differentiated on its own; the same forward pass, its activations read directly.
-  rng = jax.random.fold_in(jax.random.wrap_key_data(before["rng"]), 0)
-  images = preprocess(batch)
+def constant_network(params):
+  """Every kernel zero but fc8's, every bias +1 or -1: each layer's output is the same for every image, relu(bias).
+  In each ReLU layer the first (i + 1)/8 of the units (rounded down) get -1: those are dead, the rest pass 1."""
+  for layer, eighths in DEAD_OUT_OF_EIGHT.items():
+    n = params[layer]["bias"].shape[-1]
+    params[layer]["kernel"] = np.zeros_like(params[layer]["kernel"])
+    params[layer]["bias"] = np.where(np.arange(n) < n * eighths // 8, -1.0, 1.0).astype(np.float32)
+  params["fc8"]["bias"] = np.zeros_like(params["fc8"]["bias"])
 
-  def loss(params):
-    logits = nnx.merge(graphdef, params)(images, dropout_rng=rng)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
 
-  grads = jax.grad(loss)(before["params"])
-  _, acts = nnx.merge(graphdef, before["params"])(images, dropout_rng=rng, return_activations=True)
+def test_diagnostics_of_a_network_whose_answer_is_known():
+  """The constant network, without dropout: fc6 and fc7 pass h and z (ones where alive, zeros where dead) for every
+  image, so the logits are s = W8^T z for all of them and p = softmax(s). With q the batch's label frequencies, the
+  mean cross-entropy's gradients are, by the chain rule: fc8: z (p - q)^T and p - q; fc7: h d^T and d with
+  d = z * (W8 (p - q)); nothing below fc7 (W7 = 0). The first step from zero velocity is v = -eps (wd w + g)."""
+  before, _, out, batch, *_ = one_step(tiny_config(**{"model.dropout_rate": 0.0}), constant_network)
+  w = {layer: {k: np.asarray(v, np.float64) for k, v in before["params"][layer].items()} for layer in model.LAYER_NAMES}
+  h, z = np.maximum(w["fc6"]["bias"], 0), np.maximum(w["fc7"]["bias"], 0)
+  s = z @ w["fc8"]["kernel"]
+  p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+  labels = np.asarray(batch["label"])
+  q = np.bincount(labels, minlength=len(p)) / len(labels)
+  d = z * (w["fc8"]["kernel"] @ (p - q))
+  grads = {layer: {k: np.zeros_like(v) for k, v in w[layer].items()} for layer in model.LAYER_NAMES}
+  grads["fc8"] = {"kernel": np.outer(z, p - q), "bias": p - q}
+  grads["fc7"] = {"kernel": np.outer(h, d), "bias": d}
+  np.testing.assert_allclose(out["loss"], -np.log(p[labels]), rtol=1e-6)
+
+  def norm(tree):
+    return np.sqrt(sum(np.sum(np.square(x)) for x in tree.values()))
+
+  eps, wd = 0.01, 5e-4
   for layer in model.LAYER_NAMES:
-    assert out[f"grad_norm_{layer}"] == pytest.approx(norm(grads[layer]), rel=1e-4)
-    assert out[f"param_norm_{layer}"] == pytest.approx(norm(after["params"][layer]), rel=1e-5)
-    # The first update from zero velocity, by the paper's formula: v = -lr (wd w + g) (float32 cannot resolve it as
-    # after - before: it is ~1e-5 of the weights).
-    w, g = before["params"][layer], grads[layer]
-    update = jax.tree.map(lambda w, g: -0.01 * (5e-4 * np.asarray(w, np.float64) + np.asarray(g, np.float64)), w, g)
-    assert out[f"update_ratio_{layer}"] == pytest.approx(norm(update) / norm(w), rel=1e-4)
-  for layer in steps.RELU_LAYERS:
-    a = np.asarray(acts[layer])
-    dead = np.mean(~np.any(a.reshape(-1, a.shape[-1]) > 0, axis=0))
-    assert out[f"dead_relu_{layer}"] == pytest.approx(dead, abs=1e-6)
-  assert out["grad_norm"] == pytest.approx(norm(grads), rel=1e-4)
-  assert out["param_norm"] == pytest.approx(norm(after["params"]), rel=1e-5)
+    assert out[f"grad_norm_{layer}"] == pytest.approx(norm(grads[layer]), rel=1e-5, abs=1e-12), layer
+    update = {k: -eps * (wd * w[layer][k] + grads[layer][k]) for k in w[layer]}
+    new = {k: w[layer][k] + update[k] for k in w[layer]}
+    assert out[f"param_norm_{layer}"] == pytest.approx(norm(new), rel=1e-6), layer
+    assert out[f"update_ratio_{layer}"] == pytest.approx(norm(update) / norm(w[layer]), rel=1e-5), layer
+  # Below fc7 no gradient arrives: the update is the weight decay alone, eps * wd = 5e-6 of the weights.
+  assert out["grad_norm_conv1"] == 0.0 and out["update_ratio_conv1"] == pytest.approx(5e-6, rel=1e-5)
+  assert out["grad_norm_fc8"] == pytest.approx(np.sqrt(z.sum() + 1) * np.linalg.norm(p - q), rel=1e-5)
+  for layer, eighths in DEAD_OUT_OF_EIGHT.items():
+    n = w[layer]["bias"].size
+    assert out[f"dead_relu_{layer}"] == pytest.approx((n * eighths // 8) / n, abs=1e-7), layer
+  assert out["grad_norm"] == pytest.approx(np.sqrt(norm(grads["fc7"]) ** 2 + norm(grads["fc8"]) ** 2), rel=1e-5)
+  assert out["param_norm"] == pytest.approx(np.linalg.norm([out[f"param_norm_{k}"] for k in model.LAYER_NAMES]))
   assert "dead_relu_fc8" not in out  # fc8 feeds the softmax: no ReLU to die
+  # A unit is dead when it is zero for every example (not: a fraction of zeros). Two examples, three units: only the
+  # first is zero in both (zeros: 4 of 6); a conv layer's unit is a channel, over every position of every example.
+  dense = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]], np.float32)
+  conv = np.zeros((2, 3, 3, 4), np.float32)
+  conv[1, 2, 0, 1], conv[0, 0, 1, 3] = 0.5, 3.0  # channels 1 and 3 alive in one place each; 0 and 2 dead
+  fractions = steps.dead_relu_fractions({"fc6": dense, "conv2": conv}, ("fc6", "conv2"))
+  assert (float(fractions["fc6"]), float(fractions["conv2"])) == pytest.approx((1 / 3, 1 / 2))
 
 
 def test_a_dead_layer_reads_one():

@@ -123,7 +123,9 @@ def test_split_and_grouped_networks_agree():
   x = jax.random.normal(jax.random.key(0), (2, 67, 67, 3)) * 50
   a = M.AlexNet("paper", width=0.125, image_size=67, conv_impl="split", rngs=nnx.Rngs(3))
   b = M.AlexNet("paper", width=0.125, image_size=67, conv_impl="grouped", rngs=nnx.Rngs(3))
-  np.testing.assert_allclose(np.asarray(a(x)), np.asarray(b(x)), rtol=1e-4, atol=1e-4)
+  # Logits of magnitude <= 0.8: the two agree to float32 rounding (measured: 6e-8); the bound leaves room for another
+  # XLA (the newest-versions leg) summing in another order, and is still far below a bfloat16 rounding (2e-6).
+  np.testing.assert_allclose(np.asarray(a(x)), np.asarray(b(x)), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name,size,per_column", [("paper", 67, False), ("owt", 64, False), ("paper", 67, True)])
@@ -152,7 +154,7 @@ def test_the_model_split_computes_the_same_network_and_its_gradient(name, size, 
   (loss_one, acts_one), grads_one = run(one)
   (loss_split, acts_split), grads_split = run(split, in_shardings=shardings)
   assert acts_split["conv2"].sharding.spec == jax.sharding.PartitionSpec("data", None, None, "model")
-  np.testing.assert_allclose(float(loss_split), float(loss_one), rtol=1e-5)
+  np.testing.assert_allclose(float(loss_split), float(loss_one), rtol=1e-6)  # measured: 8e-8
   for key in acts_one:
     np.testing.assert_allclose(np.asarray(acts_split[key]), np.asarray(acts_one[key]), rtol=1e-4, atol=1e-4)
   for a, b in zip(jax.tree.leaves(grads_one), jax.tree.leaves(grads_split), strict=True):
@@ -174,9 +176,9 @@ def test_lrn_across_a_channel_split_sees_its_neighbours():
     in_specs=P("data", None, None, "model"),
     out_specs=P("data", None, None, "model"),
   )
-  np.testing.assert_allclose(np.asarray(jax.jit(split)(x)), np.asarray(M._lrn_reference(x)), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(jax.jit(split)(x)), np.asarray(M._lrn_reference(x)), rtol=5e-6)
   grad = lambda f: jax.grad(lambda a: jnp.sum(jnp.cos(f(a))))(x)
-  np.testing.assert_allclose(np.asarray(grad(jax.jit(split))), np.asarray(grad(M._lrn_reference)), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(grad(jax.jit(split))), np.asarray(grad(M._lrn_reference)), rtol=1e-4, atol=5e-6)
 
 
 def test_per_column_lrn_normalises_each_column_apart():
@@ -188,7 +190,7 @@ def test_per_column_lrn_normalises_each_column_apart():
   halves = lambda a: jnp.concatenate([M._lrn_reference(a[..., :6], **kw), M._lrn_reference(a[..., 6:], **kw)], -1)
   fast, ref = (value_and_grad_of(f, x) for f in (lambda a: M.local_response_norm(a, groups=2, **kw), halves))
   np.testing.assert_allclose(float(fast[0]), float(ref[0]), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(fast[1]), np.asarray(ref[1]), rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(np.asarray(fast[1]), np.asarray(ref[1]), rtol=5e-6, atol=5e-7)
   joint = np.asarray(M.local_response_norm(x, **kw))
   apart = np.asarray(M.local_response_norm(x, groups=2, **kw))
   np.testing.assert_array_equal(apart[..., [0, 1, 2, 3, 8, 9, 10, 11]], joint[..., [0, 1, 2, 3, 8, 9, 10, 11]])
@@ -261,7 +263,8 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert logits.dtype == jnp.float32 and acts["conv3"].dtype == jnp.bfloat16
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params_of(model)))
   ref = M.AlexNet("paper", width=0.125, image_size=67, rngs=nnx.Rngs(0))(x)
-  np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), rtol=0.1, atol=0.1)
+  # bfloat16's 8 bits of mantissa through 8 layers, on logits spread over 1.5: measured 2.5e-3 off at most.
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), rtol=0, atol=1e-2)
 
 
 def test_image_too_small_is_a_clear_error():
@@ -282,8 +285,8 @@ def test_lrn_fast_gradient_equals_the_formula_differentiated(alpha_over_n, beta)
   x = jax.random.uniform(jax.random.key(0), (2, 5, 5, 13), minval=-40, maxval=60)
   kw = dict(alpha=1e-3, beta=beta, alpha_over_n=alpha_over_n)  # a large alpha, so the window term matters
   fast, ref = (value_and_grad_of(lambda a, f=f: f(a, **kw), x) for f in (M.local_response_norm, M._lrn_reference))
-  np.testing.assert_allclose(float(fast[0]), float(ref[0]), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(fast[1]), np.asarray(ref[1]), rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(float(fast[0]), float(ref[0]), rtol=5e-6)
+  np.testing.assert_allclose(np.asarray(fast[1]), np.asarray(ref[1]), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(2, 13, 13, 5), (2, 14, 16, 3), (1, 27, 27, 4)])
@@ -343,4 +346,4 @@ def test_fast_network_equals_the_plain_network(name, monkeypatch):
   np.testing.assert_allclose(float(fast[0]), float(plain[0]), rtol=1e-5)
   for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(fast[1]), jax.tree.leaves(plain[1]), strict=True):
     scale = float(jnp.max(jnp.abs(g_ref))) or 1.0
-    np.testing.assert_allclose(np.asarray(g) / scale, np.asarray(g_ref) / scale, atol=2e-4, err_msg=str(path))
+    np.testing.assert_allclose(np.asarray(g) / scale, np.asarray(g_ref) / scale, atol=2e-5, err_msg=str(path))

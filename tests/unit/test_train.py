@@ -15,7 +15,8 @@ from tests.support.tiny import tiny_config
 
 
 def first_steps(config, devices, n=2):
-  """Losses and final state of n train steps on the given devices (data parallel over all of them)."""
+  """Losses of n train steps on the given devices (data parallel over all of them), the states before and after
+  each step (host copies) and the batches they trained on."""
   mesh = parallel.create_mesh(1, devices)
   source = input_pipeline.create_source(config)
   graphdef, init, tx, _, shardings = train.plan_state(config, mesh)
@@ -25,22 +26,63 @@ def first_steps(config, devices, n=2):
     in_shardings=(shardings, parallel.batch_sharding(mesh)),
     out_shardings=(shardings, parallel.replicated(mesh)),
   )
-  losses = []
+  losses, states, batches = [], [jax.device_get(state)], []
   for batch in itertools.islice(source.train_batches(0, config.batch_size), n):
     state, out = step(state, parallel.to_global(batch, parallel.batch_sharding(mesh)))
     losses.append(float(out["loss"].mean()))
-  return losses, jax.device_get(state)
+    states.append(jax.device_get(state))
+    batches.append(batch)
+  return losses, states, batches
+
+
+def paper_sgd_by_hand(config, states, batches):
+  """The parameters after each step by Sec. 5's rule, in float64 from the state before it: with eps = 0.01,
+  v <- 0.9 v - 0.0005 eps w - eps dL/dw; w <- w + v (v = 0 at first). The gradient is the softmax cross-entropy of
+  the step's batch, through the step's dropout masks (the run's key folded with the step number)."""
+  from flax import nnx
+
+  graphdef = train.plan_state(config, parallel.create_mesh(1, jax.devices()[:1])).graphdef
+  preprocess = input_pipeline.create_source(config).preprocess
+
+  @jax.jit
+  def grad(params, images, labels, rng):
+    def loss(params):
+      log_p = jax.nn.log_softmax(nnx.merge(graphdef, params)(images, dropout_rng=rng))
+      return -log_p[np.arange(len(labels)), labels].mean()
+
+    return jax.grad(loss)(params)
+
+  velocity, expected = None, []
+  for t, (state, batch) in enumerate(zip(states, batches, strict=True)):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), t)
+    g = jax.device_get(grad(state["params"], preprocess(batch), batch["label"], rng))
+    w = jax.tree.map(lambda x: np.asarray(x, np.float64), state["params"])
+    v = jax.tree.map(lambda w, g: -0.0005 * 0.01 * w - 0.01 * np.asarray(g, np.float64), w, g)
+    if velocity is not None:
+      v = jax.tree.map(lambda v, old: 0.9 * old + v, v, velocity)
+    velocity = v
+    expected.append(jax.tree.map(lambda w, v: w + v, w, v))
+  return expected
 
 
 def test_eight_devices_give_the_same_loss_as_one():
   config = tiny_config()
-  losses8, state8 = first_steps(config, jax.devices())
-  losses1, state1 = first_steps(config, jax.devices()[:1])
+  losses8, states8, _ = first_steps(config, jax.devices())
+  losses1, states1, batches = first_steps(config, jax.devices()[:1])
   assert len(jax.devices()) == 8
   np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
-  assert losses8[0] != losses8[1]  # the step really changed the parameters
-  for a, b in zip(jax.tree.leaves(state8["params"]), jax.tree.leaves(state1["params"])):
+  for a, b in zip(jax.tree.leaves(states8[-1]["params"]), jax.tree.leaves(states1[-1]["params"])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # Each step applied the paper's update, weight decay and momentum (from the second step on) included: to float32
+  # rounding of the layer's largest weights and of its gradient (the decay term alone, 5e-6 w, is ~20x that).
+  expected = paper_sgd_by_hand(config, states1[:-1], batches)
+  for t in range(2):
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(expected[t])]
+    before, after = jax.tree.leaves(states1[t]["params"]), jax.tree.leaves(states1[t + 1]["params"])
+    for path, w, w_new, want in zip(paths, before, after, jax.tree.leaves(expected[t]), strict=True):
+      update, want_update = w_new.astype(np.float64) - w, want - w
+      tol = 4 * np.spacing(np.abs(w_new).max()) + 1e-5 * np.abs(want_update).max()
+      assert np.abs(update - want_update).max() <= tol, (t + 1, path, np.abs(update - want_update).max(), tol)
 
 
 def assert_states_equal(a, b):
