@@ -295,11 +295,11 @@ def describe_out_of_memory(
 # ---------------------------------------------------------------------------------------------------------------
 def compile_source(config):
   """The input a real run would feed (shapes, dtypes, on-device preprocessing), without reading any data."""
-  from alexnet_jax import input_pipeline
-  from alexnet_jax.input_pipeline.prepared import PreparedSource
-  from alexnet_jax.input_pipeline.synthetic import SyntheticSource
+  from alexnet_jax.data.pipeline import AugmentedSource
+  from alexnet_jax.data.sources import default_image_size
+  from alexnet_jax.data.synthetic import SyntheticSource
 
-  image_size = config.model.image_size or input_pipeline._default_image_size(config.model.name)
+  image_size = config.model.image_size or default_image_size(config.model.name)
   if config.data.source == "synthetic":
     return SyntheticSource(
       num_classes=config.model.num_classes,
@@ -312,7 +312,7 @@ def compile_source(config):
       subtract_mean=config.data.subtract_mean,
     )
   d = config.data
-  return PreparedSource.for_compile(
+  return AugmentedSource.for_compile(
     image_size=image_size,
     crop_fraction=d.crop_fraction or None,
     subtract_mean=d.subtract_mean,

@@ -203,11 +203,11 @@ def bench_train_step(
 # The training input.
 # -----------------------------------------------------------------------------------------------------------------
 def _make_benchmark_data(root: str, count: int = 2000) -> str:
-  from alexnet_jax import prepare, shapes
+  from alexnet_jax.data import embedded, prepare
 
   raw, out = os.path.join(root, "raw"), os.path.join(root, "prepared")
-  per_class = count // len(shapes.CLASSES)
-  shapes.generate(raw, train_per_class=per_class, val_per_class=2, size=256)
+  per_class = count // len(embedded.CLASSES)
+  embedded.generate(raw, train_per_class=per_class, val_per_class=2, size=256)
   prepare.prepare(raw, out, image_size=256, examples_per_shard=250)
   return out
 
@@ -238,7 +238,7 @@ def _naive_reference(files: list[str], crop: int, limit: int) -> float:
 
 
 def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]:
-  from alexnet_jax.input_pipeline.prepared import PreparedSource
+  from alexnet_jax.data.prepared import prepared_source
 
   tmp = None
   if not data_dir:
@@ -249,7 +249,7 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]
   variants = [("decode+crop+flip", dict(lighting_std=0.0)), ("full augmentation", {})]
   for label, kw in variants:
     for threads in (1, cores):
-      src = PreparedSource(data_dir, image_size=227, seed=0, shuffle_buffer=1, num_threads=threads, **kw)
+      src = prepared_source(data_dir, image_size=227, seed=0, shuffle_buffer=1, num_threads=threads, **kw)
       every = src._share("train", 0, 1)  # the whole training set, as one process reads it
       ds = src._train_dataset(every, start_epoch=0, batch=batch_size, per_epoch=src.steps_per_epoch(batch_size))
       it = ds.as_numpy_iterator()
@@ -268,7 +268,7 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]
           "images_per_sec_per_core": rate / threads,
         }
       )
-  files = PreparedSource(data_dir, image_size=227, seed=0)._files("train", 0, 1)[0]
+  files = prepared_source(data_dir, image_size=227, seed=0)._files("train", 0, 1)[0]
   naive = _naive_reference(files, 227, limit=steps * batch_size)
   rows.append(
     {

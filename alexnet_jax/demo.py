@@ -25,7 +25,8 @@ def say(message: str) -> None:
 
 def main(argv: list[str]) -> None:
   del argv
-  from alexnet_jax import config_lib, evaluate, prepare, shapes, train
+  from alexnet_jax import config_lib, evaluate, train
+  from alexnet_jax.data import embedded, format, prepare
   from alexnet_jax.native import library_logs
 
   library_logs.quiet_library_logs()
@@ -34,8 +35,8 @@ def main(argv: list[str]) -> None:
   t0 = time.time()
   if not os.path.isdir(os.path.join(raw, "val")):
     say(f"generating the shapes dataset into {raw}")
-    shapes.generate(raw)
-  if not os.path.exists(os.path.join(prepared, prepare.METADATA)):
+    embedded.generate(raw)
+  if not os.path.exists(os.path.join(prepared, format.METADATA)):
     say(f"preparing {raw} -> {prepared}")
     prepare.prepare(raw, prepared, image_size=76, examples_per_shard=500)
   t1 = time.time()

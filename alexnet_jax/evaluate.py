@@ -54,7 +54,8 @@ def evaluate_workdirs(
   import jax
 
   from alexnet_jax import checkpoint as checkpoint_lib
-  from alexnet_jax import config_lib, input_pipeline, parallel, storage, train, weights
+  from alexnet_jax import config_lib, parallel, storage, train, weights
+  from alexnet_jax.data import sources
 
   if crops not in (1, 10):
     raise ValueError(f"--crops must be 1 or 10, got {crops}")
@@ -91,7 +92,7 @@ def evaluate_workdirs(
 
   mesh = parallel.create_mesh(first.mesh.model)
   parallel.check_batch_size(first.eval_batch_size, mesh, "eval batch size")
-  source = input_pipeline.create_source(first)
+  source = sources.create_source(first)
   graphdefs, params, shardings = [], [], []
   for i, (workdir, config) in enumerate(zip(workdirs, configs, strict=True)):
     # --step: exactly that step; otherwise the newest readable one, falling back past damaged ones as training does.
@@ -112,7 +113,7 @@ def evaluate_workdirs(
     "loss": result["loss"],
     "workdirs": [storage.resolve(w) for w in workdirs],
     "data_dir": first.data.dir or None,
-    "data_source": input_pipeline.resolve_source(first)[0],
+    "data_source": sources.resolve_source(first)[0],
   }
   if jax.process_index() == 0:
     eval_dir = storage.join(storage.resolve(workdirs[0]), "eval")

@@ -43,7 +43,8 @@ class Predictor:
     """The run in ``workdir`` (its newest readable checkpoint, or ``step``). ``data_dir``: where the run's prepared
     set is now, if it moved (its mean image and class names are read from there)."""
     from alexnet_jax import checkpoint as checkpoint_lib
-    from alexnet_jax import evaluate, input_pipeline, parallel, storage, train
+    from alexnet_jax import evaluate, parallel, storage, train
+    from alexnet_jax.data import sources
 
     checkpoints = storage.join(storage.resolve(workdir), "checkpoints")
     if not storage.isdir(checkpoints):
@@ -60,7 +61,7 @@ class Predictor:
     mesh = parallel.create_mesh(1, devices=jax.devices()[:1])  # one device: a notebook's, or this machine's first
     config.mesh.model = 1
     step_used, state, graphdef = train.load_checkpoint(config, workdir, mesh=mesh, step=step)
-    source = input_pipeline.create_source(config)
+    source = sources.create_source(config)
     meta = getattr(source, "meta", None)
     names = list(meta["classes"]) if meta else _workdir_class_names(workdir, config.model.num_classes)
     return cls(config, step_used, jax.device_get(state["params"]), graphdef, source, names)
@@ -72,9 +73,9 @@ class Predictor:
 
   def batch(self, images: np.ndarray | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """Images of any size -> the batch the run's ``preprocess`` takes (uint8 crops and where they were cut). An image
-    is an array: uint8, or floats in [0, 1] or [0, 255], greyscale or RGB(A) (``prepare.to_uint8_rgb``)."""
-    from alexnet_jax import prepare
-    from alexnet_jax.input_pipeline.prepared import resize_method
+    is an array: uint8, or floats in [0, 1] or [0, 255], greyscale or RGB(A) (``decode.to_uint8_rgb``)."""
+    from alexnet_jax.data import decode
+    from alexnet_jax.data.augment import resize_method
 
     crop = self.image_size
     stored = getattr(self.source, "stored_size", None)
@@ -82,7 +83,7 @@ class Predictor:
     method = resize_method(getattr(self.source, "normalize", "mean_image"))
     crops = []
     for image in images:
-      image = prepare.to_uint8_rgb(image)
+      image = decode.to_uint8_rgb(image)
       if stored:  # what prepare did, then the run's resize on read
         image = _square(image, stored)
         if view != stored:
@@ -144,7 +145,7 @@ class Predictor:
       before = (self.source.view_size - self.image_size) // 2
       after = self.source.view_size - self.image_size - before
       return np.pad(images, ((0, 0), (before, after), (before, after), (0, 0)), mode="reflect"), batch["label"][:real]
-    from alexnet_jax import prepare
+    from alexnet_jax.data import decode
     from alexnet_jax.native import compat
 
     compat.require_tensorflow("reading the prepared validation images")
@@ -152,9 +153,9 @@ class Predictor:
     images, labels = [], []
     files, _ = self.source._files("val", 0, 1)  # the shards as the source reads them (paths already resolved)
     for record in self.source.records_in_order(files):
-      jpeg, label, _ = self.source._parse(record)
+      jpeg, label, _ = self.source.reader.parse(record)
       # A prepared set's images are stored squares already; a TFDS set's come in any size: made square as prepare does.
-      images.append(prepare.square_crop(prepare.decode_rgb(jpeg.numpy()), self.source.stored_size))
+      images.append(decode.square_crop(decode.decode_rgb(jpeg.numpy()), self.source.stored_size))
       labels.append(int(label))
       if count and len(images) >= count:
         break
@@ -198,9 +199,9 @@ def _square(image: np.ndarray, size: int) -> np.ndarray:
   """The shorter side rescaled to ``size`` and the central square kept (what ``prepare`` does)."""
   from PIL import Image
 
-  from alexnet_jax import prepare
+  from alexnet_jax.data import decode
 
-  return prepare.square_crop(Image.fromarray(image), size)
+  return decode.square_crop(Image.fromarray(image), size)
 
 
 def _resize(image: np.ndarray, size: int, method: str = "bicubic") -> np.ndarray:

@@ -19,9 +19,10 @@ import numpy as np
 from absl import logging
 
 from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import config_lib, health, input_pipeline, manifest, optim, parallel, steps, storage, workdir_lock
+from alexnet_jax import config_lib, health, manifest, optim, parallel, steps, storage, workdir_lock
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
+from alexnet_jax.data import sources
 from alexnet_jax.native import tensorflow_devices
 from alexnet_jax.preemption import PreemptionFlag
 from alexnet_jax.prefetch import prefetch
@@ -236,7 +237,7 @@ def train_and_evaluate(
   """
   # ---- Config and workdir: one writer per workdir --------------------------------------------------------------
   config_lib.validate(config)
-  input_pipeline.resolve_source(config)  # a data.dir that is no data set is refused before the workdir is made
+  sources.resolve_source(config)  # a data.dir that is no data set is refused before the workdir is made
   workdir = prepare_workdir(workdir)
   with PreemptionFlag() as preemption:  # from here on SIGTERM stops the run cleanly, during setup too
     lock = workdir_lock.hold(workdir)
@@ -257,7 +258,7 @@ def _run(
   mesh = _create_mesh(config)
 
   # ---- Input ----------------------------------------------------------------------------------------------------
-  source = input_pipeline.create_source(config)
+  source = sources.create_source(config)
   schedule = schedule_steps(config, source.steps_per_epoch(config.batch_size))
 
   # ---- Model and optimiser: shapes first, then the state created where it lives --------------------------------

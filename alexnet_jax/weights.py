@@ -42,7 +42,7 @@ import numpy as np
 from absl import flags
 
 from alexnet_jax import cli
-from alexnet_jax.input_pipeline.prepared import TORCHVISION_MEAN, TORCHVISION_STD  # noqa: F401  (re-exported)
+from alexnet_jax.data.augment import TORCHVISION_MEAN, TORCHVISION_STD  # noqa: F401  (re-exported)
 
 TORCHVISION_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # IMAGENET1K_V1
 TORCHVISION_LAYERS = {

@@ -93,7 +93,7 @@ def build(wheels: str, out: str, train_per_class: int, val_per_class: int, seed:
   """Write the crops as a class-folder tree under ``out/raw`` and prepare them into ``out/prepared``."""
   from PIL import Image
 
-  from alexnet_jax import prepare
+  from alexnet_jax.data import prepare
 
   rng = np.random.default_rng(seed)
   files = os.listdir(wheels)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from alexnet_jax.input_pipeline.prepared import PreparedSource
+from alexnet_jax.data.prepared import prepared_source
 
 
 def measure(cls, data_dir: str, batch: int, step_ms: float, epochs: int, crop: int) -> dict:
@@ -53,7 +53,7 @@ def main() -> None:
   p.add_argument("--crop", type=int, default=67)
   p.add_argument("--repeats", type=int, default=2)
   a = p.parse_args()
-  pipelines = [("one pipeline (current)", PreparedSource)]
+  pipelines = [("one pipeline (current)", prepared_source)]
   if a.old:
     spec = importlib.util.spec_from_file_location("old_prepared", a.old)
     old = importlib.util.module_from_spec(spec)

@@ -100,9 +100,10 @@ def test_the_data_pipeline_without_tensorflow_says_what_to_install(tmp_path):
   env = colab_env(1)
   code = (
     "import sys; sys.modules['tensorflow'] = None\n"
-    "from alexnet_jax import config_lib, input_pipeline\n"
+    "from alexnet_jax import config_lib\n"
+    "from alexnet_jax.data import sources\n"
     "c = config_lib.base_config(); c.data.source = 'prepared'; c.data.dir = sys.argv[1]\n"
-    "input_pipeline.create_source(c)\n"
+    "sources.create_source(c)\n"
   )
   out = subprocess.run([colab_python(), "-c", code, str(tmp_path)], env=env, capture_output=True, text=True)
   assert out.returncode == 1

@@ -118,13 +118,13 @@ def small(command: str) -> str:
 def user_dir(tmp_path_factory):
   """A new user's working directory: the repository's configs, launch scripts and benchmarks beside them, an
   ImageNet-like SRC (1,000 class folders) and a small class-folder set ``my_images`` (10 classes)."""
-  from alexnet_jax import shapes
+  from alexnet_jax.data import embedded
 
   home = tmp_path_factory.mktemp("user")
   for name in ("configs", "launch", "benchmarks", ".venv-aot"):  # .venv-aot: the compilers `make install-aot` installs
     os.symlink(os.path.join(ROOT, name), home / name)
   make_fake_imagenet_tree(str(home / "SRC"), per_class=2, num_val=20)
-  shapes.generate(str(home / "my_images"), train_per_class=30, val_per_class=5, size=96, seed=3)
+  embedded.generate(str(home / "my_images"), train_per_class=30, val_per_class=5, size=96, seed=3)
   return home
 
 

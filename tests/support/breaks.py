@@ -62,7 +62,7 @@ BREAKS = [
   Break(
     "prepare_top_left_square",
     "prepare keeps the central square after rescaling the shorter side (Sec. 2)",
-    "alexnet_jax/prepare.py",
+    "alexnet_jax/data/decode.py",
     "left, top = (nw - size) // 2, (nh - size) // 2",
     "left, top = 0, 0",
     "tests/unit/test_data.py::test_prepare_keeps_the_central_square_of_any_picture",

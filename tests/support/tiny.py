@@ -60,9 +60,10 @@ def tiny_config(**overrides):
 def small_prepared_run(root):
   """A few steps of the paper's network (1/8 width) on a small prepared shapes set, in ``root / "run"``: a real
   workdir (its data in ``root / "prepared"``). Returns ``root``."""
-  from alexnet_jax import prepare, shapes, train
+  from alexnet_jax import train
+  from alexnet_jax.data import embedded, prepare
 
-  shapes.generate(str(root / "raw"), train_per_class=6, val_per_class=2, size=80, seed=3)
+  embedded.generate(str(root / "raw"), train_per_class=6, val_per_class=2, size=80, seed=3)
   prepare.prepare(str(root / "raw"), str(root / "prepared"), image_size=76, jpeg_quality=95, examples_per_shard=16)
   config = tiny_config(**{"data.source": "prepared", "data.dir": str(root / "prepared"), "model.image_size": 67})
   config.num_train_steps = 3

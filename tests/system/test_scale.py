@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import evaluate, parallel, prepare, train
+from alexnet_jax import evaluate, parallel, train
+from alexnet_jax.data import format
 from tests.support import ROOT
 from tests.support.tiny import TINY_FLAGS, cli_env, tiny_config
 
@@ -148,7 +149,7 @@ def test_a_one_shard_set_trains_in_two_processes(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   out = run("alexnet_jax.prepare", f"--input_dir={tmp_path}/raw", f"--output_dir={tmp_path}/data", "--image_size=76")
   assert out.returncode == 0, out.stderr[-2000:]
-  with open(tmp_path / "data" / prepare.METADATA) as f:
+  with open(tmp_path / "data" / format.METADATA) as f:
     assert len(json.load(f)["splits"]["train"]["files"]) == 1
   workdir = str(tmp_path / "run")
   train_cmd = [

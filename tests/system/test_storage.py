@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from alexnet_jax import prepare, shapes, storage, train
+from alexnet_jax import storage, train
+from alexnet_jax.data import embedded, format, prepare
 from tests.support import ROOT
 from tests.support.tiny import TINY_FLAGS, cli_env, tiny_config
 
@@ -204,19 +205,19 @@ def test_a_live_lease_in_a_gcs_workdir_refuses_a_second_run(gcs):
 def test_prepare_to_ram_then_train_and_evaluate_from_it(tmp_path):
   """prepare --output_dir and data.dir on a URL (ram://: TensorFlow's file systems, as for gs://)."""
   raw = tmp_path / "raw"
-  shapes.generate(str(raw), train_per_class=8, val_per_class=2, size=48, seed=3)
+  embedded.generate(str(raw), train_per_class=8, val_per_class=2, size=48, seed=3)
   dst = f"ram://prepared_{os.getpid()}"
   meta = prepare.prepare(str(raw), dst, image_size=76, examples_per_shard=32, num_workers=1, check_disk=False)
-  assert meta["splits"]["train"]["num_examples"] == 8 * len(shapes.CLASSES)
-  assert storage.exists(storage.join(dst, prepare.METADATA)) and storage.exists(storage.join(dst, prepare.STATS))
+  assert meta["splits"]["train"]["num_examples"] == 8 * len(embedded.CLASSES)
+  assert storage.exists(storage.join(dst, format.METADATA)) and storage.exists(storage.join(dst, format.STATS))
   config = tiny_config(
     **{
       "data.source": "auto",
       "data.dir": dst,
-      "model.num_classes": len(shapes.CLASSES),
+      "model.num_classes": len(embedded.CLASSES),
       "num_train_steps": 2,
     }
   )
   result = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["step"] == 2
-  assert result["eval_num_examples"] == 2 * len(shapes.CLASSES)
+  assert result["eval_num_examples"] == 2 * len(embedded.CLASSES)

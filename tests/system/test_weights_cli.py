@@ -23,11 +23,12 @@ def test_imported_weights_evaluate_as_torchvision_computes(tmp_path):
   `evaluate`'s error from them."""
   import subprocess
 
-  from alexnet_jax import evaluate, prepare, shapes
+  from alexnet_jax import evaluate
+  from alexnet_jax.data import embedded, prepare
   from alexnet_jax.inference import Predictor
   from tests.support.tiny import cli_env
 
-  shapes.generate(str(tmp_path / "raw"), train_per_class=1, val_per_class=2, size=300, seed=4)
+  embedded.generate(str(tmp_path / "raw"), train_per_class=1, val_per_class=2, size=300, seed=4)
   prepare.prepare(str(tmp_path / "raw"), str(tmp_path / "prepared"), image_size=256, examples_per_shard=8)
   torch.manual_seed(1)
   net = torch_reference.TorchvisionAlexNet(num_classes=10).eval()
@@ -92,10 +93,10 @@ def torchvision_preprocessing(picture: np.ndarray) -> np.ndarray:
 
 def non_square_pictures(sizes):
   """Drawn shapes (no download), cut to (height, width) rectangles."""
-  from alexnet_jax import shapes
+  from alexnet_jax.data import embedded
 
   rng = np.random.default_rng(7)
-  return [shapes.draw(i % 10, rng, max(h, w))[:h, :w] for i, (h, w) in enumerate(sizes)]
+  return [embedded.draw(i % 10, rng, max(h, w))[:h, :w] for i, (h, w) in enumerate(sizes)]
 
 
 def test_weights_without_a_dataset_predict_as_torchvision_does(tmp_path):

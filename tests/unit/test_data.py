@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import config_lib, input_pipeline, prepare, shapes
-from alexnet_jax.input_pipeline import prepared as prepared_lib
-from alexnet_jax.input_pipeline import tfds_source
+from alexnet_jax import config_lib
+from alexnet_jax.data import decode, embedded, format, prepare, sources
+from alexnet_jax.data.pipeline import AugmentedSource
+from alexnet_jax.data.prepared import prepared_source
+from alexnet_jax.data.tfds_dataset import tfds_source
 
 STORED, CROP = 40, 32
 
@@ -21,9 +23,9 @@ STORED, CROP = 40, 32
 def raw_tree(tmp_path_factory):
   """A small shapes tree plus the known bad files of ImageNet, each in a class folder of train/."""
   root = tmp_path_factory.mktemp("raw")
-  shapes.generate(str(root), train_per_class=12, val_per_class=3, size=48, seed=1)
-  rgb = shapes.draw(0, np.random.default_rng(5), 60)
-  folder = root / "train" / shapes.CLASSES[0]
+  embedded.generate(str(root), train_per_class=12, val_per_class=3, size=48, seed=1)
+  rgb = embedded.draw(0, np.random.default_rng(5), 60)
+  folder = root / "train" / embedded.CLASSES[0]
   Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.JPEG", format="JPEG")
   Image.fromarray(rgb).save(folder / "png_named.JPEG", format="PNG")
   Image.fromarray(rgb).convert("L").save(folder / "grey.JPEG", format="JPEG")
@@ -46,12 +48,12 @@ def prepared_dir(raw_tree, tmp_path_factory):
 def source(prepared_dir, **kw):
   args = dict(image_size=CROP, seed=0, shuffle_buffer=64)
   args.update(kw)
-  return prepared_lib.PreparedSource(str(prepared_dir), **args)
+  return prepared_source(str(prepared_dir), **args)
 
 
 # ---- preparation ----------------------------------------------------------------------------------------------------
 def test_prepare_round_trip_with_bad_files(raw_tree, prepared_dir):
-  meta = json.loads((prepared_dir / prepare.METADATA).read_text())
+  meta = json.loads((prepared_dir / format.METADATA).read_text())
   assert meta["splits"]["train"]["num_examples"] == 120 + 3  # CMYK, PNG-named-JPEG and greyscale converted
   assert meta["splits"]["val"]["num_examples"] == 30
   assert sum(meta["splits"]["train"]["shard_lengths"]) == 123 and len(meta["splits"]["train"]["files"]) == 8
@@ -67,13 +69,15 @@ def test_prepare_round_trip_with_bad_files(raw_tree, prepared_dir):
     for rec in tf.data.TFRecordDataset(str(prepared_dir / f)).as_numpy_iterator():
       ex = tf.train.Example.FromString(rec)
       examples[ex.features.feature["file_name"].bytes_list.value[0].decode()] = ex
-  name = f"{shapes.CLASSES[0]}/cmyk.JPEG"
+  name = f"{embedded.CLASSES[0]}/cmyk.JPEG"
   stored = tf.io.decode_jpeg(examples[name].features.feature["image"].bytes_list.value[0]).numpy()
-  picture = shapes.draw(0, np.random.default_rng(5), 60).astype(float)  # as raw_tree drew it
+  picture = embedded.draw(0, np.random.default_rng(5), 60).astype(float)  # as raw_tree drew it
   expected = picture.repeat(2, 0).repeat(2, 1).reshape(STORED, 3, STORED, 3, 3).mean(axis=(1, 3))
   assert stored.shape == (STORED, STORED, 3)
   assert np.abs(stored - expected).mean() < 8  # measured 4.8; the picture upside down would be 17 off, mirrored 43
-  assert examples[name].features.feature["label"].int64_list.value[0] == sorted(shapes.CLASSES).index(shapes.CLASSES[0])
+  assert examples[name].features.feature["label"].int64_list.value[0] == sorted(embedded.CLASSES).index(
+    embedded.CLASSES[0]
+  )
 
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -120,7 +124,7 @@ def test_too_many_bad_files_is_a_clear_error(raw_tree, tmp_path):
   config = config_lib.base_config()
   config.data.dir = str(tmp_path)
   with pytest.raises(ValueError, match=r"a prepare run that did not finish: .* found 2 it could not read"):
-    input_pipeline.resolve_source(config)
+    sources.resolve_source(config)
 
 
 def _encoded(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -142,31 +146,31 @@ def test_every_pixel_format_decodes_to_the_picture_it_holds():
     "palette PNG": Image.fromarray(np.round(ramp * 255).astype(np.uint8)).convert("P"),
   }
   for name, image in cases.items():
-    rgb = np.asarray(prepare.decode_rgb(_encoded(image, "PNG")))
+    rgb = np.asarray(decode.decode_rgb(_encoded(image, "PNG")))
     assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8, name
     np.testing.assert_allclose(rgb[..., 1] / 255.0, ramp, atol=1 / 255 + 1e-9, err_msg=name)
-  cmyk = np.asarray(prepare.decode_rgb(_encoded(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG")))
+  cmyk = np.asarray(decode.decode_rgb(_encoded(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG")))
   assert cmyk[..., 0].min() > 200 and cmyk[..., 1:].max() < 60  # red
   wide = Image.fromarray(np.zeros((20, 40, 3), np.uint8))
   exif = wide.getexif()
   exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
   photo = _encoded(wide, "JPEG", exif=exif.tobytes())
-  assert prepare.decode_rgb(photo).size == (40, 20)
-  assert prepare.decode_rgb(photo, exif_orientation=True).size == (20, 40)
+  assert decode.decode_rgb(photo).size == (40, 20)
+  assert decode.decode_rgb(photo, exif_orientation=True).size == (20, 40)
   with pytest.raises(ValueError, match=r"^UnidentifiedImageError: cannot identify image file$"):
-    prepare.decode_rgb(b"\xff\xd8\xff not a picture")
+    decode.decode_rgb(b"\xff\xd8\xff not a picture")
 
 
 def test_image_arrays_are_read_in_their_own_range_or_refused():
   ramp = np.linspace(0, 1, 12).reshape(3, 4)
   expected = np.repeat(np.round(ramp * 255).astype(np.uint8)[..., None], 3, -1)
   for array in (ramp, ramp * 255, np.round(ramp * 65535).astype(np.uint16), np.round(ramp * 255).astype(np.int64)):
-    np.testing.assert_array_equal(prepare.to_uint8_rgb(array), expected, err_msg=str(array.dtype))
-  np.testing.assert_array_equal(prepare.to_uint8_rgb(np.dstack([expected, expected[..., :1]])), expected)
+    np.testing.assert_array_equal(decode.to_uint8_rgb(array), expected, err_msg=str(array.dtype))
+  np.testing.assert_array_equal(decode.to_uint8_rgb(np.dstack([expected, expected[..., :1]])), expected)
   with pytest.raises(ValueError, match="not normalised"):
-    prepare.to_uint8_rgb((ramp - 0.5) / 0.25)
+    decode.to_uint8_rgb((ramp - 0.5) / 0.25)
   with pytest.raises(ValueError, match=r"shape \(3, 4, 5\)"):
-    prepare.to_uint8_rgb(np.zeros((3, 4, 5), np.uint8))
+    decode.to_uint8_rgb(np.zeros((3, 4, 5), np.uint8))
 
 
 def test_bad_input_layouts(tmp_path):
@@ -188,7 +192,9 @@ def test_hidden_and_system_folders_and_files_are_never_classes_or_images(tmp_pat
     for label, cls in enumerate(["cat", "dog", "fox"]):
       (root / split / cls).mkdir(parents=True)
       for i in range(n):
-        Image.fromarray(shapes.draw(label, np.random.default_rng([label, i]), 24)).save(root / split / cls / f"{i}.png")
+        Image.fromarray(embedded.draw(label, np.random.default_rng([label, i]), 24)).save(
+          root / split / cls / f"{i}.png"
+        )
       (root / split / cls / "._0.png").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble: not a PNG
     (root / split / ".ipynb_checkpoints").mkdir()  # empty, as Jupyter leaves it
     (root / split / "__MACOSX" / "cat").mkdir(parents=True)
@@ -223,7 +229,7 @@ def test_a_folder_without_images_is_never_a_class(tmp_path, caplog, split):
   for s in ("train", "val"):
     for label, cls in enumerate(["cat", "dog", "fox"]):
       (root / s / cls).mkdir(parents=True)
-      Image.fromarray(shapes.draw(label, np.random.default_rng(label), 24)).save(root / s / cls / "0.png")
+      Image.fromarray(embedded.draw(label, np.random.default_rng(label), 24)).save(root / s / cls / "0.png")
   for name in ("lost+found", "@eaDir", "$RECYCLE.BIN", "System Volume Information", "aardvark", "notes"):
     (root / split / name).mkdir()
   (root / split / "@eaDir" / "0.png@SynoEAStream").write_bytes(b"\x00")
@@ -262,11 +268,11 @@ def test_mean_image_and_eigenpairs_match_numpy(raw_tree, prepared_dir):
   images = []
   for record in splits["train"]:
     try:
-      images.append(prepare.resize_and_center_crop(prepare.read_bytes(record), STORED))
+      images.append(decode.resize_and_center_crop(prepare.read_bytes(record), STORED))
     except ValueError:
       pass
   images = np.stack(images).astype(np.float64)
-  stats = np.load(prepared_dir / prepare.STATS)
+  stats = np.load(prepared_dir / format.STATS)
   assert int(stats["num_images"]) == len(images) == 123
   np.testing.assert_allclose(stats["mean_image"], images.mean(0), rtol=1e-5, atol=1e-3)
   pixels = images.reshape(-1, 3) / 255.0
@@ -302,7 +308,7 @@ def test_crop_and_flip_are_the_stored_pixels(prepared_dir):
 
   batch = first_batches(source(prepared_dir, lighting_std=0.0), 1)[0]
   stored = {}
-  meta = json.loads((prepared_dir / prepare.METADATA).read_text())
+  meta = json.loads((prepared_dir / format.METADATA).read_text())
   for f in meta["splits"]["train"]["files"]:
     for rec in tf.data.TFRecordDataset(str(prepared_dir / f)).as_numpy_iterator():
       ex = tf.train.Example.FromString(rec)
@@ -350,7 +356,7 @@ def test_same_seed_epoch_index_same_pixels_new_epoch_new_ones(prepared_dir):
 def tree_of_120(tmp_path_factory):
   """120 training and 30 validation images: 120 is a whole number of global batches of 12 for 1, 2 and 3 processes."""
   root = tmp_path_factory.mktemp("tree120")
-  shapes.generate(str(root), train_per_class=12, val_per_class=3, size=48, seed=2)
+  embedded.generate(str(root), train_per_class=12, val_per_class=3, size=48, seed=2)
   return root
 
 
@@ -358,7 +364,7 @@ def stored_indices(folder, split: str) -> list[int]:
   """The oracle: every record's stored index, read straight from the split's shards with TensorFlow's reader."""
   import tensorflow as tf
 
-  meta = json.loads((folder / prepare.METADATA).read_text())
+  meta = json.loads((folder / format.METADATA).read_text())
   out = []
   for f in meta["splits"][split]["files"]:
     for rec in tf.data.TFRecordDataset(str(folder / f)).as_numpy_iterator():
@@ -382,7 +388,7 @@ def test_processes_share_examples_not_shards(layout, tree_of_120, prepared_dir, 
     per_shard = 1024 if layout == "1 shard" else 48
     folder = tmp_path / "prepared"
     prepare.prepare(str(tree_of_120), str(folder), image_size=STORED, examples_per_shard=per_shard, num_workers=2)
-  meta = json.loads((folder / prepare.METADATA).read_text())
+  meta = json.loads((folder / format.METADATA).read_text())
   assert len(meta["splits"]["train"]["files"]) == {"1 shard": 1, "3 unequal shards": 3}.get(layout, 8)
   train_all, val_all = stored_indices(folder, "train"), stored_indices(folder, "val")
   n, batch = len(train_all), 12
@@ -417,11 +423,10 @@ def test_processes_share_examples_not_shards(layout, tree_of_120, prepared_dir, 
 def test_tfds_source_shares_examples_between_processes(tree_of_120, tmp_path, monkeypatch):
   """The TFDS source shares a one-shard TFDS dataset folder between 2 processes the same way (its examples carry no
   index: a hash of their bytes identifies them); the oracle is one process reading the whole epoch."""
-  from alexnet_jax.input_pipeline.tfds_source import TfdsSource
 
   folder = tmp_path / "prepared"  # a prepared set is also a TFDS dataset folder
   prepare.prepare(str(tree_of_120), str(folder), image_size=STORED, num_workers=2)
-  make = lambda: TfdsSource("", str(folder), image_size=CROP, crop_fraction=CROP / STORED, seed=0, shuffle_buffer=64)
+  make = lambda: tfds_source("", str(folder), image_size=CROP, crop_fraction=CROP / STORED, seed=0, shuffle_buffer=64)
   whole = np.concatenate([b["index"] for b in first_batches(make(), 10, batch=12)]).tolist()
   assert len(set(whole)) == 120
   together, evaluated = [], 0
@@ -475,7 +480,7 @@ def test_ten_crops_are_the_corners_centre_and_mirrors(prepared_dir):
 
   src = source(prepared_dir, eval_crops=10)
   batch = next(src.eval_batches(8))
-  meta = json.loads((prepared_dir / prepare.METADATA).read_text())
+  meta = json.loads((prepared_dir / format.METADATA).read_text())
   rec = next(tf.data.TFRecordDataset(str(prepared_dir / meta["splits"]["val"]["files"][0])).as_numpy_iterator())
   full = tf.io.decode_jpeg(tf.train.Example.FromString(rec).features.feature["image"].bytes_list.value[0]).numpy()
   m, c = STORED - CROP, (STORED - CROP) // 2
@@ -510,7 +515,7 @@ def test_official_tar_layout_is_read_without_extracting(tmp_path, monkeypatch):
 
   def jpeg(label, i):
     buf = io.BytesIO()
-    Image.fromarray(shapes.draw(label, np.random.default_rng([label, i]), 50)).save(buf, format="JPEG")
+    Image.fromarray(embedded.draw(label, np.random.default_rng([label, i]), 50)).save(buf, format="JPEG")
     return buf.getvalue()
 
   def add(tar, name, data):
@@ -549,16 +554,15 @@ def test_official_tar_layout_is_read_without_extracting(tmp_path, monkeypatch):
 # ---- the TFDS source ------------------------------------------------------------------------------------------------
 def test_tfds_source_reads_a_tfds_dataset_folder(prepared_dir):
   """The prepared folder is also a TFDS dataset: read through TFDS's own metadata, with on-the-fly 256 resizing."""
-  from alexnet_jax.input_pipeline.tfds_source import TfdsSource
 
-  src = TfdsSource("", str(prepared_dir), image_size=227, seed=0, shuffle_buffer=64)
+  src = tfds_source("", str(prepared_dir), image_size=227, seed=0, shuffle_buffer=64)
   assert src.num_classes == 10 and src.num_train_examples == 123 and src.num_eval_examples == 30
   assert src.stored_size == 256 and src.mean_image.shape == (256, 256, 3)
   a, b = first_batches(src, 2), first_batches(src, 2)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["image"], y["image"])  # deterministic in (seed, epoch, example)
   assert a[0]["image"].shape == (16, 227, 227, 3) and a[0]["offset"].max() <= 256 - 227
-  rows = list(TfdsSource("", str(prepared_dir), image_size=227, seed=0, eval_crops=10).eval_batches(16))
+  rows = list(tfds_source("", str(prepared_dir), image_size=227, seed=0, eval_crops=10).eval_batches(16))
   assert rows[0]["image"].shape == (16, 10, 227, 227, 3)
   assert sum(int(r["mask"].sum()) for r in rows) == 30
 
@@ -598,13 +602,12 @@ def build_tfds_dataset(raw_tree, data_dir, file_format: str) -> str:
 def test_tfds_source_reads_datasets_built_by_tfds_in_either_file_format(raw_tree, tmp_path):
   """A TFDS dataset built as TFRecord (TFDS's default) and as ArrayRecord (file_format='array_record', which tf.data
   cannot read: it used to end in a 'damaged shard' error) give the same batches."""
-  from alexnet_jax.input_pipeline.tfds_source import TfdsSource
 
   got = {}
   for fmt in ("tfrecord", "array_record"):
     folder = build_tfds_dataset(raw_tree, tmp_path / fmt, fmt)
     assert any(fmt in name for name in os.listdir(folder))
-    src = TfdsSource("", folder, image_size=CROP, seed=0, shuffle_buffer=64)
+    src = tfds_source("", folder, image_size=CROP, seed=0, shuffle_buffer=64)
     assert src.num_classes == 10 and src.num_eval_examples == 30
     evals = list(src.eval_batches(16))
     assert sum(int(b["mask"].sum()) for b in evals) == 30
@@ -615,10 +618,9 @@ def test_tfds_source_reads_datasets_built_by_tfds_in_either_file_format(raw_tree
 
 
 def test_tfds_source_missing_dataset_is_a_clear_error(tmp_path):
-  from alexnet_jax.input_pipeline.tfds_source import TfdsSource
 
   with pytest.raises(ValueError, match=r"cannot open the TFDS dataset 'imagenet2012'.*Build it with TFDS first"):
-    TfdsSource("imagenet2012", str(tmp_path), image_size=227, seed=0)
+    tfds_source("imagenet2012", str(tmp_path), image_size=227, seed=0)
 
 
 # ---- no silent misconfiguration -------------------------------------------------------------------------------------
@@ -629,12 +631,12 @@ def test_source_is_inferred_from_data_dir_and_nothing_is_ignored(prepared_dir, t
     c = config_lib.base_config()
     for k, v in kw.items():
       config_lib.set_by_path(c, k, v)
-    return input_pipeline.resolve_source(c)[0]
+    return sources.resolve_source(c)[0]
 
   assert resolve(**{"data.dir": str(prepared_dir)}) == "prepared"  # data.source='auto', the default
   tfds_only = tmp_path / "tfds_folder"  # a TFDS dataset folder (prepare writes one; drop its own marker)
   shutil.copytree(prepared_dir, tfds_only)
-  (tfds_only / prepare.METADATA).unlink()
+  (tfds_only / format.METADATA).unlink()
   assert resolve(**{"data.dir": str(tfds_only)}) == "tfds"
   assert resolve(**{"data.source": "synthetic"}) == "synthetic"
   with pytest.raises(ValueError, match=r"data\.source='synthetic' never reads it"):
@@ -672,14 +674,16 @@ def test_crops_cover_crop_fraction_of_any_stored_size(prepared_dir, caplog):
   assert "resized to 20x20 on read" in caplog.text
   batch = first_batches(src, 1)[0]
   assert batch["offset"].max() <= 20 - 16 and batch["image"].shape == (16, 16, 16, 3)
-  meta = json.loads((prepared_dir / prepare.METADATA).read_text())
+  meta = json.loads((prepared_dir / format.METADATA).read_text())
   stored = {}
   for f in meta["splits"]["train"]["files"]:
     for rec in tf.data.TFRecordDataset(str(prepared_dir / f)).as_numpy_iterator():
       ex = tf.train.Example.FromString(rec)
       stored[ex.features.feature["index"].int64_list.value[0]] = ex.features.feature["image"].bytes_list.value[0]
   for i in range(4):
-    view = src._resize(tf.io.decode_jpeg(stored[int(batch["index"][i])], channels=3)).numpy()
+    view = decode.resize_square(
+      tf.io.decode_jpeg(stored[int(batch["index"][i])], channels=3), src.view_size, src.resize_method
+    ).numpy()
     (y, x) = batch["offset"][i]
     window = view[y : y + 16, x : x + 16]
     np.testing.assert_array_equal(batch["image"][i], window[:, ::-1] if batch["flip"][i] else window)
@@ -704,7 +708,7 @@ def test_batch_spec_is_what_the_pipeline_yields(prepared_dir, kw):
   import jax
 
   real = source(prepared_dir, **kw)
-  fake = prepared_lib.PreparedSource.for_compile(image_size=CROP, stored_size=STORED, **kw)
+  fake = AugmentedSource.for_compile(image_size=CROP, stored_size=STORED, **kw)
   for train, batch in ((True, first_batches(real, 1)[0]), (False, next(iter(real.eval_batches(16))))):
     spec = fake.batch_spec(16, train=train)
     got = {k: (v.shape, jax.dtypes.canonicalize_dtype(v.dtype)) for k, v in batch.items()}
@@ -715,7 +719,7 @@ def test_batch_spec_is_what_the_pipeline_yields(prepared_dir, kw):
 def test_synthetic_batch_spec_is_what_the_source_yields():
   import jax
 
-  from alexnet_jax.input_pipeline.synthetic import SyntheticSource
+  from alexnet_jax.data.synthetic import SyntheticSource
 
   src = SyntheticSource(
     num_classes=5, image_size=35, num_train_examples=40, num_eval_examples=10, learnable=True, seed=0
@@ -733,7 +737,7 @@ def test_a_damaged_shard_is_named_and_prepare_rewrites_it(raw_tree, prepared_dir
 
   data = tmp_path / "prepared"
   shutil.copytree(prepared_dir, data)
-  meta = json.loads((data / prepare.METADATA).read_text())
+  meta = json.loads((data / format.METADATA).read_text())
   victim = data / meta["splits"][split]["files"][-1]
   blob = bytearray(victim.read_bytes())
   if damage == "flip":
@@ -773,10 +777,10 @@ def test_a_broken_tensorflow_datasets_costs_only_its_own_metadata(raw_tree, tmp_
     prepare.prepare(str(raw_tree), str(tmp_path), image_size=STORED, jpeg_quality=95, examples_per_shard=64, max_bad=2)
   warned = [r.getMessage() for r in caplog.records if "no TFDS metadata written" in r.getMessage()]
   assert len(warned) == 1 and problem in warned[0]
-  assert not (tmp_path / "dataset_info.json").exists() and (tmp_path / prepare.METADATA).exists()
+  assert not (tmp_path / "dataset_info.json").exists() and (tmp_path / format.METADATA).exists()
   assert first_batches(source(tmp_path), 7 * 2)
   with pytest.raises(ValueError, match=r"data\.source='tfds' needs tensorflow_datasets, which cannot be used here"):
-    tfds_source.TfdsSource("", str(tmp_path), image_size=CROP, seed=0)
+    tfds_source("", str(tmp_path), image_size=CROP, seed=0)
 
 
 def test_a_missing_stats_file_says_how_to_get_it_back(raw_tree, prepared_dir, tmp_path):
@@ -784,7 +788,7 @@ def test_a_missing_stats_file_says_how_to_get_it_back(raw_tree, prepared_dir, tm
 
   data = tmp_path / "prepared"
   shutil.copytree(prepared_dir, data)
-  os.remove(data / prepare.STATS)
+  os.remove(data / format.STATS)
   with pytest.raises(ValueError, match=r"stats.npz is missing .* run `python -m alexnet_jax.prepare"):
     source(data)
   prepare.prepare(str(raw_tree), str(data), image_size=STORED, jpeg_quality=95, examples_per_shard=16, max_bad=2)
@@ -801,10 +805,10 @@ def test_a_rerun_reads_the_input_again_and_rebuilds_exactly_the_shards_that_chan
   args = dict(image_size=STORED, jpeg_quality=95, examples_per_shard=16, num_workers=1)
   with pytest.raises(prepare.PrepareError, match="2 images could not be read"):
     prepare.prepare(str(raw), str(dst), **args)
-  folder = raw / "train" / shapes.CLASSES[0]
+  folder = raw / "train" / embedded.CLASSES[0]
   os.remove(folder / "truncated.JPEG")
   os.remove(folder / "empty.JPEG")
-  Image.fromarray(shapes.draw(0, np.random.default_rng(9), 48)).save(folder / "new_one.jpg", quality=95)
+  Image.fromarray(embedded.draw(0, np.random.default_rng(9), 48)).save(folder / "new_one.jpg", quality=95)
   meta = prepare.prepare(str(raw), str(dst), **args)
   assert meta["splits"]["train"]["num_examples"] == 120 + 3 + 1 and meta["num_bad_files"] == 0
   assert json.loads((dst / "bad_files.json").read_text()) == []
@@ -813,9 +817,9 @@ def test_a_rerun_reads_the_input_again_and_rebuilds_exactly_the_shards_that_chan
   prepare.prepare(str(raw), str(dst), **args)
   assert {p.name: p.stat().st_mtime_ns for p in sorted(dst.glob("*.tfrecord-*"))} == before
   # One changed image rebuilds the shard that holds it, and no other.
-  victim = raw / "val" / shapes.CLASSES[1]
+  victim = raw / "val" / embedded.CLASSES[1]
   image = sorted(victim.iterdir())[0]
-  Image.fromarray(shapes.draw(1, np.random.default_rng(11), 48)).save(image, format="JPEG", quality=90)
+  Image.fromarray(embedded.draw(1, np.random.default_rng(11), 48)).save(image, format="JPEG", quality=90)
   prepare.prepare(str(raw), str(dst), **args)
   after = {p.name: p.stat().st_mtime_ns for p in sorted(dst.glob("*.tfrecord-*"))}
   assert [n for n in after if after[n] != before[n]] != [] and all("-val." in n for n in after if after[n] != before[n])

@@ -7,14 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import health, input_pipeline, model, parallel, steps, train
+from alexnet_jax import health, model, parallel, steps, train
+from alexnet_jax.data import sources
 from tests.support.tiny import tiny_config
 
 
 def one_step(config, edit_params=None):
   """(state before, state after, outputs, batch, graphdef, preprocess) of one train step of the tiny network."""
   mesh = parallel.create_mesh(1, jax.devices()[:1])
-  source = input_pipeline.create_source(config)
+  source = sources.create_source(config)
   graphdef, init, tx, _, shardings = train.plan_state(config, mesh)
   state = jax.device_get(jax.jit(init, out_shardings=shardings)())
   if edit_params:

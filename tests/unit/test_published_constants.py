@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import prepare
-from alexnet_jax.input_pipeline import prepared as prepared_lib
+from alexnet_jax.data import augment, prepare
+from alexnet_jax.data.prepared import prepared_source
+from alexnet_jax.data.tfds_dataset import tfds_source
 
 # fb.resnet.torch's table as datasets/imagenet.lua prints it (rows R, G, B; columns the eigenvectors).
 FB_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -65,9 +66,8 @@ def test_tfds_source_lighting_is_fb_resnet_torchs_brightness_first_pca(flat_colo
   """The TFDS source, as built, holds ImageNet's eigenpairs in fb.resnet.torch's layout: orthonormal eigenvectors
   as columns, the largest one brightness (all one sign), an implied covariance with every channel pair positively
   correlated (R-G about +0.070), and the same shift as fb.resnet.torch's own Lighting for any alpha."""
-  from alexnet_jax.input_pipeline.tfds_source import TfdsSource
 
-  src = TfdsSource("", str(flat_colour_set[0]), image_size=14, seed=0, shuffle_buffer=8)
+  src = tfds_source("", str(flat_colour_set[0]), image_size=14, seed=0, shuffle_buffer=8)
   p, lam = src.eigenvectors.astype(np.float64), src.eigenvalues.astype(np.float64)
   np.testing.assert_allclose(p @ p.T, np.eye(3), atol=2e-4)  # 4 published digits
   assert lam[0] > lam[1] > lam[2] > 0
@@ -86,7 +86,7 @@ def test_prepared_source_lighting_follows_the_datas_own_covariance(flat_colour_s
   covariance S, alpha = e_k shifts along S's k-th eigenvector by its eigenvalue (numpy's eigh of S, not the code's),
   and the shifts of alpha ~ N(0, s^2) have covariance (255 s)^2 S^2."""
   folder, cov = flat_colour_set
-  src = prepared_lib.PreparedSource(str(folder), image_size=14, seed=0, shuffle_buffer=8)
+  src = prepared_source(str(folder), image_size=14, seed=0, shuffle_buffer=8)
   vals, vecs = np.linalg.eigh(cov)
   vals, vecs = vals[::-1], vecs[:, ::-1]  # largest first, as the paper's alpha_1 is the first principal component
   np.testing.assert_allclose(src.eigenvalues, vals, rtol=1e-4)
@@ -100,9 +100,8 @@ def test_prepared_source_lighting_follows_the_datas_own_covariance(flat_colour_s
 
 # ---- channel means and deviations -----------------------------------------------------------------------------------
 def test_tfds_source_mean_is_the_vgg_caffe_mean_in_rgb_order(flat_colour_set):
-  from alexnet_jax.input_pipeline.tfds_source import TfdsSource
 
-  src = TfdsSource("", str(flat_colour_set[0]), image_size=14, seed=0, shuffle_buffer=8)
+  src = tfds_source("", str(flat_colour_set[0]), image_size=14, seed=0, shuffle_buffer=8)
   caffe_bgr = (103.939, 116.779, 123.68)  # the VGG ILSVRC-2014 models' published mean, B, G, R
   np.testing.assert_allclose(src.mean_image, np.broadcast_to(caffe_bgr[::-1], src.mean_image.shape), atol=0.01)
 
@@ -111,15 +110,15 @@ def test_torchvision_normalisation_is_torchvisions_in_rgb_order():
   """(x / 255 - mean) / std per channel, R, G, B, with torchvision's published mean and std: a pixel at 255 * mean
   normalises to 0 and one a deviation above to 1, channel by channel."""
   mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])  # transforms/_presets.py
-  np.testing.assert_allclose(prepared_lib._torchvision(255.0 * mean[None]), 0.0, atol=1e-6)
-  np.testing.assert_allclose(prepared_lib._torchvision(255.0 * (mean + std * np.eye(3))), np.eye(3), atol=1e-5)
+  np.testing.assert_allclose(augment.torchvision_normalize(255.0 * mean[None]), 0.0, atol=1e-6)
+  np.testing.assert_allclose(augment.torchvision_normalize(255.0 * (mean + std * np.eye(3))), np.eye(3), atol=1e-5)
   try:
     from torchvision.models import AlexNet_Weights
   except ImportError:
     return  # torchvision is not a dependency; where it is installed, compare with the weights' own transforms
   transforms = AlexNet_Weights.IMAGENET1K_V1.transforms()
-  np.testing.assert_allclose(prepared_lib.TORCHVISION_MEAN, transforms.mean)
-  np.testing.assert_allclose(prepared_lib.TORCHVISION_STD, transforms.std)
+  np.testing.assert_allclose(augment.TORCHVISION_MEAN, transforms.mean)
+  np.testing.assert_allclose(augment.TORCHVISION_STD, transforms.std)
   from alexnet_jax import weights
 
   assert AlexNet_Weights.IMAGENET1K_V1.url == weights.TORCHVISION_URL

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, config_lib, input_pipeline, parallel, steps, train
+from alexnet_jax import checkpoint, config_lib, parallel, steps, train
+from alexnet_jax.data import sources
 from tests.support import ROOT
 from tests.support.tiny import tiny_config
 
@@ -18,7 +19,7 @@ def first_steps(config, devices, n=2):
   """Losses of n train steps on the given devices (data parallel over all of them), the states before and after
   each step (host copies) and the batches they trained on."""
   mesh = parallel.create_mesh(1, devices)
-  source = input_pipeline.create_source(config)
+  source = sources.create_source(config)
   graphdef, init, tx, _, shardings = train.plan_state(config, mesh)
   state = jax.jit(init, out_shardings=shardings)()
   step = jax.jit(
@@ -42,7 +43,7 @@ def paper_sgd_by_hand(config, states, batches):
   from flax import nnx
 
   graphdef = train.plan_state(config, parallel.create_mesh(1, jax.devices()[:1])).graphdef
-  preprocess = input_pipeline.create_source(config).preprocess
+  preprocess = sources.create_source(config).preprocess
 
   @jax.jit
   def grad(params, images, labels, rng):
@@ -148,7 +149,7 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_pa
 def test_a_failing_final_evaluation_keeps_the_final_checkpoint(tmp_path, monkeypatch):
   """A bad validation shard must not cost the steps trained: the state is saved before the error goes up, so a rerun
   (after re-preparing the data) does not train them again."""
-  from alexnet_jax.input_pipeline import synthetic
+  from alexnet_jax.data import synthetic
 
   def broken(self, global_batch):
     raise OSError("corrupted record at 76661")
@@ -181,7 +182,7 @@ def test_evaluation_counts_every_example_exactly_once():
   config = tiny_config()
   config.data.num_eval_examples = 21  # 21 = 16 + 5: padding on the second batch, 8 devices
   mesh = parallel.create_mesh(1)
-  source = input_pipeline.create_source(config)
+  source = sources.create_source(config)
   graphdef, init, _, _, shardings = train.plan_state(config, mesh)
   params = jax.jit(init, out_shardings=shardings)()["params"]
   eval_step = train.jit_eval_step(graphdef, source.preprocess, mesh, shardings["params"])
@@ -311,7 +312,7 @@ def test_evaluate_cli_function_single_and_ensemble(tmp_path):
   assert (tmp_path / "a" / "eval" / "ensemble2_1crop.json").exists()
   # The same number by hand: average the two models' softmax over the 20 examples.
   config = tiny_config(num_train_steps=2)
-  source = input_pipeline.create_source(config)
+  source = sources.create_source(config)
   probs, labels = [], None
   for name, seed in (("a", 0), ("b", 1)):
     _, state, graphdef = train.load_checkpoint(tiny_config(num_train_steps=2, seed=seed), tmp_path / name)

@@ -98,21 +98,22 @@ def test_every_source_normalises_as_the_config_records():
   """The synthetic source applies data.normalize and data.subtract_mean (and computes the view from
   data.crop_fraction) as the prepared and TFDS sources do; the expected values are torchvision's published
   normalisation and the plain mean pixel."""
-  from alexnet_jax import config_lib, input_pipeline
+  from alexnet_jax import config_lib
+  from alexnet_jax.data import sources
 
   pixels = np.asarray([[[[0, 128, 255]]]], np.uint8)
   config = config_lib.base_config()
   config.data.source, config.model.name, config.model.num_classes = "synthetic", "owt", 10
   config.data.normalize, config.data.subtract_mean, config.data.crop_fraction = "torchvision", False, 224 / 256
-  source = input_pipeline.create_source(config)
+  source = sources.create_source(config)
   want = (np.array([0, 128, 255]) / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
   np.testing.assert_allclose(np.asarray(source.preprocess({"image": pixels}))[0, 0, 0], want, rtol=1e-6)
   assert (source.image_size, source.view_size) == (224, 256)
   config.data.normalize, config.data.subtract_mean = "mean_image", True
-  got = input_pipeline.create_source(config).preprocess({"image": pixels})
+  got = sources.create_source(config).preprocess({"image": pixels})
   np.testing.assert_allclose(np.asarray(got)[0, 0, 0], [-127.5, 0.5, 127.5])
   config.data.subtract_mean = False
-  got = input_pipeline.create_source(config).preprocess({"image": pixels})
+  got = sources.create_source(config).preprocess({"image": pixels})
   np.testing.assert_allclose(np.asarray(got)[0, 0, 0], [0, 128, 255])
 
 
@@ -298,8 +299,8 @@ def test_the_shipped_imagenet_class_names_are_torchvisions():
 def test_a_synthetic_runs_own_images_reach_the_network_as_in_evaluation():
   """The synthetic source's images are the crops themselves: its validation images, reflected out to the view the
   config's crop_fraction gives, come back through the Predictor's resize-and-centre-crop pixel for pixel."""
+  from alexnet_jax.data.synthetic import SyntheticSource
   from alexnet_jax.inference import Predictor
-  from alexnet_jax.input_pipeline.synthetic import SyntheticSource
 
   source = SyntheticSource(
     num_classes=5, image_size=67, num_train_examples=10, num_eval_examples=6, learnable=True, seed=0,

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax.input_pipeline import eval_index_batches, spec
+from alexnet_jax.data.augment import torchvision_normalize
+from alexnet_jax.data.batches import eval_index_batches, spec
 
 _TRAIN, _EVAL, _PATTERN = 0, 1, 2
 _CELLS = 8
@@ -98,9 +99,7 @@ class SyntheticSource:
 
   def preprocess(self, batch: dict[str, jax.Array]) -> jax.Array:
     """uint8 images [..., H, W, 3] -> float32, normalised as the config says (what the other sources do)."""
-    from alexnet_jax.input_pipeline.prepared import _torchvision
-
     x = batch["image"].astype(jnp.float32)
     if self.normalize == "torchvision":
-      return _torchvision(x)
+      return torchvision_normalize(x)
     return x - self.mean_rgb if self.subtract_mean else x

@@ -1,4 +1,5 @@
-"""Any TFDS image-classification dataset, straight from its TFRecord shards, through the paper's pipeline.
+"""Any TFDS image-classification dataset, straight from its TFRecord shards, through the paper's pipeline: its
+reader (``TfdsReader``), combined with the paper's augmentation by ``tfds_source``.
 
 ``data.source='tfds'`` with ``data.tfds_name='imagenet2012'`` (or ``'imagenette'``, ...) and ``data.dir`` the TFDS
 ``data_dir`` that holds the built dataset; or ``data.tfds_name=''`` and ``data.dir`` a dataset folder
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from alexnet_jax.input_pipeline.prepared import PreparedSource
+from alexnet_jax.data import decode
+from alexnet_jax.data.pipeline import AugmentedSource
 
 # ImageNet's per-channel mean in 0-255 pixel units, R, G, B: the VGG networks' Caffe mean (published in B, G, R
 # order as 103.939, 116.779, 123.68), as TF-slim's preprocessing/vgg_preprocessing.py holds it (_R_MEAN = 123.68,
@@ -30,18 +32,26 @@ STORED_SIZE = 256
 EVAL_SPLITS = ("validation", "val", "test")
 
 
-class TfdsSource(PreparedSource):
-  def __init__(self, name: str, data_dir: str, **kwargs):
+class TfdsReader:
+  """What the TFDS dataset ``name`` in ``data_dir`` (or, for ``name`` '', the dataset folder ``data_dir``) holds
+  (``meta``, with 256 as the stored size every image is resized to on read; ``stats``: ImageNet's published ones)
+  and how to read it. Raises ValueError, saying what to do, for a dataset it cannot read."""
+
+  reports_resize = False  # every TFDS image is resized on read anyway (to the view size directly)
+
+  def __init__(self, name: str, data_dir: str):
     self.tfds_name = name
-    super().__init__(data_dir, **kwargs)
+    self.data_dir = data_dir
+    self.meta, self.stats = self._load(data_dir)
 
   def records(self, filename):
-    """TFRecord shards through TensorFlow's reader; ArrayRecord shards (a TFDS dataset built with
-    ``file_format='array_record'``, which tf.data cannot read) through the ``array_record`` package that TFDS
-    installs, record by record in file order."""
-    if self.file_format != "array_record":
-      return super().records(filename)
+    """The raw records of one shard, in order. TFRecord shards through TensorFlow's reader; ArrayRecord shards (a
+    TFDS dataset built with ``file_format='array_record'``, which tf.data cannot read) through the ``array_record``
+    package that TFDS installs, record by record in file order."""
     import tensorflow as tf
+
+    if self.file_format != "array_record":
+      return tf.data.TFRecordDataset(filename)
 
     def read(path: bytes):
       from array_record.python import array_record_module
@@ -55,9 +65,6 @@ class TfdsSource(PreparedSource):
 
     spec = tf.TensorSpec([], tf.string)
     return tf.data.Dataset.from_generator(read, args=(filename,), output_signature=spec)
-
-  def _report_resize(self, data_dir: str) -> None:
-    del data_dir  # every TFDS image is resized on read anyway (to view_size directly)
 
   def _load(self, data_dir: str) -> tuple[dict, dict]:
     from alexnet_jax.native import compat
@@ -117,7 +124,7 @@ class TfdsSource(PreparedSource):
     }
     return meta, stats
 
-  def _parse(self, record):
+  def parse(self, record):
     """TFDS stores the encoded image under 'image' and the class under 'label'; the example's identity (for its
     random draws) is a hash of its bytes, since TFDS records carry no index."""
     import tensorflow as tf
@@ -132,22 +139,18 @@ class TfdsSource(PreparedSource):
     index = tf.strings.to_hash_bucket_fast(parsed["image"], 2**62)
     return parsed["image"], tf.cast(parsed["label"], tf.int32), index
 
-  def _decode_full(self, jpeg):
+  def decode_view(self, encoded, *, view_size: int, method: str):
     """Decode any size, then the paper's fixed preprocessing: shorter side to the size the crops are cut from (256
     for 227x227 crops; bicubic, or bilinear for ``data.normalize='torchvision'``, antialiased), and the centre
-    square."""
-    import tensorflow as tf
+    square (``decode.any_view``)."""
+    return decode.any_view(encoded, view_size, method)
 
-    size = self.view_size
-    image = tf.io.decode_image(jpeg, channels=3, expand_animations=False)
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = size / tf.reduce_min(shape)
-    new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
-    image = tf.image.resize(image, new, method=self.resize_method, antialias=True)  # torchvision's for its runs
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    top, left = (new[0] - size) // 2, (new[1] - size) // 2
-    return tf.ensure_shape(image[top : top + size, left : left + size], [size, size, 3])
+  def decode_patch(self, encoded, offset, crop: int, *, view_size: int, method: str):
+    return self.decode_view(encoded, view_size=view_size, method=method)[
+      offset[0] : offset[0] + crop, offset[1] : offset[1] + crop
+    ]
 
-  def _decode_patch(self, jpeg, offset):
-    crop = self.image_size
-    return self._decode_full(jpeg)[offset[0] : offset[0] + crop, offset[1] : offset[1] + crop]
+
+def tfds_source(name: str, data_dir: str, **kwargs) -> AugmentedSource:
+  """The paper's pipeline over a TFDS dataset (``TfdsReader``; ``kwargs``: ``AugmentedSource``'s)."""
+  return AugmentedSource(TfdsReader(name, data_dir), **kwargs)

@@ -1,4 +1,11 @@
-"""The paper's input pipeline (Sec. 2, 4.1) over a dataset written by ``python -m alexnet_jax.prepare``.
+"""The paper's input pipeline (Sec. 2, 4.1): a reader's shards through the paper's augmentation, on tf.data.
+
+``AugmentedSource(reader, ...)`` is a source (``data/batches.py``) over any reader: ``prepared.PreparedReader``
+(a set written by ``python -m alexnet_jax.prepare``) or ``tfds_dataset.TfdsReader`` (a TFDS dataset). A reader
+says what the dataset holds (``data_dir``; ``meta``: classes, stored image size, per split its shard files and
+their lengths; ``stats``: the mean image and the RGB eigenpairs) and how to read it (``records`` of a shard,
+``parse`` a record into (encoded image, label, index), ``decode_view`` and ``decode_patch`` an encoded image); the
+source shares the examples out between processes, draws the augmentation (``augment.py``) and batches.
 
 Training: random crops of the stored (256x256) images with random horizontal flips, "fancy PCA" lighting, and the
 mean image subtracted. Evaluation: the centre crop, or the paper's 10 crops (4 corners + centre, and their mirror
@@ -25,7 +32,6 @@ numbers (tested).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 
@@ -33,36 +39,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import prepare as prepare_lib
-from alexnet_jax import storage
-from alexnet_jax.input_pipeline import spec
-from alexnet_jax.native import banners
-
-_MIX = 0x9E3779B1  # to spread (seed, epoch, process) over seed space
-_PRIME = 2**31 - 1
+from alexnet_jax.data import augment, format
+from alexnet_jax.data.augment import mix_seed, torchvision_normalize
+from alexnet_jax.data.batches import spec
 
 
-def _seed(*parts):
-  """A seed from (seed, epoch, ...): Python ints give an int, any tf tensor among them gives an int64 tensor (the
-  same value), so a seed drawn inside the pipeline equals one drawn outside it."""
-  h = 0
-  for p in parts:
-    h = (h * _MIX + p + 1) % _PRIME
-  return h
-
-
-def ten_crop_offsets(stored: int, crop: int) -> list[tuple[int, int]]:
-  """Top-left corners of the paper's 5 crops: top-left, top-right, bottom-left, bottom-right, centre."""
-  m, c = stored - crop, (stored - crop) // 2
-  return [(0, 0), (0, m), (m, 0), (m, m), (c, c)]
-
-
-class PreparedSource:
-  """A source (see ``input_pipeline/__init__.py``) over a prepared dataset directory."""
+class AugmentedSource:
+  """A source (see ``data/batches.py``) over a reader's dataset, through the paper's augmentation."""
 
   def __init__(
     self,
-    data_dir: str,
+    reader,
     *,
     image_size: int,
     seed: int,
@@ -78,8 +65,9 @@ class PreparedSource:
     num_classes: int | None = None,
     num_threads: int | None = None,
   ):
-    self.data_dir = data_dir
-    self.meta, stats = self._load(data_dir)
+    self.reader = reader
+    self.data_dir = data_dir = reader.data_dir
+    self.meta, stats = reader.meta, reader.stats
     self.stored_size = self.meta["image_size"]
     self.image_size = image_size
     # The square the crops are cut from: the stored images, resized on read when the recipe's crop would otherwise
@@ -91,7 +79,8 @@ class PreparedSource:
         f"{data_dir}: set data.crop_fraction (the paper's: {227 / 256:.4f}) to resize them on read, or prepare "
         f"with --image_size={round(image_size * 256 / 227)}"
       )
-    self._report_resize(data_dir)
+    if reader.reports_resize:
+      self._report_resize(data_dir)
     self.num_classes = len(self.meta["classes"])
     if num_classes is not None and num_classes != self.num_classes:
       raise ValueError(
@@ -149,55 +138,8 @@ class PreparedSource:
 
   @property
   def resize_method(self) -> str:
-    """'bicubic', or torchvision's 'bilinear' for ``normalize='torchvision'`` (``resize_method``)."""
-    return resize_method(self.normalize)
-
-  def _resize(self, image):
-    """A decoded stored image resized to view_size x view_size (``resize_method``, antialiased, back to uint8)."""
-    import tensorflow as tf
-
-    image = tf.image.resize(image, [self.view_size] * 2, method=self.resize_method, antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-  # ---- the dataset on disk: what a subclass (the TFDS source) replaces ------------------------------------------
-  def _load(self, data_dir: str) -> tuple[dict, dict]:
-    """(metadata with classes, image_size and per-split files/shard_lengths/num_examples; statistics)."""
-    meta_path = storage.join(data_dir, prepare_lib.METADATA)
-    if not storage.exists(meta_path):
-      raise ValueError(
-        f"data.dir={data_dir!r} is not a prepared dataset (no {prepare_lib.METADATA}): run "
-        f"`python -m alexnet_jax.prepare --input_dir=SRC --output_dir={data_dir or 'DST'}` first"
-      )
-    with storage.open(meta_path) as f:
-      meta = json.load(f)
-    meta["splits"] = {
-      split: {**m, "files": [storage.join(data_dir, f) for f in m["files"]]} for split, m in meta["splits"].items()
-    }
-    stats = storage.join(data_dir, prepare_lib.STATS)
-    if not storage.exists(stats):
-      raise ValueError(
-        f"{stats} is missing (the training set's mean image and colour statistics): run `python -m "
-        f"alexnet_jax.prepare --input_dir=SRC --output_dir={data_dir}` again: it rewrites it from the finished shards"
-      )
-    return meta, storage.load_npz(stats)
-
-  def _decode_patch(self, jpeg, offset):
-    """The crop x crop patch at ``offset`` of a stored image, decoding only that patch."""
-    import tensorflow as tf
-
-    crop = self.image_size
-    if self.view_size != self.stored_size:
-      return self._decode_full(jpeg)[offset[0] : offset[0] + crop, offset[1] : offset[1] + crop]
-    return tf.io.decode_and_crop_jpeg(jpeg, tf.concat([offset, [crop, crop]], 0), channels=3)
-
-  def _decode_full(self, jpeg):
-    """The whole image the crops are cut from (view_size x view_size: the stored image, resized if need be)."""
-    import tensorflow as tf
-
-    image = tf.io.decode_jpeg(jpeg, channels=3)
-    if self.view_size != self.stored_size:
-      image = self._resize(image)
-    return tf.ensure_shape(image, [self.view_size, self.view_size, 3])
+    """'bicubic', or torchvision's 'bilinear' for ``normalize='torchvision'`` (``augment.resize_method``)."""
+    return augment.resize_method(self.normalize)
 
   # ---- which examples each process reads ----------------------------------------------------------------------
   def _share(self, split: str, process: int, count: int) -> list[tuple[str, int, int]]:
@@ -250,23 +192,16 @@ class PreparedSource:
     return steps
 
   # ---- tf.data pieces --------------------------------------------------------------------------------------------
-  def records(self, filename):
-    """The raw records of one shard (``filename``: a string or a scalar tf.string), in order. Prepared sets and
-    TFDS's default format are TFRecord files; TfdsSource reads TFDS's ArrayRecord files too."""
-    import tensorflow as tf
-
-    return tf.data.TFRecordDataset(filename)
-
   def records_in_order(self, files: list[str]):
-    """Every record of ``files``, file after file."""
+    """Every record of ``files``, file after file (the reader's ``records``)."""
     import tensorflow as tf
 
     no_autograph = tf.autograph.experimental.do_not_convert  # plain tf.data calls: nothing for AutoGraph to convert
-    return tf.data.Dataset.from_tensor_slices(files).flat_map(no_autograph(self.records))
+    return tf.data.Dataset.from_tensor_slices(files).flat_map(no_autograph(self.reader.records))
 
   def _piece_records(self, filename, skip, take):
     """The records of one piece of a share (see ``_share``): ``take`` records of a shard after its first ``skip``."""
-    return self.records(filename).skip(skip).take(take)
+    return self.reader.records(filename).skip(skip).take(take)
 
   @staticmethod
   def _pieces_dataset(pieces: list[tuple[str, int, int]], order=None):
@@ -278,26 +213,9 @@ class PreparedSource:
       columns = [tf.gather(c, order) for c in columns]
     return tf.data.Dataset.from_tensor_slices(tuple(columns))
 
-  def _parse(self, record):
-    import tensorflow as tf
-
-    parsed = tf.io.parse_single_example(
-      record,
-      {
-        "image": tf.io.FixedLenFeature([], tf.string),
-        "label": tf.io.FixedLenFeature([], tf.int64),
-        "index": tf.io.FixedLenFeature([], tf.int64),
-      },
-    )
-    return parsed["image"], tf.cast(parsed["label"], tf.int32), parsed["index"]
-
   def _lighting_shift(self, alpha):
     """The paper's [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T for a batch of alphas [B, 3], in 0-255 pixel units."""
-    import tensorflow as tf
-
-    return (
-      tf.linalg.matmul(alpha * tf.constant(self.eigenvalues), tf.constant(self.eigenvectors), transpose_b=True) * 255.0
-    )
+    return augment.lighting_shift(alpha, self.eigenvalues, self.eigenvectors)
 
   def _finish(self, crops, offsets, flips, shift):
     """Either hand the uint8 crops and their parameters to the device, or finish them here in float32."""
@@ -307,7 +225,7 @@ class PreparedSource:
       return {"image": crops, "offset": offsets, "flip": flips, "shift": shift}
     images = tf.cast(crops, tf.float32)
     if self.normalize == "torchvision":
-      return {"image": _torchvision(images + shift[..., None, None, :])}
+      return {"image": torchvision_normalize(images + shift[..., None, None, :])}
     if self.subtract_mean:
       mean = tf.constant(self.mean_image)
       c = self.image_size
@@ -325,29 +243,28 @@ class PreparedSource:
     return {"image": images}
 
   def _train_example(self):
-    """Per example only what must be: parse, one stateless draw from (seed, epoch, index), decode the patch, flip
-    it. The lighting shifts are computed per batch (``_train_batch``). Measured choices (benchmarks/RESULTS.md): one
-    draw instead of split + three draws, and a per-example ``tf.cond`` flip (a batch-level uint8 ``tf.where`` ran
-    at less than half the speed)."""
+    """Per example only what must be: parse, one stateless draw from (seed, epoch, index) (``augment.train_draw``),
+    decode the patch, flip it. The lighting shifts are computed per batch (``_train_batch``). Measured choice
+    (benchmarks/RESULTS.md): a per-example ``tf.cond`` flip (a batch-level uint8 ``tf.where`` ran at less than half
+    the speed)."""
     import tensorflow as tf
 
     size, crop = self.view_size, self.image_size
 
     def fn(record, epoch):
-      jpeg, label, index = self._parse(record)
-      seed = tf.stack([_seed(tf.constant(self.seed, tf.int64), epoch), index])
-      u = tf.random.stateless_uniform([3], seed=seed)  # crop y, crop x, flip
-      if self.random_crop:  # floor(u * n) is uniform over the n valid offsets (u < 1)
-        offset = tf.cast(tf.floor(u[:2] * (size - crop + 1)), tf.int32)
-      else:
-        offset = tf.fill([2], (size - crop) // 2)
-      image = self._decode_patch(jpeg, offset)
-      flip = u[2] < 0.5 if self.flip else tf.constant(False)
+      encoded, label, index = self.reader.parse(record)
+      offset, flip, alpha = augment.train_draw(
+        self.seed,
+        epoch,
+        index,
+        size=size,
+        crop=crop,
+        random_crop=self.random_crop,
+        flip=self.flip,
+        lighting_std=self.lighting_std,
+      )
+      image = self.reader.decode_patch(encoded, offset, crop, view_size=size, method=self.resize_method)
       image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
-      if self.lighting_std:
-        alpha = tf.random.stateless_normal([3], seed=seed + tf.constant([1, 0], tf.int64), stddev=self.lighting_std)
-      else:
-        alpha = tf.zeros([3])
       return tf.ensure_shape(image, [crop, crop, 3]), offset, flip, alpha, label, index
 
     return fn
@@ -363,14 +280,10 @@ class PreparedSource:
   def _eval_example(self, record):
     import tensorflow as tf
 
-    jpeg, label, index = self._parse(record)
+    encoded, label, index = self.reader.parse(record)
     size, crop = self.view_size, self.image_size
-    if self.eval_crops == 1:
-      centre = (size - crop) // 2
-      corners = [(centre, centre)]
-    else:
-      corners = ten_crop_offsets(size, crop)
-    image = self._decode_full(jpeg)
+    corners = augment.eval_offsets(size, crop, self.eval_crops)
+    image = self.reader.decode_view(encoded, view_size=size, method=self.resize_method)
     crops = [image[y : y + crop, x : x + crop] for y, x in corners]
     flips = [0] * len(crops)
     if self.eval_crops == 10:
@@ -420,7 +333,7 @@ class PreparedSource:
     a shuffle buffer seeded the same way."""
     import tensorflow as tf
 
-    seed = _seed(tf.constant(self.seed, tf.int64), epoch, jax.process_index())
+    seed = mix_seed(tf.constant(self.seed, tf.int64), epoch, jax.process_index())
     order = tf.random.experimental.stateless_shuffle(tf.range(len(pieces)), seed=tf.stack([seed, epoch]))
     ds = self._pieces_dataset(pieces, order)
     ds = ds.interleave(
@@ -492,7 +405,7 @@ class PreparedSource:
     try:
       yield from batches
     except tf.errors.DataLossError as e:
-      raise ValueError(damaged_shard_message(files, e.message, self.data_dir)) from None
+      raise ValueError(format.damaged_shard_message(files, e.message, self.data_dir)) from None
 
   def eval_batches(self, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
     """Every validation example once: each process its share (``_share``: floor(N/P) or ceil(N/P) examples), in
@@ -518,8 +431,8 @@ class PreparedSource:
 
   @classmethod
   def for_compile(cls, *, image_size: int, stored_size: int = 256, crop_fraction: float | None = None, **kwargs):
-    """A source with no data behind it, for compiling the steps (``aot.py``): the shapes and the on-device
-    preprocessing of a prepared set of ``stored_size`` images; its statistics are zeros of the right shapes."""
+    """A source with no reader behind it, for compiling the steps (``aot.py``): the shapes and the on-device
+    preprocessing of a set of ``stored_size`` images; its statistics are zeros of the right shapes."""
     self = cls.__new__(cls)
     self.image_size, self.stored_size = image_size, stored_size
     self.view_size = round(image_size / crop_fraction) if crop_fraction else stored_size
@@ -557,7 +470,7 @@ class PreparedSource:
     shift = batch["shift"]
     shift = shift.reshape(shift.shape[0], *([1] * (x.ndim - 2)), 3)
     if self.normalize == "torchvision":
-      return _torchvision(x + shift)
+      return torchvision_normalize(x + shift)
     crop = self.image_size
     if self.subtract_mean:
       mean = jnp.asarray(self.mean_image)
@@ -569,102 +482,6 @@ class PreparedSource:
       windows = jax.vmap(window)(batch["offset"].reshape(-1, 2), batch["flip"].reshape(-1))
       x = x - windows.reshape(x.shape)
     return x + shift
-
-
-def resize_method(normalize: str) -> str:
-  """The resize filter of the preprocessing ``data.normalize`` names: torchvision's (``Resize`` on a PIL image: PIL's
-  bilinear, antialiased) for 'torchvision', so that imported weights see what they were trained on; the paper's
-  pipeline's bicubic (antialiased) otherwise."""
-  return "bilinear" if normalize == "torchvision" else "bicubic"
-
-
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # ImageNet's RGB channel means and deviations, for pixels in [0, 1]
-TORCHVISION_STD = (0.229, 0.224, 0.225)
-
-
-def _torchvision(pixels):
-  """torchvision's normalisation of RGB pixel values in [0, 255] (a tf or jax array): /255, minus the channel
-  means, over the channel deviations. The lighting shift, in pixel units, is added before."""
-  return (pixels / 255.0 - np.asarray(TORCHVISION_MEAN, np.float32)) / np.asarray(TORCHVISION_STD, np.float32)
-
-
-def _record_starts_at(path: str, offset: int) -> bool:
-  """Whether a record of the TFRecord file ``path`` or its data starts at byte ``offset`` (TensorFlow names the one
-  or the other), walking the 12-byte headers only."""
-  import struct
-
-  position = 0
-  with storage.open(path, "rb") as f:
-    while position < offset:
-      f.seek(position)
-      header = f.read(8)
-      if len(header) < 8:
-        return False
-      if position + 12 == offset:
-        return True
-      position += 8 + 4 + struct.unpack("<Q", header)[0] + 4  # length, its CRC, the data, its CRC
-  return position == offset
-
-
-def shard_damage(path: str) -> str | None:
-  """None if every record of the TFRecord shard at ``path`` reads with its checksums intact; otherwise what is wrong
-  ("corrupted record at N", "truncated record at N", or that it cannot be opened). One pass over the file in
-  TensorFlow's reader (no Python per record)."""
-  import tensorflow as tf
-
-  try:
-    with banners.filtered_native_stderr():  # TensorFlow's own "Local rendezvous is aborting" line: we say what it was
-      tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda count, _: count + 1).numpy()
-  except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError) as e:
-    return _record_fault(e.message)
-  return None
-
-
-def _record_fault(message: str) -> str:
-  """TensorFlow's DataLossError text down to what it says about the file ("corrupted record at 1997457")."""
-  import re
-
-  found = re.search(r"\w+ record at \d+", message)
-  return found.group(0) if found else message.strip().splitlines()[0]
-
-
-def damaged_shard_message(files: list[str], message: str, data_dir: str) -> str:
-  """Which of ``files`` TensorFlow's DataLossError ("corrupted record at N", "truncated record at N") is about, and
-  what to do: the shards whose records reach byte N and fail to read."""
-  import re
-
-  found = re.search(r"record at (\d+)", message)
-  offset = int(found.group(1)) if found else None
-  candidates = [p for p in files if offset is None or _record_starts_at(p, offset)]
-  damaged = [p for p in candidates if shard_damage(p)]
-  what = _record_fault(message)
-  source = _prepared_from(data_dir)
-  if source is None:  # not made by prepare: a TFDS dataset folder
-    where = f"damaged shard {', '.join(damaged)}" if damaged else f"a damaged shard in {data_dir}"
-    return (
-      f"{where} ({what}): this TFDS dataset has to be built again with tensorflow-datasets (or its images "
-      "prepared with `python -m alexnet_jax.prepare` into a new --output_dir)"
-    )
-  if not damaged:
-    return f"a shard of {data_dir} is damaged ({what}) and none could be singled out: prepare into a new --output_dir"
-  return (
-    f"damaged shard {', '.join(damaged)} ({what}): run `python -m alexnet_jax.prepare --input_dir={source} "
-    f"--output_dir={data_dir}` again (the same flags as before); it checks every shard and rewrites exactly the "
-    "damaged ones"
-  )
-
-
-def _prepared_from(data_dir: str) -> str | None:
-  """The --input_dir that ``data_dir`` was prepared from (its metadata records it; SRC when it does not say), or
-  None when ``data_dir`` was not made by prepare."""
-  path = storage.join(data_dir, prepare_lib.METADATA)
-  try:
-    if not storage.exists(path):
-      return None
-    with storage.open(path) as f:
-      return json.load(f).get("source") or "SRC"
-  except (OSError, ValueError):
-    return "SRC"
 
 
 def _pad(batch: dict[str, np.ndarray], size: int, real: int) -> dict[str, np.ndarray]:

@@ -1,43 +1,14 @@
-"""Input sources. Each yields, per process, numpy batches of its own slice of every global batch.
-
-A source has: ``num_classes``, ``image_size``, ``num_train_examples``, ``num_eval_examples``,
-``steps_per_epoch(global_batch)``,
-``train_batches(start_step, global_batch)`` (an endless iterator; the batch of step s is a pure function of
-(seed, s), so a resumed run sees exactly what an unbroken run would), ``eval_batches(global_batch)`` (every
-example exactly once, the last batch padded and ``mask``ed), and ``preprocess(batch)``: the pure function, run on
-the devices inside the step, that turns a batch's uint8 ``image`` into the network's float input.
+"""Which source a config reads (``resolve_source``) and making it (``create_source``). What a source is:
+``data/batches.py``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
-
-import jax
-import numpy as np
 
 from alexnet_jax import storage
-
-
-def spec(shapes: dict[str, tuple[tuple[int, ...], object]]) -> dict[str, jax.ShapeDtypeStruct]:
-  """{key: ShapeDtypeStruct} from {key: (shape, numpy dtype)}, dtypes as JAX holds them (int64 -> int32 unless x64)."""
-  return {k: jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(dtype)) for k, (shape, dtype) in shapes.items()}
-
-
-def eval_index_batches(num_examples: int, global_batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """(indices, mask) of this process's rows of each padded global eval batch.
-
-  Every process yields the same number of batches (so collectives line up); padding rows repeat index 0 and carry
-  mask 0, so every example counts exactly once whatever the device and process counts.
-  """
-  local = global_batch // jax.process_count()
-  start = jax.process_index() * local
-  for begin in range(0, num_examples, global_batch):
-    idx = np.arange(begin + start, begin + start + local)
-    mask = idx < num_examples
-    yield np.where(mask, idx, 0), mask.astype(np.float32)
-
+from alexnet_jax.data import format
 
 TFDS_MARKER = "dataset_info.json"
 
@@ -48,8 +19,6 @@ def resolve_source(config) -> tuple[str, str]:
   Nothing is ignored silently: a ``data.dir`` that the named source would not read, or a folder that is neither a
   prepared set nor a TFDS dataset, is an error that says what to pass.
   """
-  from alexnet_jax.prepare import METADATA as PREPARED_MARKER
-
   d = config.data
   if d.source == "synthetic":
     if d.dir or d.tfds_name:
@@ -74,22 +43,22 @@ def resolve_source(config) -> tuple[str, str]:
     )
   if d.source == "prepared":
     return "prepared", "data.source='prepared'"
-  if storage.exists(storage.join(d.dir, PREPARED_MARKER)):
-    return "prepared", f"{d.dir} holds {PREPARED_MARKER} (made by alexnet_jax.prepare)"
+  if storage.exists(storage.join(d.dir, format.METADATA)):
+    return "prepared", f"{d.dir} holds {format.METADATA} (made by alexnet_jax.prepare)"
   if storage.exists(storage.join(d.dir, TFDS_MARKER)):
     return "tfds", f"{d.dir} holds {TFDS_MARKER} (a TFDS dataset folder)"
   what = "does not exist" if not storage.exists(d.dir) else "is neither a prepared dataset nor a TFDS dataset folder"
-  bad_list = storage.join(d.dir, "bad_files.json")
+  bad_list = storage.join(d.dir, format.BAD_FILES)
   if storage.exists(bad_list):  # prepare writes it after the last shard and before its metadata
     with storage.open(bad_list) as f:
       bad = json.load(f)
     raise ValueError(
       f"data.dir={d.dir!r} holds a prepare run that did not finish: it read every image, found {len(bad)} it could "
-      f"not read (listed in {bad_list}) and stopped before writing {PREPARED_MARKER}. Fix or remove those files, "
+      f"not read (listed in {bad_list}) and stopped before writing {format.METADATA}. Fix or remove those files, "
       "or run prepare again with a higher --max_bad; it keeps the finished shards."
     )
   raise ValueError(
-    f"data.dir={d.dir!r} {what} (no {PREPARED_MARKER}, no {TFDS_MARKER}): run `python -m alexnet_jax.prepare "
+    f"data.dir={d.dir!r} {what} (no {format.METADATA}, no {TFDS_MARKER}): run `python -m alexnet_jax.prepare "
     f"--input_dir=SRC --output_dir={d.dir}` first, or point data.dir at a prepared dataset."
   )
 
@@ -100,9 +69,9 @@ def create_source(config):
 
   name, why = resolve_source(config)
   logging.info("Data source: %s (%s)", name, why)
-  image_size = config.model.image_size or _default_image_size(config.model.name)
+  image_size = config.model.image_size or default_image_size(config.model.name)
   if name == "synthetic":
-    from alexnet_jax.input_pipeline.synthetic import SyntheticSource
+    from alexnet_jax.data.synthetic import SyntheticSource
 
     return SyntheticSource(
       num_classes=config.model.num_classes,
@@ -118,11 +87,11 @@ def create_source(config):
   from alexnet_jax.native import compat
 
   compat.require_tensorflow(f"data.source={name!r}")
-  from alexnet_jax.input_pipeline.prepared import PreparedSource
-  from alexnet_jax.input_pipeline.tfds_source import TfdsSource
+  from alexnet_jax.data.prepared import prepared_source
+  from alexnet_jax.data.tfds_dataset import tfds_source
 
   d = config.data
-  make = functools.partial(TfdsSource, d.tfds_name) if name == "tfds" else PreparedSource
+  make = functools.partial(tfds_source, d.tfds_name) if name == "tfds" else prepared_source
   return make(
     d.dir,
     image_size=image_size,
@@ -140,7 +109,7 @@ def create_source(config):
   )
 
 
-def _default_image_size(model_name: str) -> int:
+def default_image_size(model_name: str) -> int:
   from alexnet_jax.model import ARCHITECTURES
 
   return ARCHITECTURES[model_name].image_size
