@@ -154,11 +154,12 @@ delete() {
   fi
 }
 
-copy() {  # this repository without its virtualenvs (.venv, .venv-aot: GBs), git history and local runs
+copy() {  # this repository without its virtualenvs (.venv, .venv-aot: GBs), git history, caches and local runs (a
+  # SLURM job's output and status files: tar fails on a file that changes while it reads it)
   local tarball
   tarball="$(mktemp -u /tmp/alexnet_jax.XXXXXX).tgz"
-  run tar -C "$HERE" --exclude='./.venv*' --exclude=./.git --exclude=./workdirs --exclude=./demo_data \
-    --exclude='__pycache__' --exclude='*.egg-info' -czf "$tarball" .
+  run tar -C "$HERE" --exclude='./.venv*' --exclude=./.git --exclude=./.cache --exclude=./workdirs \
+    --exclude=./demo_data --exclude='./slurm-*' --exclude='__pycache__' --exclude='*.egg-info' -czf "$tarball" .
   run gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME":/tmp/alexnet_jax.tgz "${gcloud_flags[@]}" --worker=all
   on_all_workers "mkdir -p ~/${REPO_DIR} && tar -xzf /tmp/alexnet_jax.tgz -C ~/${REPO_DIR}"
   if [ "$dry_run" -eq 0 ]; then rm -f "$tarball"; fi

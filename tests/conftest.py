@@ -7,8 +7,6 @@ anything imports JAX."""
 
 import os
 
-from tests.support import FAST_COMPILE
-
 os.environ["XLA_FLAGS"] = " ".join(
   [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
   + [
@@ -16,11 +14,6 @@ os.environ["XLA_FLAGS"] = " ".join(
     # 8 fake devices on 2 busy cores: a straggler at a CPU collective is a false alarm, not a hang.
     "--xla_cpu_collective_call_terminate_timeout_seconds=600",
     "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120",
-    # LLVM's -O0 for the CPU code XLA emits: the tests' programs are small and run a few steps, so compiling is most
-    # of their time (measured: a resume test 77 s -> 39 s). XLA's own optimisations (fusion, layout, sharding) are
-    # unchanged; convolutions and matmuls call the same libraries. A test that trains for long asks for the default
-    # (tests/support/tiny.py: cli_env(optimized=True)), as do the documented commands (a user's environment).
-    FAST_COMPILE,
   ]
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

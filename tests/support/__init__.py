@@ -7,9 +7,6 @@ import pathlib
 # The repository (a str: it goes into cwd=, PYTHONPATH and f-strings); the commands under test run here.
 ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
-# LLVM's -O0 for XLA's CPU code in the tests (conftest.py says why); cli_env(optimized=True) leaves it out.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
-
 
 def tree_digest(folder: pathlib.Path) -> dict[str, str]:
   """{relative path: sha256} of every file under ``folder``: 'nothing was moved or changed' made checkable."""

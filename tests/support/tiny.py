@@ -4,7 +4,7 @@ command line (``TINY_FLAGS`` in a subprocess with ``cli_env``, or ``colab_env`` 
 import os
 
 from alexnet_jax import config_lib
-from tests.support import FAST_COMPILE, ROOT
+from tests.support import ROOT
 
 # The same tiny run on the command line (the CLI, multi-process and sweep tests); each adds its own step counts.
 TINY_FLAGS = [
@@ -18,13 +18,10 @@ TINY_FLAGS = [
 ]
 
 
-def cli_env(devices=None, *, optimized=False):
+def cli_env(devices=None):
   """The environment for a subprocess that runs JAX on the CPU: ``devices`` fake devices (default: one), this
-  session's other XLA flags kept (the collective timeouts; LLVM's -O0 unless ``optimized``: for a run that trains
-  long enough that running costs more than compiling), output unbuffered."""
+  session's other XLA flags kept (the collective timeouts), output unbuffered."""
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-  if optimized:
-    flags = [f for f in flags if f != FAST_COMPILE]
   if devices:
     flags.append(f"--xla_force_host_platform_device_count={devices}")
   return {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
@@ -33,7 +30,7 @@ def cli_env(devices=None, *, optimized=False):
 def colab_env(devices: int) -> dict[str, str]:
   """``cli_env`` for jaxlib 0.7.2, which aborts on XLA flags it does not know (the CPU collective timeouts)."""
   env = {**cli_env(devices), "PYTHONPATH": ROOT}
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return env
 
 

@@ -135,8 +135,8 @@ def test_non_finite_loss_exits_with_a_message(tmp_path):
 
 def test_demo_recipe_learns_through_the_command_line(tmp_path):
   """generate -> prepare -> train configs/demo.py -> evaluate --crops=10, each by its command; error << chance."""
-  run = lambda *cmd: subprocess.run(  # one CPU device: faster than 8 fake ones; 800 steps: optimised code
-    [sys.executable, "-m", *cmd], cwd=ROOT, env=cli_env(optimized=True), capture_output=True, text=True, timeout=900
+  run = lambda *cmd: subprocess.run(  # one CPU device: faster than 8 fake ones
+    [sys.executable, "-m", *cmd], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=900
   )
   out = run("alexnet_jax.shapes", f"--output_dir={tmp_path}/raw", "--train_per_class=200", "--val_per_class=20")
   assert out.returncode == 0, out.stderr[-2000:]

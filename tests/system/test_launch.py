@@ -933,7 +933,9 @@ def sbatch_tiny_run(slurm_cluster, tmp_path, workdir, *, python, **env_extra):
   """``sbatch --wait launch/slurm.sbatch`` of the tiny synthetic run, 2 tasks on one node: (sbatch's result, the
   job's output)."""
   log = tmp_path / "job.out"
-  env = {**slurm_cluster, **cli_env(4), "PYTHON": python, **env_extra}
+  # the tasks' exit statuses in tmp_path (by default they go next to the job's output: the repository, which the
+  # tpu_pod tests copy with tar at the same time)
+  env = {**slurm_cluster, **cli_env(4), "PYTHON": python, "STATUS_DIR": str(tmp_path / "status"), **env_extra}
   sbatch = ["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
             f"--output={log}", "launch/slurm.sbatch", "configs/synthetic.py", str(workdir), *TINY_FLAGS,
             "--config.num_train_steps=2"]  # fmt: skip
