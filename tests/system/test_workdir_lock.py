@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -92,10 +93,16 @@ def test_a_second_run_on_a_live_workdir_exits_at_once_and_the_first_is_undisturb
     log.append(line)
     if "] [100] " in line:  # the first run is training
       break
-  t0 = time.time()
-  second = subprocess.run(
-    [*cmd, f"--workdir={tmp_path / 'w'}"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300
-  )
+  # The first run holds still (SIGSTOP: alive, holding its lock) while the second starts, so that a slow start-up
+  # on a busy machine cannot outlast it (it once finished its 1,500 steps first); it goes on unchanged after.
+  first.send_signal(signal.SIGSTOP)
+  try:
+    t0 = time.time()
+    second = subprocess.run(
+      [*cmd, f"--workdir={tmp_path / 'w'}"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+  finally:
+    first.send_signal(signal.SIGCONT)
   assert second.returncode == 1, second.stderr[-2000:]
   assert f"is in use by another run (pid {first.pid} on host {socket.gethostname()}" in second.stderr
   assert time.time() - t0 < 60 and "Traceback" not in second.stderr
