@@ -175,11 +175,7 @@ def bench_train_step(
   kind = device.device_kind
   peak = peak_tflops or next((v for (k, d), v in PEAK_TFLOPS.items() if k in kind and d == dtype), None)
   achieved = flops_per_image * batch_size / (ms / 1e3)
-  memory = None
-  try:
-    memory = (device.memory_stats() or {}).get("peak_bytes_in_use")
-  except Exception:
-    pass
+  memory = parallel.peak_memory_bytes(device)
   row = {
     "what": "train_step",
     **layout,

@@ -111,3 +111,13 @@ def check_batch_size(global_batch: int, mesh: Mesh, what: str = "batch_size") ->
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """This process's slice of a global batch -> one global array per key, already sharded over 'data'."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def peak_memory_bytes(device=None) -> int | None:
+  """The most memory ``device`` (default: this process's first) has held so far, in bytes, where its backend
+  reports it (GPU, TPU; XLA:CPU reports none: None)."""
+  device = device or jax.local_devices()[0]
+  try:
+    return (device.memory_stats() or {}).get("peak_bytes_in_use")
+  except Exception:  # a backend without memory statistics
+    return None

@@ -460,6 +460,9 @@ class _Loop:
       input_wait_fraction=self.input_wait / elapsed,
       epoch=self.step / self.schedule.steps_per_epoch,
     )
+    peak = parallel.peak_memory_bytes()
+    if peak is not None:  # GPUs and TPUs: the most device memory held so far, beside aot.py's plan
+      scalars["peak_memory_bytes"] = peak
     self.writer.write_scalars(self.step, scalars)
     self.train_metrics, self.window_start, self.window_steps, self.input_wait = None, time.perf_counter(), 0, 0.0
     collapse = self.detector.update(self.step, values)

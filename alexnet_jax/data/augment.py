@@ -59,6 +59,21 @@ def train_draw(seed, epoch, index, *, size: int, crop: int, random_crop: bool, f
   return offset, flipped, alpha
 
 
+def crop_and_flip(images, offsets, flips, crop: int):
+  """On the device (jax): each example's crop x crop patch of its whole view at its top-left ``offset``, mirrored
+  left to right where ``flip`` > 0. images uint8 [B, S, S, 3], offsets int32 [B, 2], flips int32 [B] -> uint8
+  [B, crop, crop, 3]: the same pixels, bit for bit, as the host's crop and flip of the same draws (a copy, no
+  arithmetic). Pixel sets train this way (Sec. 2's random 224/227 crops and reflections, moved off the host)."""
+  import jax
+  import jax.numpy as jnp
+
+  def one(image, offset, flip):
+    patch = jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (crop, crop, image.shape[-1]))
+    return jnp.where(flip > 0, patch[:, ::-1], patch)
+
+  return jax.vmap(one)(images, offsets, flips)
+
+
 def lighting_shift(alpha, eigenvalues: np.ndarray, eigenvectors: np.ndarray):
   """The paper's [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T for a batch of alphas [B, 3], in 0-255 pixel units (eigenvectors
   as columns, of [0, 1] pixel values)."""

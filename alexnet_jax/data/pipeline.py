@@ -466,12 +466,14 @@ class AugmentedSource:
     image = batch["image"]
     if "offset" not in batch:  # finished on the host
       return image.astype(jnp.float32)
+    crop = self.image_size
+    if image.shape[-2] != crop:  # whole views (a pixel set's training batch): each example's crop and flip, here
+      image = augment.crop_and_flip(image, batch["offset"], batch["flip"], crop)
     x = image.astype(jnp.float32)
     shift = batch["shift"]
     shift = shift.reshape(shift.shape[0], *([1] * (x.ndim - 2)), 3)
     if self.normalize == "torchvision":
       return torchvision_normalize(x + shift)
-    crop = self.image_size
     if self.subtract_mean:
       mean = jnp.asarray(self.mean_image)
 
