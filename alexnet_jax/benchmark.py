@@ -8,13 +8,14 @@ prints ``images_per_sec``, ``ms_per_step`` (median of timed windows, warm-up exc
 ``flops_per_image`` (counted per layer, printed with ``--layers``), ``mfu`` (when the device's peak is known or given
 with ``--peak_tflops``) and ``peak_memory_bytes`` (where the backend reports it). Needs only jax, flax and optax.
 
-Training input, beside a naive reference on the same files in the same run:
+The training input's paths side by side in one run (``bench_input``):
 
   python -m alexnet_jax.benchmark --input_only [--data_dir=DST] [--steps=20]
 
-measures the tf.data training input (decode + random crop + flip, and the full augmentation) on one core and on all
-cores, and a plain PIL-decode + NumPy crop/flip loop on one core, over the same prepared shards. Without
-``--data_dir`` it first prepares 2,000 generated 256x256 images in a temporary folder.
+one JSON line per path (``pipeline``: ``jpeg``, ``pixels``, ``floor``, ``pixels device part``; ``threads``;
+``images_per_sec``; ``images_per_sec_per_core``), the first two on one thread and on every core, over the same
+images: a JPEG set (``DST``, or 2,000 generated 256x256 images prepared in a temporary folder) and a sample of it
+converted to pixels in a temporary folder (a pixel ``DST`` is read as it is).
 """
 
 from __future__ import annotations
@@ -208,85 +209,118 @@ def _make_benchmark_data(root: str, count: int = 2000) -> str:
   return out
 
 
-def _naive_reference(files: list[str], crop: int, limit: int) -> float:
-  """PIL decode + NumPy random crop and flip, one image at a time, one core: images/s."""
-  import io
+def _pixel_sample(data_dir: str, root: str, max_images: int) -> str:
+  """A pixel set in ``root`` made of a JPEG set's first training shards (up to ``max_images`` images) and first
+  validation shard, converted as ``prepare --encoding=pixels`` converts (``prepare.convert_shard``)."""
+  import json
 
-  import tensorflow as tf
-  from PIL import Image
+  from alexnet_jax import storage
+  from alexnet_jax.data import format, prepare
 
-  records = []
-  for f in files:
-    for rec in tf.data.TFRecordDataset(f).as_numpy_iterator():
-      records.append(tf.train.Example.FromString(rec).features.feature["image"].bytes_list.value[0])
-      if len(records) >= limit:
+  meta = format.read_metadata(data_dir)
+  if meta["encoding"] == "pixels":
+    return data_dir
+  splits = {}
+  for split, m in meta["splits"].items():
+    files, lengths = [], []
+    for path, n in zip(m["files"], m["shard_lengths"]):
+      if files and (split != "train" or sum(lengths) >= max_images):
         break
-  rng = np.random.default_rng(0)
+      prepare.convert_shard(path, os.path.join(root, storage.basename(path)), meta["image_size"], [])
+      files.append(storage.basename(path))
+      lengths.append(n)
+    splits[split] = {"files": files, "shard_lengths": lengths, "num_examples": sum(lengths)}
+  storage.copy_file(os.path.join(data_dir, format.STATS), os.path.join(root, format.STATS))
+  fields = {k: meta[k] for k in ("layout", "source", "image_size", "jpeg_quality", "classes", "num_bad_files")}
+  with open(os.path.join(root, format.METADATA), "w") as f:
+    json.dump(format.metadata(**fields, splits=splits, encoding="pixels"), f)
+  return root
+
+
+def _time_batches(batches, batch_size: int, steps: int) -> float:
+  """images/s of ``steps`` batches from the iterator ``batches``, after 3 batches of warm-up."""
+  for _ in range(3):
+    next(batches)
   t0 = time.perf_counter()
-  for data in records:
-    image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    y, x = rng.integers(0, image.shape[0] - crop + 1), rng.integers(0, image.shape[1] - crop + 1)
-    patch = image[y : y + crop, x : x + crop]
-    if rng.random() < 0.5:
-      patch = patch[:, ::-1]
-    np.ascontiguousarray(patch)
-  return len(records) / (time.perf_counter() - t0)
+  for _ in range(steps):
+    next(batches)
+  return steps * batch_size / (time.perf_counter() - t0)
+
+
+def _floor(images: np.ndarray, batch_size: int, steps: int) -> float:
+  """The floor: batches of the stored pixels gathered in a random order from memory by NumPy (one copy of each
+  image's bytes, one thread), images/s."""
+  rng = np.random.default_rng(0)
+  order = rng.permutation(len(images))
+
+  def batches():
+    while True:
+      for i in range(0, len(order) - batch_size + 1, batch_size):
+        yield images[order[i : i + batch_size]]
+
+  return _time_batches(batches(), batch_size, steps)
 
 
 def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]:
+  """The training input's paths side by side, one JSON row each (``pipeline``: "jpeg", "pixels", "floor",
+  "pixels device part"; ``threads``; ``images_per_sec``; ``images_per_sec_per_core``): the paper's full
+  augmentation from a JPEG set (decode and crop on the host) and from the same images as a pixel set (the host reads
+  and batches whole images; crop, flip, mean and lighting on the device, timed apart on the local device), each on
+  one thread and on every core, and the floor: a NumPy copy of the same pixels from memory."""
+  import jax
+
   from alexnet_jax.data.prepared import prepared_source
 
-  tmp = None
+  tmp = tempfile.TemporaryDirectory(prefix="alexnet_input_bench_")
   if not data_dir:
-    tmp = tempfile.TemporaryDirectory(prefix="alexnet_input_bench_")
     data_dir = _make_benchmark_data(tmp.name)
+  pixels_dir = _pixel_sample(data_dir, tempfile.mkdtemp(dir=tmp.name), max_images=max(2000, 4 * batch_size))
   cores = os.cpu_count() or 1
-  rows = []
-  variants = [("decode+crop+flip", dict(lighting_std=0.0)), ("full augmentation", {})]
-  for label, kw in variants:
-    for threads in (1, cores):
-      src = prepared_source(data_dir, image_size=227, seed=0, shuffle_buffer=1, num_threads=threads, **kw)
+  rows, sources = [], {}
+  for pipeline, folder in (("jpeg", data_dir), ("pixels", pixels_dir)):
+    for threads in sorted({1, cores}):
+      src = prepared_source(folder, image_size=227, seed=0, shuffle_buffer=1, num_threads=threads)
       every = src._share("train", 0, 1)  # the whole training set, as one process reads it
       ds = src._train_dataset(every, start_epoch=0, batch=batch_size, per_epoch=src.steps_per_epoch(batch_size))
-      it = ds.as_numpy_iterator()
-      for _ in range(3):
-        next(it)
-      t0 = time.perf_counter()
-      for _ in range(steps):
-        next(it)
-      rate = steps * batch_size / (time.perf_counter() - t0)
-      rows.append(
-        {
-          "what": "input",
-          "pipeline": f"tf.data {label}",
-          "threads": threads,
-          "images_per_sec": rate,
-          "images_per_sec_per_core": rate / threads,
-        }
-      )
-  files = prepared_source(data_dir, image_size=227, seed=0)._files("train", 0, 1)[0]
-  naive = _naive_reference(files, 227, limit=steps * batch_size)
+      rate = _time_batches(ds.as_numpy_iterator(), batch_size, steps)
+      rows.append(_input_row(pipeline, threads, rate, data_dir=folder, device_crop=src.device_crop))
+      sources[pipeline] = (src, ds)
+  src, ds = sources["pixels"]
+  images = np.concatenate([b["image"] for b in ds.take(max(1, 2000 // batch_size)).as_numpy_iterator()])
+  rows.append(_input_row("floor", 1, _floor(images, batch_size, steps), stored_size=images.shape[1]))
+  batch = jax.device_put(next(ds.as_numpy_iterator()))
+  preprocess = jax.jit(src.preprocess)
+
+  def device_batches():
+    while True:
+      yield jax.block_until_ready(preprocess(batch))
+
+  rate = _time_batches(device_batches(), batch_size, steps)
+  rows.append(_input_row("pixels device part", 0, rate, device=jax.devices()[0].device_kind))
+  by = {(r["pipeline"], r["threads"]): r["images_per_sec_per_core"] for r in rows}
   rows.append(
     {
-      "what": "input",
-      "pipeline": "naive PIL decode + NumPy crop/flip",
-      "threads": 1,
-      "images_per_sec": naive,
-      "images_per_sec_per_core": naive,
-    }
-  )
-  one_core = next(r for r in rows if r["pipeline"] == "tf.data decode+crop+flip" and r["threads"] == 1)
-  rows.append(
-    {
-      "what": "input",
-      "ratio_tf_data_to_naive_per_core": one_core["images_per_sec"] / naive,
-      "data_dir": data_dir,
+      "what": "input_ratios",
+      "pixels_to_floor": by["pixels", 1] / by["floor", 1],
+      "pixels_to_jpeg_per_core": by["pixels", 1] / by["jpeg", 1],
+      "batch_size": batch_size,
       "cores": cores,
+      "shuffle_buffer": 1,
     }
   )
-  if tmp is not None:
-    tmp.cleanup()
+  tmp.cleanup()
   return rows
+
+
+def _input_row(pipeline: str, threads: int, rate: float, **extra) -> dict:
+  return {
+    "what": "input",
+    "pipeline": pipeline,
+    "threads": threads,
+    "images_per_sec": rate,
+    "images_per_sec_per_core": rate / threads if threads else None,
+    **extra,
+  }
 
 
 def define_flags() -> None:

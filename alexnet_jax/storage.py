@@ -168,7 +168,7 @@ def replace(src: str, dst: str) -> None:
   if kind == "local":
     os.replace(src, dst)
   elif kind == "epath":  # object stores: a copy and a delete, whatever API the client would try first
-    _copy(src, dst)
+    copy_file(src, dst)
     remove(src)
   else:
     _gfile().rename(src, dst, overwrite=True)
@@ -185,14 +185,15 @@ def move_tree(src: str, dst: str) -> None:
     out = join(dst, folder[len(src) :].strip("/"))
     makedirs(out)
     for name in files:
-      _copy(join(folder, name), join(out, name))
+      copy_file(join(folder, name), join(out, name))
   if kind == "gfile":
     _gfile().rmtree(src)
   else:
     _epath(src).rmtree()
 
 
-def _copy(src: str, dst: str) -> None:
+def copy_file(src: str, dst: str) -> None:
+  """Copy one file, any file system to any (read whole: for small files)."""
   with open(src, "rb") as f_in, open(dst, "wb") as f_out:
     f_out.write(f_in.read())
 

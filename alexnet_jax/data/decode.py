@@ -101,13 +101,25 @@ def resize_square(image, size: int, method: str):
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
+def raw_pixels(encoded, stored_size: int):
+  """A pixel set's records (a scalar tf.string, or a [B] batch of them) -> uint8 [S, S, 3] (or [B, S, S, 3]): the
+  pixels that lead each record (``format.encode_pixel_record``), in one copy, the trailer left out."""
+  import tensorflow as tf
+
+  pixels = tf.io.decode_raw(encoded, tf.uint8, fixed_length=stored_size * stored_size * 3)
+  return tf.reshape(pixels, [*([-1] if encoded.shape.rank else []), stored_size, stored_size, 3])
+
+
 def stored_view(encoded, *, encoding: str, stored_size: int, view_size: int, method: str):
   """A stored square image (``encoding``, stored_size x stored_size) decoded whole, resized to view_size if that
   differs."""
   import tensorflow as tf
 
   _check_encoding(encoding)
-  image = tf.io.decode_jpeg(encoded, channels=3)
+  if encoding == "pixels":
+    image = raw_pixels(encoded, stored_size)
+  else:
+    image = tf.io.decode_jpeg(encoded, channels=3)
   if view_size != stored_size:
     image = resize_square(image, view_size, method)
   return tf.ensure_shape(image, [view_size, view_size, 3])
@@ -122,12 +134,14 @@ def stored_patch(encoded, offset, crop: int, *, encoding: str, stored_size: int,
     view = stored_view(encoded, encoding=encoding, stored_size=stored_size, view_size=view_size, method=method)
     return view[offset[0] : offset[0] + crop, offset[1] : offset[1] + crop]
   _check_encoding(encoding)
+  if encoding == "pixels":
+    return raw_pixels(encoded, stored_size)[offset[0] : offset[0] + crop, offset[1] : offset[1] + crop]
   return tf.io.decode_and_crop_jpeg(encoded, tf.concat([offset, [crop, crop]], 0), channels=3)
 
 
 def _check_encoding(encoding: str) -> None:
-  if encoding != "jpeg":
-    raise ValueError(f"stored images encoded as {encoding!r}: only 'jpeg' is decoded here")
+  if encoding not in ("jpeg", "pixels"):
+    raise ValueError(f"stored images encoded as {encoding!r}: only 'jpeg' and 'pixels' are decoded here")
 
 
 def any_view(encoded, size: int, method: str):

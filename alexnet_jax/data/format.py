@@ -9,9 +9,13 @@ A prepared set is a folder holding
   ``shard_lengths`` and ``num_examples``) and ``num_bad_files``. ``read_metadata`` reads and checks it.
 - ``stats.npz`` (``STATS``): the training split's mean image (0-255) and its RGB covariance eigenpairs (of [0, 1]
   pixel values, eigenvectors as columns), for the paper's mean subtraction and "fancy PCA" lighting.
-- TFRecord shards named ``shard_filename(split, shard, num_shards)``, one ``tf.train.Example`` per image
-  (``encode_example``: the encoded image, its label, its index in the split and its source file name), each with
-  the sidecars ``prepare`` uses to resume (``DONE_SUFFIX``, ``SHARD_STATS_SUFFIX``).
+- TFRecord shards named ``shard_filename(split, shard, num_shards)``, one record per image, each shard with the
+  sidecars ``prepare`` uses to resume (``DONE_SUFFIX``, ``SHARD_STATS_SUFFIX``). The record depends on ``encoding``:
+  "jpeg": a ``tf.train.Example`` (``encode_example``: the JPEG, its label, its index in the split and its source
+  file name; TFDS reads these shards too). "pixels": no protocol buffer, so nothing is parsed or copied per field
+  (``encode_pixel_record``): the image's uint8 pixels, row-major [size, size, 3], then a 16-byte little-endian
+  trailer (index int64, label int32, 4 zero bytes), so that a batch of records decodes to pixels in one copy
+  (``decode.raw_pixels``); every record of a set has the same length, and TFRecord's framing keeps its checksums. TFDS does not read pixel shards (they are not ``tf.train.Example``s).
 - ``bad_files.json`` (``BAD_FILES``): the images that could not be read, written after the last shard and before
   the metadata.
 - TFDS's ``dataset_info.json`` and ``features.json`` (``write_tfds_metadata``), so ``tfds.builder_from_directory``
@@ -41,8 +45,9 @@ DONE_SUFFIX = ".done.json"  # beside each shard: its commit marker (counts, bad 
 SHARD_STATS_SUFFIX = ".stats.npz"  # beside each training shard: its partial sums for stats.npz
 # How the stored images are encoded. A metadata file without the field is "jpeg" (every set written before it was
 # recorded); a reader refuses an encoding it does not know.
-ENCODINGS = ("jpeg",)
+ENCODINGS = ("jpeg", "pixels")
 DEFAULT_ENCODING = "jpeg"
+PIXEL_TRAILER_BYTES = 16  # after a pixel record's pixels: index (int64), label (int32), 4 zero bytes; little-endian
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -86,6 +91,32 @@ def encode_example(image: bytes, label: int, index: int, name: str) -> bytes:
     "file_name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
   }
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def encode_pixel_record(image: np.ndarray, label: int, index: int) -> bytes:
+  """One record of a pixel set: the uint8 [S, S, 3] image's bytes, row-major, then the trailer (index, label)."""
+  image = np.ascontiguousarray(image, np.uint8)
+  if image.ndim != 3 or image.shape[0] != image.shape[1] or image.shape[2] != 3:
+    raise ValueError(f"a stored image is a uint8 [S, S, 3] square, got shape {image.shape}")
+  return image.tobytes() + np.asarray([index], "<i8").tobytes() + np.asarray([label, 0], "<i4").tobytes()
+
+
+def parse_pixel_record(record, stored_size: int):
+  """A pixel record (a scalar tf.string) of a set stored at ``stored_size`` -> (the record itself, label as
+  tf.int32, index as tf.int64), inside tf.data; the record's pixels are decoded by ``decode.raw_pixels`` (a whole
+  batch at once where it can), which ignores the trailer."""
+  import tensorflow as tf
+
+  trailer = tf.strings.substr(record, stored_size * stored_size * 3, PIXEL_TRAILER_BYTES)
+  words = tf.io.decode_raw(trailer, tf.int32, little_endian=True)
+  index = tf.bitcast(words[:2], tf.int64)  # the first 8 bytes, little-endian on every host TensorFlow runs on
+  return record, words[2], index
+
+
+def parse_record(record, encoding: str, stored_size: int):
+  """A record of a set stored as ``encoding`` at ``stored_size`` -> (encoded image, label as tf.int32, index as
+  tf.int64)."""
+  return parse_pixel_record(record, stored_size) if encoding == "pixels" else parse_example(record)
 
 
 def parse_example(record):

@@ -104,6 +104,9 @@ class AugmentedSource:
     self.num_threads = num_threads  # tf.data threads (None: one per core); the input benchmark pins it to 1
     if eval_crops not in (1, 10):
       raise ValueError(f"eval crops must be 1 or 10, got {eval_crops}")
+    # Training sends each stored image whole, its crop and flip cut on the device (``preprocess``): a pixel set
+    # (the reader says so) read at its stored size, with the device preprocessing on.
+    self.device_crop = reader.whole_views and device_preprocess and self.view_size == self.stored_size
 
   def _report_resize(self, data_dir: str) -> None:
     """Say when stored images are resized on read; warn when they are blown up (detail the recipe expects is
@@ -263,6 +266,8 @@ class AugmentedSource:
         flip=self.flip,
         lighting_std=self.lighting_std,
       )
+      if self.device_crop:  # the stored bytes as they are: decoded a batch at a time, cropped on the device
+        return encoded, offset, flip, alpha, label, index
       image = self.reader.decode_patch(encoded, offset, crop, view_size=size, method=self.resize_method)
       image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
       return tf.ensure_shape(image, [crop, crop, 3]), offset, flip, alpha, label, index
@@ -270,8 +275,12 @@ class AugmentedSource:
     return fn
 
   def _train_batch(self, images, offsets, flips, alpha, label, index):
-    """A batch's lighting shifts, then the common finishing (views of 1)."""
+    """A batch's lighting shifts, then the common finishing (views of 1). With ``device_crop`` ``images`` are the
+    stored bytes, made one uint8 [B, S, S, 3] array here (one copy for the batch)."""
     import tensorflow as tf
+
+    if self.device_crop:
+      images = self.reader.decode_views(images)
 
     return self._to_batch(
       images[:, None], offsets[:, None], tf.cast(flips, tf.int32)[:, None], self._lighting_shift(alpha), label, index
@@ -441,6 +450,7 @@ class AugmentedSource:
     self.normalize = kwargs.get("normalize", "mean_image")
     self.device_preprocess = kwargs.get("device_preprocess", True)
     self.eval_crops = kwargs.get("eval_crops", 1)
+    self.device_crop = kwargs.get("device_crop", False)
     return self
 
   def batch_spec(self, global_batch: int, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
@@ -448,8 +458,9 @@ class AugmentedSource:
     b, c = global_batch, self.image_size
     views = () if train or self.eval_crops == 1 else (self.eval_crops,)
     if self.device_preprocess:
+      side = self.stored_size if train and self.device_crop else c  # whole stored images, cropped on the device
       shapes = {
-        "image": ((b, *views, c, c, 3), np.uint8),
+        "image": ((b, *views, side, side, 3), np.uint8),
         "offset": ((b, *views, 2), np.int32),
         "flip": ((b, *views), np.int32),
         "shift": ((b, 3), np.float32),

@@ -302,8 +302,21 @@ def shard_inputs(chunk: list[tuple[int, Record]]) -> list[list]:
   return out
 
 
+def encode_record(image: np.ndarray, label: int, index: int, name: str, *, encoding: str, quality: int) -> bytes:
+  """One stored record of ``encoding`` (``format.ENCODINGS``) for a uint8 [S, S, 3] image."""
+  if encoding == "pixels":
+    return format.encode_pixel_record(image, label, index)
+  return format.encode_example(format.encode_jpeg(image, quality), label, index, name)
+
+
 def write_shard(
-  path: str, records: list[tuple[int, Record]], size: int, quality: int, stats: bool, inputs: list | None = None
+  path: str,
+  records: list[tuple[int, Record]],
+  size: int,
+  quality: int,
+  stats: bool,
+  inputs: list | None = None,
+  encoding: str = format.DEFAULT_ENCODING,
 ) -> dict:
   """Write one shard (atomically) and its sidecar ``.done.json`` with counts, bad files, the inputs it was made
   from and partial statistics."""
@@ -325,7 +338,7 @@ def write_shard(
       except (ValueError, OSError) as e:
         bad.append({"file": record.name, "reason": str(e)[:200]})
         continue
-      writer.write(format.encode_example(format.encode_jpeg(image, quality), record.label, index, record.name))
+      writer.write(encode_record(image, record.label, index, record.name, encoding=encoding, quality=quality))
       count += 1
       if stats:
         image_sum += image
@@ -335,13 +348,41 @@ def write_shard(
   storage.save_npz(
     path + format.SHARD_STATS_SUFFIX, image_sum=image_sum, pixel_sum=pixel_sum, outer_sum=outer_sum, count=count
   )
-  summary = {"num_examples": count, "bad": bad, "inputs": inputs}
+  return _commit_shard(path, tmp, {"num_examples": count, "bad": bad, "inputs": inputs})
+
+
+def _commit_shard(path: str, tmp: str, summary: dict) -> dict:
+  """Move the finished shard ``tmp`` into place, then write its commit marker (``summary``) last."""
   with storage.open(path + format.DONE_SUFFIX + ".tmp", "w") as f:
     json.dump(summary, f)
   storage.replace(tmp, path)
-  # written last: the shard's commit marker
   storage.replace(path + format.DONE_SUFFIX + ".tmp", path + format.DONE_SUFFIX)
   return summary
+
+
+def convert_shard(source: str, path: str, stored_size: int, inputs: list) -> dict:
+  """One shard of a prepared JPEG set rewritten as pixel records (same examples, same order, same index and label):
+  each image exactly as TensorFlow decodes it in training (``tf.io.decode_jpeg``, RGB). Atomic, with its
+  ``.done.json`` as ``write_shard``'s."""
+  from alexnet_jax.native import banners
+
+  banners.quiet_tensorflow_logs("3")
+  import tensorflow as tf
+
+  tf.config.set_visible_devices([], "GPU")
+
+  def decode(record):
+    encoded, label, index = format.parse_example(record)
+    return tf.io.decode_jpeg(encoded, channels=3), label, index
+
+  count, tmp = 0, path + ".tmp"
+  with tf.io.TFRecordWriter(tmp) as writer:
+    for image, label, index in tf.data.TFRecordDataset(source).map(decode).as_numpy_iterator():
+      if image.shape != (stored_size, stored_size, 3):
+        raise PrepareError(f"{source} holds a {image.shape} image; its metadata says {stored_size}x{stored_size}")
+      writer.write(format.encode_pixel_record(image, int(label), int(index)))
+      count += 1
+  return _commit_shard(path, tmp, {"num_examples": count, "bad": [], "inputs": inputs})
 
 
 def _remove_stale_shards(output_dir: str, current: set[tuple[str, int, int]]) -> None:
@@ -358,8 +399,11 @@ def _remove_stale_shards(output_dir: str, current: set[tuple[str, int, int]]) ->
 # -----------------------------------------------------------------------------------------------------------------
 # The whole preparation.
 # -----------------------------------------------------------------------------------------------------------------
-def estimate_bytes(num_images: int, size: int, quality: int) -> int:
-  """A generous estimate of the output size: JPEG of natural images at ~0.5-1.5 bits per pixel."""
+def estimate_bytes(num_images: int, size: int, quality: int, encoding: str = format.DEFAULT_ENCODING) -> int:
+  """A generous estimate of the output size: JPEG of natural images at ~0.5-1.5 bits per pixel; pixels exactly
+  (3 bytes a pixel and 32 bytes of trailer and framing a record: ImageNet's 1,331,167 images at 256 take 262 GB)."""
+  if encoding == "pixels":
+    return num_images * (size * size * 3 + format.PIXEL_TRAILER_BYTES + 16)
   bits_per_pixel = 0.6 + 1.4 * max(0, quality - 50) / 50
   return int(num_images * (size * size * bits_per_pixel / 8 + 2048))
 
@@ -396,8 +440,15 @@ def prepare(
   max_bad: int = 0,
   check_disk: bool = True,
   allow_partial_val: bool = False,
+  encoding: str = format.DEFAULT_ENCODING,
 ) -> dict:
-  """Prepare ``input_dir`` into ``output_dir``; returns the metadata written to ``DST/alexnet_prepared.json``."""
+  """Prepare ``input_dir`` into ``output_dir``, its images stored as ``encoding`` ("jpeg" or "pixels"); returns the
+  metadata written to ``DST/alexnet_prepared.json``. ``input_dir`` may itself be a prepared JPEG set: then it is
+  converted (``convert``). Raises PrepareError saying what to change."""
+  if encoding not in format.ENCODINGS:
+    raise PrepareError(f"--encoding={encoding!r}: choose one of {', '.join(format.ENCODINGS)}")
+  if storage.exists(storage.join(input_dir, format.METADATA)):
+    return convert(input_dir, output_dir, encoding=encoding, num_workers=num_workers, check_disk=check_disk)
   started = time.time()
   layout, classes, splits = find_images(input_dir, allow_partial_val)
   total = sum(len(v) for v in splits.values())
@@ -411,7 +462,7 @@ def prepare(
   output_dir = storage.resolve(output_dir)
   storage.makedirs(output_dir)
   if check_disk and storage.free_bytes(output_dir) is not None:
-    need, free = estimate_bytes(total, image_size, jpeg_quality), storage.free_bytes(output_dir)
+    need, free = estimate_bytes(total, image_size, jpeg_quality, encoding), storage.free_bytes(output_dir)
     if need > free:
       raise PrepareError(
         f"{output_dir} has {free / 2**30:.1f} GiB free; the prepared data needs about "
@@ -421,10 +472,11 @@ def prepare(
   if storage.exists(meta_path):
     with storage.open(meta_path) as f:
       old = json.load(f)
-    if (old.get("image_size"), old.get("jpeg_quality")) != (image_size, jpeg_quality):
+    was = (old.get("image_size"), old.get("jpeg_quality"), format.encoding_of(old))
+    if was != (image_size, jpeg_quality, encoding):
       raise PrepareError(
-        f"{output_dir} was prepared with image_size={old.get('image_size')}, jpeg_quality="
-        f"{old.get('jpeg_quality')}; use those flags, or another --output_dir"
+        f"{output_dir} was prepared with image_size={was[0]}, jpeg_quality={was[1]}, encoding={was[2]}; use those "
+        "flags, or another --output_dir"
       )
 
   jobs = []
@@ -455,7 +507,7 @@ def prepare(
   if todo and workers == 1:  # in this process (also what keeps a process-local file system such as ram:// whole)
     for i, (split, shard, n, chunk) in enumerate(todo, 1):
       path = storage.join(output_dir, format.shard_filename(split, shard, n))
-      write_shard(path, chunk, image_size, jpeg_quality, split == "train", inputs[split, shard, n])
+      write_shard(path, chunk, image_size, jpeg_quality, split == "train", inputs[split, shard, n], encoding)
       logging.info("shard %d/%d done (%s %d)", i, len(todo), split, shard)
   elif todo:
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has TensorFlow or JAX loaded
@@ -469,6 +521,7 @@ def prepare(
           jpeg_quality,
           split == "train",
           inputs[split, shard, n],
+          encoding,
         ): (split, shard)
         for split, shard, n, chunk in todo
       }
@@ -512,9 +565,12 @@ def prepare(
     classes=classes,
     splits=split_meta,
     num_bad_files=len(bad),
+    encoding=encoding,
   )
   tfds_problem = compat.tfds_problem()
-  if storage.tensorflow_only(output_dir):  # TFDS reads and writes through epath, which has no such scheme
+  if encoding != "jpeg":
+    logging.info("%s: no TFDS metadata written (TFDS reads the JPEG encoding only)", output_dir)
+  elif storage.tensorflow_only(output_dir):  # TFDS reads and writes through epath, which has no such scheme
     logging.info("%s: no TFDS metadata written (TFDS cannot open this kind of path)", output_dir)
   elif tfds_problem:  # the metadata is for tfds.builder_from_directory; alexnet_jax reads the set without it
     logging.warning(
@@ -531,6 +587,84 @@ def prepare(
   return metadata
 
 
+def convert(input_dir: str, output_dir: str, *, encoding: str, num_workers: int = 0, check_disk: bool = True) -> dict:
+  """A prepared JPEG set ``input_dir`` rewritten into ``output_dir`` as ``encoding`` ("pixels"), without the
+  original images: the same shards (names, lengths, examples in order), each image exactly the pixels training
+  decodes from the JPEG, and the same statistics, classes and bad-file list, so both sets train to the same
+  batches. Resumable like ``prepare`` (a shard is kept when its marker names the same source shard, size and
+  time). Raises PrepareError for a source that is not JPEG or a target that is."""
+  started = time.time()
+  meta = format.read_metadata(input_dir)  # shard files joined to input_dir
+  if meta["encoding"] != "jpeg" or encoding == "jpeg":
+    raise PrepareError(
+      f"{input_dir} is a prepared set stored as {meta['encoding']}; converting goes from 'jpeg' to 'pixels' only: "
+      f"give --input_dir a JPEG set and --encoding=pixels (or the original images with any --encoding)"
+    )
+  size, output_dir = meta["image_size"], storage.resolve(output_dir)
+  storage.makedirs(output_dir)
+  total = sum(m["num_examples"] for m in meta["splits"].values())
+  free = storage.free_bytes(output_dir) if check_disk else None
+  need = estimate_bytes(total, size, 0, encoding)
+  if free is not None and need > free:
+    raise PrepareError(
+      f"{output_dir} has {free / 2**30:.1f} GiB free; the {encoding} set needs {need / 2**30:.1f} GiB. Free space "
+      "or choose another --output_dir."
+    )
+  meta_path = storage.join(output_dir, format.METADATA)
+  if storage.exists(meta_path):
+    with storage.open(meta_path) as f:
+      old = json.load(f)
+    if (old.get("converted_from"), format.encoding_of(old)) != (os.path.abspath(input_dir), encoding):
+      raise PrepareError(f"{output_dir} already holds another prepared set: choose another --output_dir")
+  jobs = []
+  for m in meta["splits"].values():
+    for source in m["files"]:
+      where = [storage.basename(source), storage.mtime(source)]
+      jobs.append((source, storage.join(output_dir, storage.basename(source)), where))
+  parsed = {format.parse_shard_filename(storage.basename(j[1])) for j in jobs}
+  _remove_stale_shards(output_dir, parsed)
+
+  def done(job) -> bool:
+    marker = job[1] + format.DONE_SUFFIX
+    if not storage.exists(marker):
+      return False
+    with storage.open(marker) as f:
+      if json.load(f).get("inputs") != job[2]:
+        return False
+    return format.shard_damage(job[1]) is None
+
+  todo = [j for j in jobs if not done(j)]
+  logging.info("converting %s to %s: %d shards, %d already done", input_dir, encoding, len(jobs), len(jobs) - len(todo))
+  workers = min(num_workers or os.cpu_count() or 1, max(1, len(todo)))
+  if workers == 1:
+    for source, path, where in todo:
+      convert_shard(source, path, size, where)
+  elif todo:
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that has TensorFlow or JAX loaded
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+      for future in concurrent.futures.as_completed([pool.submit(convert_shard, s, p, size, w) for s, p, w in todo]):
+        future.result()
+  for name in (format.STATS, format.BAD_FILES):  # the same statistics: both sets subtract the same mean
+    if storage.exists(storage.join(input_dir, name)):
+      storage.copy_file(storage.join(input_dir, name), storage.join(output_dir, name))
+  splits = {split: {**m, "files": [storage.basename(f) for f in m["files"]]} for split, m in meta["splits"].items()}
+  metadata = format.metadata(
+    layout=meta["layout"],
+    source=meta["source"],
+    image_size=size,
+    jpeg_quality=meta["jpeg_quality"],
+    classes=meta["classes"],
+    splits=splits,
+    num_bad_files=meta["num_bad_files"],
+    encoding=encoding,
+  )
+  metadata["converted_from"] = os.path.abspath(input_dir)
+  with storage.open(meta_path, "w") as f:
+    json.dump(metadata, f, indent=1)
+  logging.info("converted %s in %.0f s", output_dir, time.time() - started)
+  return metadata
+
+
 # -----------------------------------------------------------------------------------------------------------------
 # Command line.
 # -----------------------------------------------------------------------------------------------------------------
@@ -540,6 +674,13 @@ def define_flags() -> None:
   flags.DEFINE_string("output_dir", None, "Where the prepared dataset goes (then usable as --config.data.dir).")
   flags.DEFINE_integer("image_size", 256, "Shorter side rescaled to this, then the central square kept (paper: 256).")
   flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored images.")
+  flags.DEFINE_enum(
+    "encoding",
+    format.DEFAULT_ENCODING,
+    list(format.ENCODINGS),
+    "How images are stored: jpeg (~25 KB each at 256) or pixels (raw uint8, 192 KB each: nothing to decode when "
+    "training; docs/data.md#feeding-an-accelerator). With a prepared JPEG set as --input_dir, pixels converts it.",
+  )
   flags.DEFINE_integer("examples_per_shard", 1024, "Images per TFRecord shard.")
   flags.DEFINE_integer("num_workers", 0, "Worker processes (0: one per core).")
   flags.DEFINE_integer("max_bad", 0, "How many unreadable images to skip before failing.")
@@ -571,6 +712,7 @@ def main(argv: list[str]) -> int:
       num_workers=f.num_workers,
       max_bad=f.max_bad,
       allow_partial_val=f.allow_partial_val,
+      encoding=f.encoding,
     )
   except PrepareError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -25,11 +25,22 @@ class PreparedReader:
     """The raw records of one shard (``filename``: a string or a scalar tf.string), in order."""
     import tensorflow as tf
 
-    return tf.data.TFRecordDataset(filename)
+    # Pixel records are ~200 KB: read 8 MB at a time (TFRecord's default 256 KB buffer would hold one record).
+    return tf.data.TFRecordDataset(filename, buffer_size=8 << 20 if self.encoding == "pixels" else None)
 
   def parse(self, record):
     """A record -> (encoded image, label as tf.int32, index as tf.int64)."""
-    return format.parse_example(record)
+    return format.parse_record(record, self.encoding, self.stored_size)
+
+  @property
+  def whole_views(self) -> bool:
+    """Whether training may send each stored image whole and leave the crop and flip to the device: a pixel set
+    (nothing to decode; a JPEG is best decoded only where it is cropped)."""
+    return self.encoding == "pixels"
+
+  def decode_views(self, encoded):
+    """A batch [B] of stored images, whole, as uint8 [B, S, S, 3] (pixel sets: ``whole_views``)."""
+    return decode.raw_pixels(encoded, self.stored_size)
 
   def decode_view(self, encoded, *, view_size: int, method: str):
     """The whole view_size x view_size image the crops are cut from: the stored image, resized if need be."""

@@ -37,6 +37,7 @@ class TfdsReader:
   (``meta``, with 256 as the stored size every image is resized to on read; ``stats``: ImageNet's published ones)
   and how to read it. Raises ValueError, saying what to do, for a dataset it cannot read."""
 
+  whole_views = False  # its images are JPEGs: decoded (and cropped) on the host
   reports_resize = False  # every TFDS image is resized on read anyway (to the view size directly)
 
   def __init__(self, name: str, data_dir: str):

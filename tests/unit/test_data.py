@@ -824,3 +824,33 @@ def test_a_rerun_reads_the_input_again_and_rebuilds_exactly_the_shards_that_chan
   after = {p.name: p.stat().st_mtime_ns for p in sorted(dst.glob("*.tfrecord-*"))}
   assert [n for n in after if after[n] != before[n]] != [] and all("-val." in n for n in after if after[n] != before[n])
   assert sum(after[n] != before[n] for n in after if n.endswith(tuple("0123456789"))) == 1
+
+
+@pytest.mark.parametrize("index", [0, 7, 2**31 + 5, 2**40 + 3])
+def test_a_pixel_record_round_trips_with_its_index_and_label(index):
+  import tensorflow as tf
+
+  rng = np.random.default_rng(index % 1000)
+  image = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+  record = format.encode_pixel_record(image, 917, index)
+  assert len(record) == 5 * 5 * 3 + format.PIXEL_TRAILER_BYTES and record[:75] == image.tobytes()
+  encoded, label, got = format.parse_record(tf.constant(record), "pixels", 5)
+  assert (int(label), int(got)) == (917, index)
+  np.testing.assert_array_equal(decode.raw_pixels(encoded, 5).numpy(), image)
+  batch = decode.raw_pixels(tf.constant([record, format.encode_pixel_record(image[::-1], 1, 2)]), 5).numpy()
+  np.testing.assert_array_equal(batch, np.stack([image, image[::-1]]))
+  with pytest.raises(ValueError, match=r"uint8 \[S, S, 3\] square"):
+    format.encode_pixel_record(image[:4], 1, 2)
+
+
+def test_crop_and_flip_on_the_device_cuts_what_numpy_cuts():
+  from alexnet_jax.data import augment
+
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (4, 9, 9, 3), dtype=np.uint8)
+  offsets = np.array([[0, 0], [4, 4], [2, 3], [4, 0]], np.int32)
+  flips = np.array([0, 1, 1, 0], np.int32)
+  got = np.asarray(augment.crop_and_flip(images, offsets, flips, 5))
+  for i, ((y, x), f) in enumerate(zip(offsets, flips)):
+    want = images[i, y : y + 5, x : x + 5]
+    np.testing.assert_array_equal(got[i], want[:, ::-1] if f else want)
