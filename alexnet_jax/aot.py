@@ -11,8 +11,11 @@ compilers (``make install-aot``: ``jax[tpu]``, ``jax-cuda12-plugin``/``-pjrt`` a
 
 One JSON line per program (``train``, ``eval``): the per-device memory the compiler plans (arguments, outputs,
 temporaries, peak) against the device's memory, flops per device where the backend reports them (TPU; XLA:GPU
-reports none), and every collective in the compiled program with its count and bytes. A program that does not fit
-exits 1 naming its per-device need, the device's memory and the largest batch that fits.
+reports none), and every collective in the compiled program with its count and bytes. The train program's line also
+says what its input must deliver: the step time (``step_time``: the roofline from the compiler's costs on TPU, our
+FLOP count at ``--mfu`` of the peak on GPU), ``images_per_sec_needed`` and ``host_cores_needed`` at the per-core
+rates ``benchmark --input_only`` recorded (``input_rates``; defaults and flags otherwise). A program that does not
+fit exits 1 naming its per-device need, the device's memory and the largest batch that fits.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 from absl import flags
 
-from alexnet_jax import cli
+from alexnet_jax import cli, input_rates, step_time
 from alexnet_jax.native import banners
 
 with banners.filtered_native_stderr():  # .venv-aot's CUDA plugin says "Could not find cuda drivers" as jax loads it
@@ -41,23 +44,23 @@ GiB = 2**30
 class Chip:
   platform: str  # 'tpu' or 'cuda'
   memory_bytes: int  # what one device has for a program (HBM per TPU chip; the GPU's memory)
+  peaks: step_time.ChipPeaks  # dense FLOP/s per dtype and HBM bandwidth, for the step-time estimates
   chip_config: str = "default"  # TPU: 'megacore' where two TensorCores act as one device
   topology_prefix: str = ""  # TPU: the name libtpu knows the generation by
   target_config: str = ""  # GPU: a GpuTargetConfig in text form, in alexnet_jax/targets/
-  peak_flops: float = 0.0  # dense bfloat16 FLOP/s per device, for the roofline estimate
-  hbm_bytes_per_second: float = 0.0
 
 
+PEAKS = step_time.PEAKS  # the one table of device peaks, with their sources
 CHIPS = {
-  # Cloud TPU: HBM per chip, bf16 peak and HBM bandwidth per chip from Google's Cloud TPU system-architecture pages.
-  "v4": Chip("tpu", 32 * GiB, "megacore", "v4", peak_flops=275e12, hbm_bytes_per_second=1200e9),
-  "v5e": Chip("tpu", 16 * GiB, "default", "v5e", peak_flops=197e12, hbm_bytes_per_second=819e9),
-  "v5p": Chip("tpu", 95 * GiB, "megacore", "v5", peak_flops=459e12, hbm_bytes_per_second=2765e9),
-  "v6e": Chip("tpu", 32 * GiB, "default", "v6e", peak_flops=918e12, hbm_bytes_per_second=1640e9),
-  # NVIDIA: device_memory_size of the target config (what the CUDA driver reports); XLA:GPU reports no cost
-  # analysis, so no roofline (H100 SXM: 989 TFLOP/s dense bf16, 3.35 TB/s; A100 SXM 80GB: 312, 2.04).
-  "h100": Chip("cuda", 84_929_347_584, target_config="h100_gpu_target_config.txtpb"),
-  "a100": Chip("cuda", 85_198_045_184, target_config="a100_gpu_target_config.txtpb"),
+  # Cloud TPU: HBM per chip from Google's Cloud TPU system-architecture pages.
+  "v4": Chip("tpu", 32 * GiB, PEAKS["v4"], "megacore", "v4"),
+  "v5e": Chip("tpu", 16 * GiB, PEAKS["v5e"], "default", "v5e"),
+  "v5p": Chip("tpu", 95 * GiB, PEAKS["v5p"], "megacore", "v5"),
+  "v6e": Chip("tpu", 32 * GiB, PEAKS["v6e"], "default", "v6e"),
+  # NVIDIA: device_memory_size of the target config (what the CUDA driver reports). XLA:GPU reports no cost
+  # analysis, so no roofline: the step time comes from our FLOP count at an assumed MFU (--mfu).
+  "h100": Chip("cuda", 84_929_347_584, PEAKS["h100"], target_config="h100_gpu_target_config.txtpb"),
+  "a100": Chip("cuda", 85_198_045_184, PEAKS["a100"], target_config="a100_gpu_target_config.txtpb"),
 }
 
 
@@ -246,19 +249,75 @@ def describe(compiled, target: Target, program: str, mesh, batch_size: int, dtyp
     "flops_per_device": float(flops) if flops is not None else None,
     "bytes_accessed_per_device": float(accessed) if accessed is not None else None,
     "collectives": collectives(compiled.as_text()),
-    **roofline(target.chip, flops, accessed),
+    **roofline(target.chip, dtype, flops, accessed),
     "compile_seconds": round(seconds, 2),
   }
 
 
-def roofline(chip: Chip, flops: float | None, accessed: float | None) -> dict[str, Any]:
-  """An estimate of the step time from the compiler's cost analysis, not a measurement: the longer of the FLOPs at
-  the chip's bf16 peak and the bytes at its HBM bandwidth (JAX's default matmul precision on TPU is one bf16 pass,
-  float32 included). Null where the backend reports no cost analysis (XLA:GPU)."""
-  if not (flops and accessed and chip.peak_flops):
+def roofline(chip: Chip, dtype: str, flops: float | None, accessed: float | None) -> dict[str, Any]:
+  """``roofline_seconds`` and ``roofline_bound`` from the compiler's cost analysis (``step_time.roofline``: the
+  longer of the FLOPs at the chip's dense peak for ``dtype`` and the bytes at its HBM bandwidth; an estimate, not a
+  measurement). Null where the backend reports no cost analysis (XLA:GPU)."""
+  estimate = step_time.roofline(chip.peaks, dtype, flops, accessed)
+  if estimate is None:
     return {"roofline_seconds": None, "roofline_bound": None}
-  compute, memory = float(flops) / chip.peak_flops, float(accessed) / chip.hbm_bytes_per_second
-  return {"roofline_seconds": max(compute, memory), "roofline_bound": "compute" if compute >= memory else "memory"}
+  return {"roofline_seconds": estimate.seconds, "roofline_bound": estimate.bound}
+
+
+def train_flops_per_image(config) -> int:
+  """Our own FLOP count of one image through the configured network's train step (``step_time``): the network
+  built abstractly (``nnx.eval_shape``: no arrays), whatever the target."""
+  from flax import nnx
+
+  from alexnet_jax import model as model_lib
+
+  m = config.model
+  abstract = nnx.eval_shape(
+    lambda: model_lib.AlexNet(
+      m.name, num_classes=m.num_classes, image_size=m.image_size or None, width=m.width, rngs=nnx.Rngs(0)
+    )
+  )
+  return step_time.train_flops_per_image(abstract)
+
+
+def needs(row: dict, chip: Chip, flops_per_image: int, mfu: float, rates: dict[str, Any]) -> dict[str, Any]:
+  """What a train program's row adds: the step time (``step_time.train_step_time``: the roofline where the row has
+  the compiler's costs, else ``flops_per_image`` x the batch per device at ``mfu`` of the chip's peak), the input
+  rate that keeps the devices busy (``images_per_sec_needed``, all hosts together) and the host cores that feed it
+  at ``rates``' per-core rates (``input_rates.load``): ``host_cores_needed`` per host, ``host_cores_needed_total``
+  over all hosts, with the rates and where they came from."""
+  step = step_time.train_step_time(
+    chip.peaks,
+    row["dtype"],
+    own_flops_per_device=flops_per_image * row["batch_size"] / row["num_devices"],
+    mfu=mfu,
+    reported_flops_per_device=row["flops_per_device"],
+    reported_bytes_per_device=row["bytes_accessed_per_device"],
+  )
+  rate = step_time.images_per_sec_needed(row["batch_size"], step)
+  per_host = input_rates.cores_needed(rate, rates, row["num_hosts"])
+  total = input_rates.cores_needed(rate, rates)
+  return {
+    **step_time.describe(step, mfu),
+    "images_per_sec_needed": round(rate, 1),
+    "host_cores_needed": {k: round(v, 2) for k, v in per_host.items()},
+    "host_cores_needed_total": {k: round(v, 2) for k, v in total.items()},
+    "input_images_per_sec_per_core": {k: rates[k] for k in per_host},
+    "input_rates_source": rates["source"],
+  }
+
+
+def input_rates_for(jpeg: float | None, pixels: float | None) -> dict[str, Any]:
+  """The per-core input rates (``input_rates.load``), each replaced by its flag where one was given. ValueError for
+  a rate that is not positive, or a record that is no record."""
+  rates = input_rates.load()
+  for pipeline, given in (("jpeg", jpeg), ("pixels", pixels)):
+    if given is None:
+      continue
+    if not given > 0:
+      raise ValueError(f"--{pipeline}_images_per_sec_per_core must be positive, got {given}")
+    rates[pipeline], rates["source"][pipeline] = float(given), f"--{pipeline}_images_per_sec_per_core"
+  return rates
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT])i?B?\b")
@@ -322,6 +381,10 @@ def compile_source(config):
   )
 
 
+# The MFU assumed where the compiler reports no costs (GPUs): one NVIDIA H200, jax 0.11.2, the paper's network in
+# bfloat16 reached 11.1% at batch 128, 15.0% at 512, 16.1% at 2048 (benchmarks/RESULTS.md, "GPU";
+# benchmarks/accelerator_check.py).
+DEFAULT_MFU = 0.15
 IMAGENET_TRAIN_EXAMPLES = 1_281_167  # for the learning-rate schedule's epoch length (a scalar in the program)
 
 
@@ -416,6 +479,16 @@ def define_flags() -> None:
   flags.DEFINE_string("target", None, "h100:N, a100:N, v4:2x2x1, v5e:2x2, v5e:2x4, v5p:2x2x1, v6e:2x2, v5e:4x4, ...")
   flags.DEFINE_string("hlo_out", None, "Write the compiled train step's HLO text here.")
   flags.DEFINE_list("programs", ["train", "eval"], "Which programs to compile: train, eval or both.")
+  flags.DEFINE_float(
+    "mfu",
+    DEFAULT_MFU,
+    "Model-FLOPs utilisation assumed where the compiler reports no costs (GPUs), for the train step's time: "
+    "0.15 was measured on one NVIDIA H200, paper net, bfloat16, batch 512 (benchmarks/RESULTS.md, 'GPU').",
+  )
+  flags.DEFINE_float("jpeg_images_per_sec_per_core", None, "Input rate per host core, JPEG shards (default: recorded).")
+  flags.DEFINE_float(
+    "pixels_images_per_sec_per_core", None, "Input rate per host core, pixel shards (default: recorded)."
+  )
   flags.mark_flags_as_required(["config", "target"])
 
 
@@ -431,6 +504,9 @@ def main(argv: list[str]) -> int:
     unknown = set(f.programs) - {"train", "eval"}
     if unknown or not f.programs:
       raise ValueError(f"--programs={','.join(f.programs)}: name train, eval or both")
+    if not 0.0 < f.mfu <= 1.0:
+      raise ValueError(f"--mfu={f.mfu}: a fraction of the peak, in (0, 1]")
+    rates = input_rates_for(f.jpeg_images_per_sec_per_core, f.pixels_images_per_sec_per_core)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -439,7 +515,10 @@ def main(argv: list[str]) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  flops_per_image = train_flops_per_image(config)
   for result, _ in compiled:
+    if result["program"] == "train":
+      result.update(needs(result, target.chip, flops_per_image, f.mfu, rates))
     print(json.dumps(result), flush=True)
   train_program = next((c for r, c in compiled if r["program"] == "train"), None)
   if f.hlo_out and train_program is not None:

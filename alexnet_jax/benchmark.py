@@ -30,13 +30,15 @@ import time
 import numpy as np
 from absl import app, flags
 
-PEAK_TFLOPS = {  # dense matrix-unit peaks per chip, for MFU: bf16 (and tf32 for float32 on NVIDIA)
-  ("H100", "bfloat16"): 989.0,
-  ("H100", "float32"): 494.0,
-  ("H200", "bfloat16"): 989.0,
-  ("H200", "float32"): 494.0,
-  ("A100", "bfloat16"): 312.0,
-  ("A100", "float32"): 156.0,
+from alexnet_jax import step_time
+
+# Dense matrix-unit peaks per device, for MFU: bf16 (and TF32 for float32 on NVIDIA), TFLOP/s by a substring of jax's
+# device_kind; read from the one table of device peaks, step_time.PEAKS.
+PEAK_TFLOPS = {
+  (p.device_kind, dtype): p.flops(dtype) / 1e12
+  for p in step_time.PEAKS.values()
+  if p.device_kind
+  for dtype in step_time.DTYPES
 }
 
 
@@ -44,22 +46,7 @@ def emit(row: dict) -> None:
   print(json.dumps(row), flush=True)
 
 
-# -----------------------------------------------------------------------------------------------------------------
-# FLOPs, counted per layer.
-# -----------------------------------------------------------------------------------------------------------------
-def layer_flops(model) -> dict[str, int]:
-  """Forward multiply-adds x 2 of every conv and dense layer for one image (LRN, pooling, ReLU are negligible)."""
-  arch, size, out = model.arch, model.image_size, {}
-  for i, conv in enumerate((model.conv1, model.conv2, model.conv3, model.conv4, model.conv5)):
-    k, _, cin_per_group, cout = conv.kernel.shape
-    size = (size + 2 * arch.conv_paddings[i] - k) // arch.conv_strides[i] + 1
-    out[f"conv{i + 1}"] = 2 * size * size * k * k * cin_per_group * cout
-    if arch.pool_after[i]:
-      size = (size - 3) // 2 + 1
-  for name in ("fc6", "fc7", "fc8"):
-    fin, fout = getattr(model, name).kernel.shape
-    out[name] = 2 * fin * fout
-  return out
+layer_flops = step_time.layer_flops  # forward FLOPs per layer for one image (one implementation: step_time.py)
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -159,7 +146,7 @@ def bench_train_step(
 
   abstract_model = nnx.eval_shape(lambda: make_model(rngs=nnx.Rngs(0)))
   per_layer = layer_flops(abstract_model)
-  flops_per_image = 3 * sum(per_layer.values())  # forward + backward (2x forward)
+  flops_per_image = step_time.TRAIN_FLOPS_PER_FORWARD * sum(per_layer.values())  # forward + backward (2x forward)
   state, out = step(state, batch)  # compile + warm up
   jax.block_until_ready(out["loss"])
   state, out = step(state, batch)

@@ -30,6 +30,7 @@ SAFE_TO_CHANGE_ON_RESUME = (
   "data.dir",
   "data.num_eval_examples",
   "data.prefetch",
+  "data.input_wait_warning",
   "mesh.",
   "profile.",
   "health.",
@@ -100,6 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_eval_examples = 50_000  # synthetic only
   c.data.learnable = True  # synthetic: class-dependent patterns plus noise (False: pure noise, for speed tests)
   c.data.prefetch = 2  # batches put on the devices ahead of the step
+  # Warn once (health.InputWaitMonitor) when the loop waited for input more than this fraction of the wall time in 2
+  # log windows in a row, the first log window (compile, warm-up) not counted; 0 turns the warning off.
+  c.data.input_wait_warning = 0.25
   # The paper's augmentation (Sec. 4.1), each switchable for ablations ('prepared' source):
   # The crop covers this fraction of the (square) image it is cut from: the paper's 227 of 256. Stored images of
   # another size are resized on read to model.image_size / crop_fraction (76 for 67x67 crops, 256 for 227x227), so
@@ -230,6 +234,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
   if not 0.0 <= config.data.crop_fraction <= 1.0:
     raise ValueError(f"data.crop_fraction must be in (0, 1] (or 0: no resizing), got {config.data.crop_fraction}")
+  if not 0.0 <= config.data.input_wait_warning < 1.0:
+    raise ValueError(f"data.input_wait_warning must be in [0, 1) (0: no warning), got {config.data.input_wait_warning}")
   if config.data.eval_crops not in (1, 10):
     raise ValueError(f"data.eval_crops must be 1 or 10, got {config.data.eval_crops}")
   choice("health.on_collapse", config.health.on_collapse, ("warn", "stop"))

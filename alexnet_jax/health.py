@@ -1,5 +1,5 @@
 """Training health: a collapse detector fed the logged train metrics (the per-layer diagnostics come from
-``steps.make_train_step``).
+``steps.make_train_step``), and a warning when the input keeps the devices waiting (``InputWaitMonitor``).
 
 A network that has collapsed to the uniform prediction sits at a loss of ln(num_classes) while its gradient fades;
 one whose ReLUs are all zero in some layer passes nothing on. Either wastes every later step, so the run says so, once,
@@ -82,4 +82,39 @@ class CollapseDetector:
       "configs/paper.py:text), another --config.seed, --config.model.init=torch, a lower "
       "--config.optimizer.learning_rate (benchmarks/RESULTS.md, 'The paper recipe's first steps'). "
       "(health.on_collapse='stop' ends the run here instead.)"
+    )
+
+
+class InputWaitMonitor:
+  """Fed every logged window's ``input_wait_fraction`` (the share of the window's wall time the loop waited for a
+  batch). Once the first ``warmup_windows`` log windows have passed (the first holds the compile and tf.data's
+  shuffle buffer filling), it warns once when the fraction is above ``threshold`` in ``windows`` log windows in a
+  row, naming the fractions and the fixes. ``threshold`` 0 turns it off (``data.input_wait_warning``)."""
+
+  def __init__(self, threshold: float, *, windows: int = 2, warmup_windows: int = 1):
+    if not 0.0 <= threshold < 1.0:
+      raise ValueError(f"data.input_wait_warning must be in [0, 1) (0: off), got {threshold}")
+    self.threshold, self.windows, self.warmup_windows = threshold, windows, warmup_windows
+    self.seen = 0  # log windows so far
+    self.above: list[float] = []  # the fractions of the latest windows in a row above the threshold
+    self.fired = False
+
+  def update(self, step: int, fraction: float) -> str | None:
+    """The warning, the first time the window ending at ``step`` completes the streak; None otherwise."""
+    self.seen += 1
+    if self.fired or self.threshold <= 0 or self.seen <= self.warmup_windows:
+      return None
+    self.above = [*self.above, float(fraction)] if fraction > self.threshold else []
+    if len(self.above) < self.windows:
+      return None
+    self.fired = True
+    shown = ", ".join(f"{f:.2f}" for f in self.above)
+    return (
+      f"The input is holding training back: input_wait_fraction {shown} in the last {self.windows} log windows "
+      f"(to step {step}; above data.input_wait_warning={self.threshold:g}): the devices idle while the host prepares "
+      f"batches; without the wait the last window would have run {1 / max(1e-6, 1 - self.above[-1]):.1f}x as fast. "
+      "Fixes: a decode-free pixel set (`python -m alexnet_jax.prepare --encoding=pixels`, then --config.data.dir "
+      "on it); input workers on other machines (`python -m alexnet_jax.data_service` workers, "
+      "--config.data.service=HOST:PORT); more host cores or threads for the input. `python -m alexnet_jax.aot` "
+      "estimates the host cores a target needs (host_cores_needed). This warning is given once."
     )

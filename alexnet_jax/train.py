@@ -390,6 +390,7 @@ class _Loop:
       patience=h.patience,
       max_steps_at_chance=h.max_steps_at_chance,
     )
+    self.input_wait_monitor = health.InputWaitMonitor(config.data.input_wait_warning)
     self.last_good_ckpt = ckpt.all_steps()[-1] if ckpt.all_steps() else None
     self.window_start, self.window_steps, self.input_wait = time.perf_counter(), 0, 0.0
 
@@ -464,6 +465,8 @@ class _Loop:
     if peak is not None:  # GPUs and TPUs: the most device memory held so far, beside aot.py's plan
       scalars["peak_memory_bytes"] = peak
     self.writer.write_scalars(self.step, scalars)
+    if starved := self.input_wait_monitor.update(self.step, scalars["input_wait_fraction"]):
+      logging.warning("%s", starved)
     self.train_metrics, self.window_start, self.window_steps, self.input_wait = None, time.perf_counter(), 0, 0.0
     collapse = self.detector.update(self.step, values)
     if collapse and self.config.health.on_collapse == "stop":

@@ -19,6 +19,9 @@ from tests.support import ROOT
 
 AOT_PYTHON = os.path.join(ROOT, ".venv-aot", "bin", "python")
 PAPER_PARAMS = 60_965_224  # the paper net's parameter count (model.count_params; tests/unit/test_model.py)
+PAPER_TRAIN_FLOPS_PER_IMAGE = 4_346_440_896  # forward + backward, one image (tests/unit/test_benchmark.py, by layer)
+# Dense peak FLOP/s and HBM bytes/s, from the datasheets (NVIDIA H100 SXM) and Google's Cloud TPU pages (v5e).
+H100_BF16_FLOPS, V5E_BF16_FLOPS, V5E_HBM_BYTES_PER_SECOND = 989e12, 197e12, 819e9
 
 
 def user_env() -> dict[str, str]:
@@ -27,11 +30,15 @@ def user_env() -> dict[str, str]:
   return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS") and not k.startswith("JAX_")}
 
 
-def aot_run(*args, timeout=900):
+def aot_run(*args, timeout=900, input_rates=None):
+  """``python -m alexnet_jax.aot ARGS`` in .venv-aot; ``input_rates``: the record of per-core input rates it reads
+  (``$ALEXNET_JAX_INPUT_RATES``; default: the user's own)."""
   if not os.path.exists(AOT_PYTHON):
     pytest.fail("the accelerator compilers are not installed: run `make install-aot` (make test does)")
   env = user_env()
   env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+  if input_rates is not None:
+    env["ALEXNET_JAX_INPUT_RATES"] = str(input_rates)
   cmd = [AOT_PYTHON, "-m", "alexnet_jax.aot", *args]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -182,7 +189,8 @@ def test_paper_net_on_two_h100s_with_the_model_split(tmp_path):
 )
 def test_the_paper_layout_in_what_the_compiler_produced(tmp_path, config, target, model, data):
   """The model split on a TPU slice (data 2 x model 2; the text's LRN across the split), and data parallelism on 8
-  GPUs and 8 TPU chips."""
+  GPUs and 8 TPU chips; and the input each train step needs (no per-core rates recorded: the pixel default; the JPEG
+  rate given as a flag)."""
   hlo = tmp_path / "train.hlo"
   out = aot_run(
     f"--config={config}",
@@ -191,6 +199,8 @@ def test_the_paper_layout_in_what_the_compiler_produced(tmp_path, config, target
     "--config.model.dtype=bfloat16",
     "--config.eval_batch_size=64",
     f"--hlo_out={hlo}",
+    "--jpeg_images_per_sec_per_core=1000",
+    input_rates=tmp_path / "no_rates_recorded.json",
   )
   assert out.returncode == 0, out.stderr[-3000:]
   train = programs(out)["train"]
@@ -202,6 +212,32 @@ def test_the_paper_layout_in_what_the_compiler_produced(tmp_path, config, target
     assert train["collectives"]["all-reduce"]["bytes"] >= 2 * PAPER_PARAMS // model
   if target.startswith("v5e"):  # libtpu's cost analysis gives the roofline estimate
     assert train["roofline_seconds"] > 0 and train["roofline_bound"] in ("compute", "memory")
+  assert_input_needs(train, gpu=target.startswith("h100"))
+
+
+def assert_input_needs(train: dict, *, gpu: bool):
+  """The step time worked out here from its formula: on the GPU (no cost analysis) our FLOP count over 0.15 of the
+  bf16 peak; on TPU the longer of libtpu's FLOPs at the peak and its bytes at the HBM bandwidth. The input rate is
+  the batch over it; the cores at 1,000 images/s per core (the flag) and 4,000 (the pixel default)."""
+  if gpu:
+    step = PAPER_TRAIN_FLOPS_PER_IMAGE * train["batch_size"] / train["num_devices"] / (0.15 * H100_BF16_FLOPS)
+    assert train["step_time_basis"] == "mfu" and train["mfu_assumed"] == 0.15
+  else:
+    compute = train["flops_per_device"] / V5E_BF16_FLOPS
+    step = max(compute, train["bytes_accessed_per_device"] / V5E_HBM_BYTES_PER_SECOND)
+    assert train["step_time_basis"] == "roofline" and train["mfu_assumed"] is None
+    assert train["step_seconds"] == train["roofline_seconds"]
+  assert train["step_seconds"] == pytest.approx(step, rel=1e-9)
+  needed = train["batch_size"] / step
+  assert train["images_per_sec_needed"] == pytest.approx(needed, abs=0.05) and needed > 0
+  hosts = train["num_hosts"]
+  assert train["host_cores_needed"] == pytest.approx(
+    {"jpeg": needed / 1000 / hosts, "pixels": needed / 4000 / hosts}, abs=0.005
+  )
+  assert train["host_cores_needed_total"] == pytest.approx({"jpeg": needed / 1000, "pixels": needed / 4000}, abs=0.005)
+  assert train["input_images_per_sec_per_core"] == {"jpeg": 1000.0, "pixels": 4000.0}
+  assert train["input_rates_source"]["jpeg"] == "--jpeg_images_per_sec_per_core"
+  assert "provisional" in train["input_rates_source"]["pixels"]
 
 
 @pytest.mark.slow
@@ -240,3 +276,24 @@ def test_a_batch_that_does_not_fit_names_the_need_and_the_largest_batch_that_doe
 def test_an_unknown_target_is_a_command_line_error():
   out = aot_run("--config=configs/paper.py", "--target=tpu9:2x2", timeout=300)
   assert out.returncode == 2 and "expected one of ['a100', 'h100', 'v4', 'v5e', 'v5p', 'v6e']" in out.stderr
+
+
+def test_an_impossible_mfu_or_input_rate_is_a_command_line_error(tmp_path):
+  """Refused before anything is compiled: an MFU outside (0, 1], a per-core rate that is not positive, a record of
+  rates that is no record."""
+  out = aot_run(
+    "--config=configs/paper.py", "--target=h100:1", "--mfu=0", timeout=300, input_rates=tmp_path / "none.json"
+  )
+  assert out.returncode == 2 and "--mfu=0.0: a fraction of the peak, in (0, 1]" in out.stderr, out.stderr[-2000:]
+  out = aot_run(
+    "--config=configs/paper.py",
+    "--target=h100:1",
+    "--pixels_images_per_sec_per_core=-5",
+    timeout=300,
+    input_rates=tmp_path / "none.json",
+  )
+  assert out.returncode == 2 and "--pixels_images_per_sec_per_core must be positive" in out.stderr, out.stderr[-2000:]
+  damaged = tmp_path / "rates.json"
+  damaged.write_text("[1, 2")
+  out = aot_run("--config=configs/paper.py", "--target=h100:1", timeout=300, input_rates=damaged)
+  assert out.returncode == 2 and "is not a record of input rates" in out.stderr, out.stderr[-2000:]

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import time
 
 import jax
 import numpy as np
@@ -175,3 +176,71 @@ def test_the_stated_step_is_checked_even_between_log_steps(tmp_path, caplog):
   assert len(warnings) == 1 and "at chance at step 3:" in warnings[0]
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert sorted({r["step"] for r in rows if "train_loss" in r}) == [3, 5]
+
+
+# ---- the input-wait warning -----------------------------------------------------------------------------------------
+def fired_at(fractions, threshold=0.25):
+  monitor = health.InputWaitMonitor(threshold)
+  messages = [monitor.update(100 * (i + 1), f) for i, f in enumerate(fractions)]
+  return [(100 * (i + 1), m) for i, m in enumerate(messages) if m]
+
+
+def test_the_input_wait_warning_fires_once_after_two_windows_above_the_threshold():
+  # window 1 (warm-up) not counted; 0.3 then 0.2 breaks the streak; 0.4, 0.5 make it: at step 600, once.
+  fired = fired_at([0.95, 0.1, 0.3, 0.2, 0.4, 0.5, 0.6, 0.7])
+  assert [step for step, _ in fired] == [600]
+  message = fired[0][1]
+  assert "input_wait_fraction 0.40, 0.50 in the last 2 log windows (to step 600" in message
+  assert "data.input_wait_warning=0.25" in message and "2.0x as fast" in message  # 1 / (1 - 0.5)
+  for fix in ("prepare --encoding=pixels", "alexnet_jax.data_service", "--config.data.service=HOST:PORT", "cores"):
+    assert fix in message
+  assert [s for s, _ in fired_at([0.95, 0.95, 0.95])] == [300]  # the first window alone never counts
+  assert fired_at([0.95, 0.95, 0.1, 0.95]) == []
+  assert fired_at([0.0, 0.25, 0.25, 0.25]) == []  # at the threshold is not above it
+  assert fired_at([0.9] * 10, threshold=0.0) == []  # 0: off
+  with pytest.raises(ValueError, match=r"input_wait_warning must be in \[0, 1\)"):
+    health.InputWaitMonitor(1.0)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_the_input_wait_threshold_is_validated(value):
+  from alexnet_jax import config_lib
+
+  with pytest.raises(ValueError, match=r"data\.input_wait_warning must be in \[0, 1\)"):
+    config_lib.validate(tiny_config(**{"data.input_wait_warning": value}))
+
+
+def test_a_run_whose_input_is_slow_is_told_once(tmp_path, caplog, monkeypatch):
+  """The training loop feeds the monitor: a source that sleeps 0.5 s before each batch (the steps take milliseconds)
+  keeps the loop waiting most of each window once the batches prefetched during the first window's compile are used
+  up; 8 steps logged every 2: warned once, at step 6 or 8 (the windows of steps 5-6 and 7-8 wait for every batch; the
+  first window is warm-up, the second may still be fed from the prefetched batches). With the threshold at 0 the same
+  run says nothing. On one device, as the collapse test."""
+  create_mesh, create_source = parallel.create_mesh, sources.create_source
+  monkeypatch.setattr(
+    parallel, "create_mesh", lambda model_axis=1, devices=None: create_mesh(model_axis, jax.devices()[:1])
+  )
+
+  def slow_source(config):
+    source = create_source(config)
+    batches = source.train_batches
+
+    def slow(*args, **kwargs):
+      for batch in batches(*args, **kwargs):
+        time.sleep(0.5)
+        yield batch
+
+    source.train_batches = slow
+    return source
+
+  monkeypatch.setattr(sources, "create_source", slow_source)
+  for threshold, expected in ((0.25, 1), (0.0, 0)):
+    caplog.clear()
+    config = tiny_config(num_train_steps=8, log_every_steps=2, checkpoint_every_steps=100)
+    config.data.input_wait_warning = threshold
+    with caplog.at_level(logging.WARNING):
+      train.train_and_evaluate(config, tmp_path / str(threshold))
+    warnings = [r.getMessage() for r in caplog.records if "input is holding training back" in r.getMessage()]
+    assert len(warnings) == expected, warnings
+    if expected:
+      assert "(to step 6;" in warnings[0] or "(to step 8;" in warnings[0], warnings[0]
