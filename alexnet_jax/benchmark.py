@@ -12,7 +12,8 @@ The training input's paths side by side in one run (``bench_input``):
 
   python -m alexnet_jax.benchmark --input_only [--data_dir=DST] [--steps=20]
 
-one JSON line per path (``pipeline``: ``jpeg``, ``pixels``, ``floor``, ``pixels device part``; ``threads``;
+one JSON line per path (``pipeline``: ``jpeg``, ``pixels`` (memory-mapped), ``pixels_tfrecord`` (the records through
+tf.data), ``floor``, ``pixels device part``; ``threads``;
 ``images_per_sec``; ``images_per_sec_per_core``), the first two on one thread and on every core, over the same
 images: a JPEG set (``DST``, or 2,000 generated 256x256 images prepared in a temporary folder) and a sample of it
 converted to pixels in a temporary folder (a pixel ``DST`` is read as it is).
@@ -264,18 +265,18 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]
   pixels_dir = _pixel_sample(data_dir, tempfile.mkdtemp(dir=tmp.name), max_images=max(2000, 4 * batch_size))
   cores = os.cpu_count() or 1
   rows, sources = [], {}
-  for pipeline, folder in (("jpeg", data_dir), ("pixels", pixels_dir)):
+  paths = (("jpeg", data_dir, "mmap"), ("pixels", pixels_dir, "mmap"), ("pixels_tfrecord", pixels_dir, "tfrecord"))
+  for pipeline, folder, reader in paths:
     for threads in sorted({1, cores}):
-      src = prepared_source(folder, image_size=227, seed=0, shuffle_buffer=1, num_threads=threads)
-      every = src._share("train", 0, 1)  # the whole training set, as one process reads it
-      ds = src._train_dataset(every, start_epoch=0, batch=batch_size, per_epoch=src.steps_per_epoch(batch_size))
-      rate = _time_batches(ds.as_numpy_iterator(), batch_size, steps)
+      src = prepared_source(folder, reader, image_size=227, seed=0, shuffle_buffer=1, num_threads=threads)
+      rate = _time_batches(src.train_batches(0, batch_size), batch_size, steps)
       rows.append(_input_row(pipeline, threads, rate, data_dir=folder, device_crop=src.device_crop))
-      sources[pipeline] = (src, ds)
-  src, ds = sources["pixels"]
-  images = np.concatenate([b["image"] for b in ds.take(max(1, 2000 // batch_size)).as_numpy_iterator()])
+      sources[pipeline] = src
+  src = sources["pixels"]
+  batches = src.train_batches(0, batch_size)
+  images = np.concatenate([next(batches)["image"] for _ in range(max(1, 2000 // batch_size))])
   rows.append(_input_row("floor", 1, _floor(images, batch_size, steps), stored_size=images.shape[1]))
-  batch = jax.device_put(next(ds.as_numpy_iterator()))
+  batch = jax.device_put(next(batches))
   preprocess = jax.jit(src.preprocess)
 
   def device_batches():
@@ -343,8 +344,13 @@ def main(argv: list[str]) -> int:
 
 def run_benchmark(f) -> None:
   if f.input_only:
-    for row in bench_input(f.data_dir, f.batch_size, max(f.steps, 10)):
+    from alexnet_jax import input_rates
+
+    rows = bench_input(f.data_dir, f.batch_size, max(f.steps, 10))
+    for row in rows:
       emit(row)
+    # what `python -m alexnet_jax.aot` reads for host_cores_needed
+    emit({"what": "input_rates_recorded", "path": input_rates.record(rows)})
     return
   emit(
     bench_train_step(

@@ -30,6 +30,11 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `benchmark --input_only` records its rates for `aot`: in the tests, here rather than in the user's ~/.cache.
+os.environ.setdefault(
+  "ALEXNET_JAX_INPUT_RATES",
+  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "tests", "input_rates.json"),
+)
 
 import jax
 

@@ -15,7 +15,8 @@ A prepared set is a folder holding
   file name; TFDS reads these shards too). "pixels": no protocol buffer, so nothing is parsed or copied per field
   (``encode_pixel_record``): the image's uint8 pixels, row-major [size, size, 3], then a 16-byte little-endian
   trailer (index int64, label int32, 4 zero bytes), so that a batch of records decodes to pixels in one copy
-  (``decode.raw_pixels``); every record of a set has the same length, and TFRecord's framing keeps its checksums. TFDS does not read pixel shards (they are not ``tf.train.Example``s).
+  (``decode.raw_pixels``); every record of a set has the same length, and TFRecord's framing keeps its checksums.
+  TFDS does not read pixel shards (they are not ``tf.train.Example``s).
 - ``bad_files.json`` (``BAD_FILES``): the images that could not be read, written after the last shard and before
   the metadata.
 - TFDS's ``dataset_info.json`` and ``features.json`` (``write_tfds_metadata``), so ``tfds.builder_from_directory``

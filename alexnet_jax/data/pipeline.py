@@ -206,6 +206,18 @@ class AugmentedSource:
     """The records of one piece of a share (see ``_share``): ``take`` records of a shard after its first ``skip``."""
     return self.reader.records(filename).skip(skip).take(take)
 
+  @property
+  def _mapped(self) -> bool:
+    """Training reads example positions of memory-mapped shards, the pixels copied out per batch (a pixel set:
+    ``PreparedReader.mapped``)."""
+    return self.device_crop and getattr(self.reader, "mapped", False)
+
+  def _train_piece_records(self, filename, skip, take):
+    """``_piece_records`` for training: positions instead of records where ``_mapped``."""
+    if self._mapped:
+      return self.reader.positions(filename).skip(skip).take(take)
+    return self._piece_records(filename, skip, take)
+
   @staticmethod
   def _pieces_dataset(pieces: list[tuple[str, int, int]], order=None):
     """A dataset of (file, skip, take) for ``pieces``, in the order of the index tensor ``order`` if given."""
@@ -254,8 +266,10 @@ class AugmentedSource:
 
     size, crop = self.view_size, self.image_size
 
+    parse = self.reader.parse_position if self._mapped else self.reader.parse
+
     def fn(record, epoch):
-      encoded, label, index = self.reader.parse(record)
+      encoded, label, index = parse(record)
       offset, flip, alpha = augment.train_draw(
         self.seed,
         epoch,
@@ -279,7 +293,7 @@ class AugmentedSource:
     stored bytes, made one uint8 [B, S, S, 3] array here (one copy for the batch)."""
     import tensorflow as tf
 
-    if self.device_crop:
+    if self.device_crop and not self._mapped:  # (mapped: positions, the pixels copied out in ``train_batches``)
       images = self.reader.decode_views(images)
 
     return self._to_batch(
@@ -346,7 +360,7 @@ class AugmentedSource:
     order = tf.random.experimental.stateless_shuffle(tf.range(len(pieces)), seed=tf.stack([seed, epoch]))
     ds = self._pieces_dataset(pieces, order)
     ds = ds.interleave(
-      tf.autograph.experimental.do_not_convert(self._piece_records),  # plain tf.data calls: nothing for AutoGraph
+      tf.autograph.experimental.do_not_convert(self._train_piece_records),  # plain tf.data calls: no AutoGraph
       cycle_length=min(16, len(pieces)),
       block_length=1,
       num_parallel_calls=min(16, len(pieces)),
@@ -400,11 +414,16 @@ class AugmentedSource:
     local = global_batch // jax.process_count()
     pieces = self._share("train", jax.process_index(), jax.process_count())
     per_epoch = self.steps_per_epoch(global_batch)
+    if self._mapped:
+      self.reader.open_maps()
     epoch, step_in_epoch = divmod(start_step, per_epoch)
     ds = self._train_dataset(
       pieces, start_epoch=epoch, batch=local, per_epoch=per_epoch, skip_examples=step_in_epoch * local
     )
-    yield from self._named_faults(ds.as_numpy_iterator(), [f for f, _, _ in pieces])
+    batches = self._named_faults(ds.as_numpy_iterator(), [f for f, _, _ in pieces])
+    if self._mapped:
+      batches = ({**b, "image": self.reader.gather(b["image"])} for b in batches)
+    yield from batches
 
   def _named_faults(self, batches: Iterator[dict[str, np.ndarray]], files: list[str]):
     """``batches``, with TensorFlow's "corrupted record at N" (which names no file) turned into an error naming the

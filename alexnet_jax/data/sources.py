@@ -91,7 +91,10 @@ def create_source(config):
   from alexnet_jax.data.tfds_dataset import tfds_source
 
   d = config.data
-  make = functools.partial(tfds_source, d.tfds_name) if name == "tfds" else prepared_source
+  if name == "tfds":
+    make = functools.partial(tfds_source, d.tfds_name)
+  else:
+    make = functools.partial(prepared_source, pixel_reader=d.pixel_reader)
   return make(
     d.dir,
     image_size=image_size,

@@ -103,19 +103,19 @@ def test_a_set_from_the_tree_holds_the_resized_originals_and_differs_from_jpeg_b
   assert 0 < diff.mean() < 6 and diff.max() <= 64  # docs/data.md: mean ~3 levels, max ~40 on these sharp shapes
 
 
-def _batches(folder, count, **kwargs):
-  source = prepared_source(str(folder), image_size=CROP, seed=5, shuffle_buffer=50, **kwargs)
+def _batches(folder, count, reader="mmap", **kwargs):
+  source = prepared_source(str(folder), reader, image_size=CROP, seed=5, shuffle_buffer=50, **kwargs)
   preprocess = jax.jit(source.preprocess)
   train = [(b, np.asarray(preprocess(b))) for b in itertools.islice(source.train_batches(7, 16), count)]
   evaluation = [np.asarray(preprocess(b)) for b in source.eval_batches(16)]
   return source, train, evaluation
 
 
-@pytest.mark.parametrize("eval_crops", [1, 10])
-def test_device_crops_of_a_converted_set_equal_the_host_crops_of_its_jpeg_set(sets, eval_crops):
+@pytest.mark.parametrize("eval_crops, reader", [(1, "mmap"), (10, "mmap"), (1, "tfrecord")])
+def test_device_crops_of_a_converted_set_equal_the_host_crops_of_its_jpeg_set(sets, eval_crops, reader):
   host, host_train, host_eval = _batches(sets["jpeg"], 5, eval_crops=eval_crops)
-  device, device_train, device_eval = _batches(sets["converted"], 5, eval_crops=eval_crops)
-  assert not host.device_crop and device.device_crop
+  device, device_train, device_eval = _batches(sets["converted"], 5, reader, eval_crops=eval_crops)
+  assert not host.device_crop and device.device_crop and device._mapped == (reader == "mmap")
   for (hb, hx), (db, dx) in zip(host_train, device_train):
     assert hb["image"].shape[1:] == (CROP, CROP, 3) and db["image"].shape[1:] == (STORED, STORED, 3)
     np.testing.assert_array_equal(hb["index"], db["index"])
@@ -179,3 +179,16 @@ def test_what_cannot_be_converted_or_mixed_is_refused(sets, tmp_path):
   (tmp_path / "future" / format.METADATA).write_text(json.dumps(meta))
   with pytest.raises(ValueError, match="stored as 'webp'; this version of alexnet_jax reads jpeg, pixels"):
     format.read_metadata(str(tmp_path / "future"))
+
+
+def test_a_mapped_shard_of_the_wrong_size_is_named_with_what_to_do(sets, tmp_path):
+  import shutil
+
+  copy = tmp_path / "copy"
+  shutil.copytree(sets["converted"], copy)
+  meta = json.loads((copy / format.METADATA).read_text())
+  shard = copy / meta["splits"]["train"]["files"][0]
+  shard.write_bytes(shard.read_bytes()[:-100])  # cut short, as an interrupted copy leaves it
+  source = prepared_source(str(copy), image_size=CROP, seed=5, shuffle_buffer=50)
+  with pytest.raises(ValueError, match=rf"{shard.name} holds \d+ bytes, not \d+ records .*prepare"):
+    next(source.train_batches(0, 16))
