@@ -24,11 +24,11 @@ PIPELINES = ("jpeg", "pixels", "service_1", "service_2", "floor")
 # images/s per core. JPEG: tf.data decode + random crop + flip on one core measured 1,411-1,585 on a 2-core EPYC
 # (benchmarks/RESULTS.md, the training input, 2026-11).
 DEFAULT_JPEG_PER_CORE = 1500.0
-DEFAULT_PIXELS_PER_CORE = 4000.0  # PROVISIONAL, not measured: to be replaced by the measured rate
+DEFAULT_PIXELS_PER_CORE = 15000.0  # memory-mapped pixel sets, one thread, 2-core EPYC: 15,588 (RESULTS.md)
 DEFAULTS = {"jpeg": DEFAULT_JPEG_PER_CORE, "pixels": DEFAULT_PIXELS_PER_CORE}
 DEFAULT_SOURCES = {
   "jpeg": "default (benchmarks/RESULTS.md: 1,411-1,585 images/s per core on a 2-core EPYC)",
-  "pixels": "default, provisional (not measured yet: input_rates.DEFAULT_PIXELS_PER_CORE)",
+  "pixels": "default (benchmarks/RESULTS.md: 15,588 images/s per core, memory-mapped pixel set, 2-core EPYC)",
 }
 _VERSIONED = ("jax", "jaxlib", "tensorflow", "numpy", "pillow")
 

@@ -1,6 +1,7 @@
 r"""Prepare ImageNet (or any class-folder image set) once, the paper's way (Sec. 2):
 
   python -m alexnet_jax.prepare --input_dir=SRC --output_dir=DST [--image_size=256] [--jpeg_quality=90]
+  python -m alexnet_jax.prepare --input_dir=SRC_or_DST --output_dir=DST_pixels --encoding=pixels
 
 SRC is either the official ILSVRC2012 tar files (``ILSVRC2012_img_train.tar`` of per-class tars and
 ``ILSVRC2012_img_val.tar``; the class list and validation labels come from tensorflow-datasets' ``imagenet2012``
@@ -10,7 +11,9 @@ and tools leave beside the data (hidden names such as ``.ipynb_checkpoints``, ``
 layout, nor is a folder that holds no images; the log lists what was skipped (``find_images``).
 
 Every image is rescaled so its shorter side is ``image_size`` and the central ``image_size`` square is kept, then
-stored as JPEG in TFRecord shards that TFDS can read (``tfds.builder_from_directory(DST)``). One streaming pass over
+stored as JPEG in TFRecord shards that TFDS can read (``tfds.builder_from_directory(DST)``), or with
+``--encoding=pixels`` as raw pixels (nothing to decode when training; ``convert`` makes them from a JPEG set,
+exactly its decoded pixels). One streaming pass over
 the training split computes the per-pixel mean image and the 3x3 RGB covariance with its eigenpairs (for "fancy
 PCA" lighting), stored in ``DST/stats.npz``. Shards are written by every core, each committed by an atomic rename:
 an interrupted run re-run with the same flags keeps the finished shards. Bad files (CMYK, PNG named .JPEG and

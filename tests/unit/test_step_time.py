@@ -108,8 +108,8 @@ ROWS = [  # benchmark --input_only's rows as the lead's version prints them (fab
 
 def test_the_defaults_where_nothing_was_recorded(tmp_path):
   rates = input_rates.load(str(tmp_path / "none.json"))
-  assert rates["jpeg"] == 1500.0 and rates["pixels"] == 4000.0
-  assert "default" in rates["source"]["jpeg"] and "provisional" in rates["source"]["pixels"]
+  assert rates["jpeg"] == 1500.0 and rates["pixels"] == 15000.0
+  assert "default" in rates["source"]["jpeg"] and "15,588" in rates["source"]["pixels"]
 
 
 def test_recorded_rates_round_trip_with_where_they_were_measured(tmp_path):
@@ -133,7 +133,7 @@ def test_only_jpeg_recorded_leaves_the_pixel_default(tmp_path):
   path = str(tmp_path / "rates.json")
   input_rates.record(ROWS[:1], path)
   rates = input_rates.load(path)
-  assert (rates["jpeg"], rates["pixels"]) == (1400.0, 4000.0) and "provisional" in rates["source"]["pixels"]
+  assert (rates["jpeg"], rates["pixels"]) == (1400.0, 15000.0) and "15,588" in rates["source"]["pixels"]
 
 
 def test_where_the_record_lives(tmp_path, monkeypatch):
