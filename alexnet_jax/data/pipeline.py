@@ -29,8 +29,8 @@ flip and the RGB lighting shift; the device subtracts the matching window of the
 (4x fewer bytes to move). A pixel set (``reader.whole_views``) read at its stored size sends each training image
 whole instead (``device_crop``): the device cuts and mirrors the crop too (``augment.crop_and_flip``), bit for bit
 what the host would have cut; with a memory-mapped reader (``PreparedReader.mapped``) tf.data carries example
-positions and ``train_batches`` copies each batch's pixels out of the mapping. Without it TensorFlow does the same float arithmetic on the host. The two give identical
-numbers (tested).
+positions and ``train_batches`` copies each batch's pixels out of the mapping. Without ``device_preprocess``
+TensorFlow does the same float arithmetic on the host. The two give identical numbers (tested).
 """
 
 from __future__ import annotations
