@@ -136,10 +136,10 @@ class Predictor:
   def validation_images(self, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, S, S, 3] at the stored size, labels [N]) from the run's validation split, in order."""
     meta = getattr(self.source, "meta", None)
-    if not meta:  # the synthetic source: its evaluation images, which are the crops themselves ...
+    if not meta:  # the synthetic source: its evaluation images (made here, on the CPU), which are the crops ...
       batch = next(self.source.eval_batches(count or 16))
       real = int(batch["mask"].sum())
-      images = batch["image"][:real]
+      images = self.source.images(batch)[:real]
       # ... reflected outward to the square the crop is cut from, so that ``predict``'s centre crop of them is
       # exactly what evaluation fed the network.
       before = (self.source.view_size - self.image_size) // 2

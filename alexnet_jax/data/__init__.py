@@ -7,7 +7,7 @@
 - ``batches``: what a source is (the interface, batch shapes, padded evaluation batches).
 - ``pipeline``: ``AugmentedSource``, a reader's shards through the augmentation on tf.data; ``prepared`` and
   ``tfds_dataset``: the readers of a prepared set and of a TFDS dataset, each with its source; ``synthetic``: images
-  made from their index; ``sources``: which of them a config reads.
+  made on the devices from their index; ``sources``: which of them a config reads.
 - ``prepare``: the tool that writes a prepared set (``python -m alexnet_jax.prepare``); ``embedded``: the
   procedurally drawn dataset that needs no download (``python -m alexnet_jax.shapes``).
 

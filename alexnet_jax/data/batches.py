@@ -6,11 +6,11 @@ A source has: ``num_classes``, ``image_size``, ``num_train_examples``, ``num_eva
 (seed, s), so a resumed run sees exactly what an unbroken run would), ``eval_batches(global_batch)`` (every
 example exactly once, the last batch padded and ``mask``ed), ``batch_spec(global_batch, train)`` (the shapes and
 dtypes of one global batch) and ``preprocess(batch)``: the pure function, run on the devices inside the step, that
-turns a batch's uint8 ``image`` into the network's float input.
+turns a batch's uint8 ``image`` (the synthetic source: its examples' indices) into the network's float input.
 
-The sources: ``synthetic.SyntheticSource`` (images made from their index), and ``pipeline.AugmentedSource`` over a
-reader of a prepared set (``prepared.prepared_source``) or of a TFDS dataset (``tfds_dataset.tfds_source``).
-``sources.create_source`` makes the one a config asks for.
+The sources: ``synthetic.SyntheticSource`` (images made on the devices from their index), and
+``pipeline.AugmentedSource`` over a reader of a prepared set (``prepared.prepared_source``) or of a TFDS dataset
+(``tfds_dataset.tfds_source``). ``sources.create_source`` makes the one a config asks for.
 """
 
 from __future__ import annotations

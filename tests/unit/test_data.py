@@ -1,6 +1,7 @@
 """Data preparation and the paper's input pipeline, on data the project generates itself."""
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -727,6 +728,95 @@ def test_synthetic_batch_spec_is_what_the_source_yields():
   for train, batch in ((True, next(src.train_batches(0, 8))), (False, next(src.eval_batches(8)))):
     got = {k: (v.shape, jax.dtypes.canonicalize_dtype(v.dtype)) for k, v in batch.items()}
     assert got == {k: (v.shape, v.dtype) for k, v in src.batch_spec(8, train=train).items()}
+    network_input = jax.eval_shape(src.preprocess, src.batch_spec(8, train=train))
+    assert (network_input.shape, network_input.dtype) == ((8, 35, 35, 3), np.float32)
+
+
+# ---- the synthetic source: images made on the devices ---------------------------------------------------------------
+def synthetic(**kw):
+  from alexnet_jax.data.synthetic import SyntheticSource
+
+  args = dict(num_classes=5, image_size=67, num_train_examples=1000, num_eval_examples=30, learnable=True, seed=0)
+  return SyntheticSource(**{**args, **kw})
+
+
+def test_the_synthetic_hosts_batches_hold_no_image():
+  """The host yields a few int32s an example (index, split, label; eval adds the mask), never pixels: the images are
+  made inside the step (at full size, 512 images would be 79 MB a batch for the host to make and copy)."""
+  src = synthetic(image_size=227, num_classes=1000)
+  for batch, keys in ((next(src.train_batches(3, 512)), set()), (next(src.eval_batches(512)), {"mask"})):
+    assert set(batch) == {"index", "split", "label"} | keys
+    assert all(v.shape == (512,) and v.dtype.itemsize == 4 for v in batch.values())
+  assert set(next(src.train_batches(0, 8))["split"]) == {0} and set(next(src.eval_batches(8))["split"]) == {1}
+
+
+def test_synthetic_images_depend_on_seed_split_and_index_alone():
+  """An example's pixels are the same whatever batch holds it, at whatever row, on however many devices or processes,
+  on the host (``images``) or in the jitted step; and differ between train and eval, seeds and indices. Everything on
+  the CPU here, 8 devices."""
+  from alexnet_jax import parallel
+
+  src = synthetic()
+  first = next(src.train_batches(0, 8))  # examples 0..7
+  second = next(src.train_batches(1, 4))  # examples 4..7, rows 0..3
+  assert first["index"][4:].tolist() == second["index"].tolist()
+  made_one = np.asarray(jax.jit(src.device_images)(second))  # on one device
+  for model_axis in (1, 2):  # 8 devices: the batch split 8 ways, or 4 ways and each half on 2 devices
+    mesh = parallel.create_mesh(model_axis, jax.devices()[:8])
+    made_sharded = np.asarray(jax.jit(src.device_images)(parallel.to_global(first, parallel.batch_sharding(mesh))))
+    np.testing.assert_array_equal(made_sharded[4:], made_one)
+  np.testing.assert_array_equal(src.images(first), made_sharded)  # the host's copy: the same bits
+  # The step's input is those pixels normalised (preprocess = device_images, then mean_image's - 127.5).
+  np.testing.assert_array_equal(np.asarray(jax.jit(src.preprocess)(second)), made_one.astype(np.float32) - 127.5)
+  # Two processes: each makes its half of the global batch (process p, rows p * 4 ...), together step 0's batch.
+  halves = []
+  for process in (0, 1):
+    with pytest.MonkeyPatch.context() as m:
+      as_process(m, process, 2)
+      halves.append(next(src.train_batches(0, 8)))
+  for k in first:
+    np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), first[k])
+  # Resuming at step 1 yields step 1's batch.
+  resumed, unbroken = next(src.train_batches(1, 8)), list(itertools.islice(src.train_batches(0, 8), 2))[1]
+  assert all(np.array_equal(resumed[k], unbroken[k]) for k in resumed)
+  # Different examples, splits and seeds: different pixels (each differs from its neighbour nearly everywhere).
+  evaluation = src.images(next(src.eval_batches(8)))
+  other_seed = synthetic(seed=1).images(first)
+  for a, b in ((made_sharded[:-1], made_sharded[1:]), (made_sharded, evaluation), (made_sharded, other_seed)):
+    assert (a != b).mean() > 0.9
+
+
+def cell_ranges(images: np.ndarray, reps: int) -> tuple[np.ndarray, np.ndarray]:
+  """(min, max) over the images and over each 8x8 cell's pixels, per cell and channel: [8, 8, 3] each."""
+  n, size = len(images), images.shape[1]
+  padded = np.full((n, 8 * reps, 8 * reps, 3), -1, np.int32)
+  padded[:, :size, :size] = images
+  cells = padded.reshape(n, 8, reps, 8, reps, 3).transpose(1, 3, 0, 2, 4, 5).reshape(8, 8, -1, 3)
+  return np.where(cells < 0, 256, cells).min(2), cells.max(2)
+
+
+def test_synthetic_learnable_images_carry_their_class_pattern():
+  """learnable: pixel = (3 p + noise) // 4 with p the class's colour in that cell (8x8 cells of ceil(67 / 8) = 9
+  pixels, the last cut to 4), so each cell of every image of a class, train or eval, spans at most 65 values from
+  (3p) // 4, while two classes' cells together span more: the pattern follows the label. Without learnable, pure noise:
+  every cell spans (nearly) all 256 values."""
+  src = synthetic()
+  batches = [next(src.train_batches(0, 64)), next(src.eval_batches(30))]
+  images = np.concatenate([src.images(b) for b in batches]).astype(np.int32)
+  labels = np.concatenate([b["label"] for b in batches])
+  assert set(labels.tolist()) == set(range(5))  # every class drawn
+  centres = []
+  for c in range(5):
+    low, high = cell_ranges(images[labels == c], 9)
+    assert (high - low).max() <= 64, c
+    assert (high - low).mean() > 50  # the noise is there
+    centres.append((low + high) / 2)
+  for a in range(5):
+    for b in range(a):
+      assert np.abs(centres[a] - centres[b]).mean() > 20, (a, b)  # each class its own pattern
+  noise = synthetic(learnable=False)
+  low, high = cell_ranges(noise.images(next(noise.train_batches(0, 16))).astype(np.int32), 9)
+  assert (high - low).min() > 200
 
 
 # ---- damaged shards -------------------------------------------------------------------------------------------------
