@@ -426,7 +426,7 @@ class AugmentedSource:
     ds = ds.map(self._train_example(), num_parallel_calls=parallel, deterministic=True)
     ds = ds.batch(batch).map(self._train_batch, num_parallel_calls=parallel, deterministic=True)
     ds = service.distribute(ds.with_options(options).prefetch(tf.data.AUTOTUNE), self.service)
-    return ds.unbatch().batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.rebatch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
   def _service_batches(self, pieces, *, start_epoch: int, skip_steps: int, batch: int, per_epoch: int):
     """Training's batches through the service (``data.service``): epoch after epoch from ``start_epoch``, exactly

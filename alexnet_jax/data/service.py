@@ -105,7 +105,9 @@ class LocalService:
     self.address = ""
 
   def _start(self, *flags: str) -> str:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)  # this alexnet_jax
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": path}
     p = subprocess.Popen(
       [sys.executable, "-m", "alexnet_jax.data_service", *flags],
       stdout=subprocess.PIPE,
