@@ -16,6 +16,12 @@ seeded the same way, and draws each example's crop, flip and lighting from (seed
 random ops. So the batch of every step is a pure function of the step, and a resumed run sees what an unbroken one
 would. One tf.data pipeline serves the whole run, the next epoch made ready while the current one is read.
 
+With the tf.data service (``service``, ``data.service``; ``data/service.py``): each epoch of this process's share is
+one job of the service's workers in dynamic sharding (``_service_epoch``), so every example of the share is read
+once per epoch, in an order the workers' timing decides (each example still augmented from (seed, e, index)); the
+process takes exactly ``steps_per_epoch`` batches of each epoch or stops with ``ServiceEpochShortError``
+(``_service_batches``); a resumed epoch takes its remaining batches from a fresh pass over the share.
+
 Processes: examples, not whole shards, are shared out (``_share``). The split's examples, shard after shard in the
 order ``0, P, 2P, ..., 1, P + 1, ...``, are cut into P contiguous runs of floor(N/P) or ceil(N/P) examples, so any
 shard count and any shard sizes work (one shard for two processes is cut in two) and every example is in exactly one
@@ -530,6 +536,7 @@ class AugmentedSource:
     self.device_preprocess = kwargs.get("device_preprocess", True)
     self.eval_crops = kwargs.get("eval_crops", 1)
     self.device_crop = kwargs.get("device_crop", False)
+    self.service = ""
     return self
 
   def batch_spec(self, global_batch: int, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
