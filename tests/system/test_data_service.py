@@ -58,11 +58,13 @@ def test_an_epoch_through_two_workers_holds_every_example_once_augmented_as_loca
     assert sorted(indices.tolist()) == list(range(80)), Counter(indices.tolist()).most_common(3)
     for b in got:
       assert {k: v.shape[0] for k, v in b.items()} == dict.fromkeys(b, BATCH)
-      for i, index in enumerate(
-        b["index"]
-      ):  # the same crop, flip, lighting and pixels: drawn from (seed, epoch, index)
+      for i, index in enumerate(b["index"]):  # crop, flip, lighting, pixels: drawn from (seed, epoch, index)
         for k, v in local_rows[epoch, int(index)].items():
-          np.testing.assert_array_equal(b[k][i], v, err_msg=f"{k} of example {index}, epoch {epoch}")
+          message = f"{k} of example {index}, epoch {epoch}"
+          if k == "shift":  # the lighting's matrix product runs a batch at a time: other batch mates, other rounding
+            np.testing.assert_allclose(b[k][i], v, rtol=1e-6, atol=1e-6, err_msg=message)
+          else:
+            np.testing.assert_array_equal(b[k][i], v, err_msg=message)
 
 
 def test_a_mapped_pixel_set_is_served_from_its_records(data, service):
