@@ -13,7 +13,8 @@ The training input's paths side by side in one run (``bench_input``):
   python -m alexnet_jax.benchmark --input_only [--data_dir=DST] [--steps=20]
 
 one JSON line per path (``pipeline``: ``jpeg``, ``pixels`` (memory-mapped), ``pixels_tfrecord`` (the records through
-tf.data), ``floor``, ``pixels device part``; ``threads``;
+tf.data), ``service_1`` and ``service_2`` (the JPEG set through the tf.data service: 1 and 2 local worker processes
+of one thread each, ``workers``; per core: per worker), ``floor``, ``pixels device part``; ``threads``;
 ``images_per_sec``; ``images_per_sec_per_core``), the first two on one thread and on every core, over the same
 images: a JPEG set (``DST``, or 2,000 generated 256x256 images prepared in a temporary folder) and a sample of it
 converted to pixels in a temporary folder (a pixel ``DST`` is read as it is).
@@ -250,11 +251,13 @@ def _floor(images: np.ndarray, batch_size: int, steps: int) -> float:
 
 
 def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]:
-  """The training input's paths side by side, one JSON row each (``pipeline``: "jpeg", "pixels", "floor",
-  "pixels device part"; ``threads``; ``images_per_sec``; ``images_per_sec_per_core``): the paper's full
-  augmentation from a JPEG set (decode and crop on the host) and from the same images as a pixel set (the host reads
-  and batches whole images; crop, flip, mean and lighting on the device, timed apart on the local device), each on
-  one thread and on every core, and the floor: a NumPy copy of the same pixels from memory."""
+  """The training input's paths side by side, one JSON row each (``pipeline``: "jpeg", "pixels", "pixels_tfrecord",
+  "service_1", "service_2", "floor", "pixels device part"; ``threads``; ``images_per_sec``;
+  ``images_per_sec_per_core``): the paper's full augmentation from a JPEG set (decode and crop on the host) and from
+  the same images as a pixel set (the host reads and batches whole images; crop, flip, mean and lighting on the
+  device, timed apart on the local device), each on one thread and on every core; the JPEG set through the tf.data
+  service with 1 and 2 local workers (``_bench_service``); and the floor: a NumPy copy of the same pixels from
+  memory."""
   import jax
 
   from alexnet_jax.data.prepared import prepared_source
@@ -272,6 +275,7 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]
       rate = _time_batches(src.train_batches(0, batch_size), batch_size, steps)
       rows.append(_input_row(pipeline, threads, rate, data_dir=folder, device_crop=src.device_crop))
       sources[pipeline] = src
+  rows += _bench_service(data_dir, batch_size, steps)
   src = sources["pixels"]
   batches = src.train_batches(0, batch_size)
   images = np.concatenate([next(batches)["image"] for _ in range(max(1, 2000 // batch_size))])
@@ -291,12 +295,33 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]
       "what": "input_ratios",
       "pixels_to_floor": by["pixels", 1] / by["floor", 1],
       "pixels_to_jpeg_per_core": by["pixels", 1] / by["jpeg", 1],
+      "service_2_to_service_1": by["service_2", 1] * 2 / by["service_1", 1],
       "batch_size": batch_size,
       "cores": cores,
       "shuffle_buffer": 1,
     }
   )
   tmp.cleanup()
+  return rows
+
+
+def _bench_service(data_dir: str, batch_size: int, steps: int) -> list[dict]:
+  """The JPEG set through the tf.data service: a dispatcher and 1, then 2, worker processes on this machine
+  (``service.LocalService``), each worker's pipeline on one thread; the trainer's side (receiving, re-batching)
+  runs in this process. Rows ``service_1`` and ``service_2``: ``threads`` 1 (per worker), ``workers``,
+  ``images_per_sec`` of them all, ``images_per_sec_per_core`` per worker."""
+  from alexnet_jax.data.prepared import prepared_source
+  from alexnet_jax.data.service import LocalService
+
+  rows = []
+  for workers in (1, 2):
+    with LocalService(workers) as address:
+      src = prepared_source(
+        data_dir, "tfrecord", image_size=227, seed=0, shuffle_buffer=1, num_threads=1, service=address
+      )
+      rate = _time_batches(src.train_batches(0, batch_size), batch_size, steps)
+    row = _input_row(f"service_{workers}", 1, rate, data_dir=data_dir, workers=workers)
+    rows.append({**row, "images_per_sec_per_core": rate / workers})
   return rows
 
 

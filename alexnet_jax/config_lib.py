@@ -32,6 +32,7 @@ SAFE_TO_CHANGE_ON_RESUME = (
   "data.prefetch",
   "data.input_wait_warning",
   "data.pixel_reader",
+  "data.service",
   "mesh.",
   "profile.",
   "health.",
@@ -123,6 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
   # How training reads a pixel set (prepare --encoding=pixels) on a local disk: 'mmap' (memory-mapped shards, each
   # image copied once; 6.5x the JPEG path per core) or 'tfrecord' (the records through tf.data). The same batches.
   c.data.pixel_reader = "mmap"
+  # The tf.data service's dispatcher, HOST:PORT ('': off): training's input (read, decode, augment, batch) runs on
+  # its workers (`python -m alexnet_jax.data_service`); every example once per epoch, in an order not fixed.
+  c.data.service = ""
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.model = 1  # size of the 'model' axis: 2 = the paper's two-GPU split (Sec. 3.2)
@@ -241,6 +245,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.data.input_wait_warning < 1.0:
     raise ValueError(f"data.input_wait_warning must be in [0, 1) (0: no warning), got {config.data.input_wait_warning}")
   choice("data.pixel_reader", config.data.pixel_reader, ("mmap", "tfrecord"))
+  if config.data.service:
+    from alexnet_jax.data.service import parse_address
+
+    parse_address(config.data.service)
   if config.data.eval_crops not in (1, 10):
     raise ValueError(f"data.eval_crops must be 1 or 10, got {config.data.eval_crops}")
   choice("health.on_collapse", config.health.on_collapse, ("warn", "stop"))

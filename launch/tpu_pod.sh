@@ -35,6 +35,11 @@
 # create, copy, install) before training: a TPU VM found PREEMPTED or TERMINATED, or with QUEUED=1 a queued resource
 # found SUSPENDING, SUSPENDED (Cloud TPU deletes a preempted spot slice's node: describe says NOT_FOUND) or FAILED,
 # deleted with --force. So wrapping `run` in launch/restart.sh resumes a preempted run from its last checkpoint.
+#
+# DATA_SERVICE=1: the input through the tf.data service (docs/data.md, "tf.data service") on the slice's own hosts:
+# `run` starts a dispatcher on worker 0 (port DATA_SERVICE_PORT, default 5050; its log ~/data_service.log) and every
+# worker's script a tf.data worker beside its trainer (stopped when the trainer ends); training gets
+# --config.data.service=WORKER0_IP:PORT (worker 0's internal address, from describe's networkEndpoints).
 set -euo pipefail
 
 dry_run=0
@@ -85,6 +90,8 @@ boolean() {  # boolean NAME VALUE WHAT: 1 or 0, or one error line and exit 2
   esac
 }
 SPOT="$(boolean SPOT "$SPOT" "a spot slice")" || exit 2
+DATA_SERVICE="$(boolean DATA_SERVICE "${DATA_SERVICE:-0}" "the tf.data service on the slice's hosts")" || exit 2
+DATA_SERVICE_PORT="${DATA_SERVICE_PORT:-5050}"
 QUEUED="$(boolean QUEUED "$QUEUED" "a queued resource")" || exit 2
 spot_flag=()
 if [ "$SPOT" = "1" ]; then spot_flag=(--spot); fi
@@ -176,10 +183,33 @@ gcsfuse --implicit-dirs ${GCSFUSE_BUCKET} ${GCSFUSE_MOUNT:-/mnt/gcs} && "
   on_all_workers "${mount}cd ~/${REPO_DIR} && ${INSTALL_CMD:-$setup}"
 }
 
+worker0_ip() {  # worker 0's internal address (WORKER0_IP in a dry run)
+  if [ "$dry_run" -eq 1 ]; then echo WORKER0_IP; return 0; fi
+  gcloud compute tpus tpu-vm describe "$TPU_NAME" "${gcloud_flags[@]}" --format=json \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["networkEndpoints"][0]["ipAddress"])'
+}
+
+service_script() {  # DATA_SERVICE=1: $1 dispatcher | worker | stop: start (in the background) or stop a server
+  local server="${REMOTE_PYTHON} -m alexnet_jax.data_service"
+  case "$1" in
+    dispatcher) echo "cd ~/${REPO_DIR} && { [ -f dispatcher.pid ] && kill -TERM \$(cat dispatcher.pid) 2>/dev/null; \
+nohup ${server} --role=dispatcher --port=${DATA_SERVICE_PORT} >> ~/data_service.log 2>&1 < /dev/null & \
+echo \$! > dispatcher.pid; }" ;;
+    worker) echo "${server} --role=worker --dispatcher=$2 --host=\$(hostname -I | cut -d' ' -f1) >> ~/data_service.log 2>&1 &
+service_pid=\$!" ;;
+    stop) echo "cd ~/${REPO_DIR} && [ -f dispatcher.pid ] && kill -TERM \$(cat dispatcher.pid) && rm -f dispatcher.pid || true" ;;
+  esac
+}
+
 worker_script() {  # what each worker runs: clear what an earlier run left, then train in the foreground
-  local train
+  local train service_flags=() start_worker="" stop_worker=""
+  if [ "$DATA_SERVICE" = "1" ]; then
+    service_flags=("--config.data.service=$(worker0_ip):${DATA_SERVICE_PORT}")
+    start_worker="$(service_script worker "${service_flags[0]#*=}")"
+    stop_worker="kill -TERM \$service_pid 2>/dev/null"
+  fi
   train="$(python3 "$HERE/launch/command.py" --python="$REMOTE_PYTHON" --workdir="$WORKDIR" --data_dir="$DATA_DIR" \
-    -- "${train_flags[@]}")" || exit 2
+    -- "${service_flags[@]}" "${train_flags[@]}")" || exit 2
   cat <<EOF
 cd ~/${REPO_DIR} || exit 2
 if [ -f train.pid ] && kill -0 "\$(cat train.pid)" 2>/dev/null; then
@@ -190,11 +220,13 @@ fi
 rm -f /tmp/libtpu_lockfile
 echo "=== \$(date -u +%FT%TZ) worker \$(hostname)" >> ~/train.log
 export PYTHONUNBUFFERED=1
+${start_worker}
 ${train} > >(tee -a ~/train.log) 2>&1 &
 echo \$! > train.pid
 wait \$!
 status=\$?
 rm -f train.pid
+${stop_worker}
 exit \$status
 EOF
 }
@@ -230,6 +262,9 @@ train() {
   if [ "$dry_run" -eq 0 ]; then check_slice; fi
   local script n s pids=() statuses=() status=0 signalled=0
   script="$(worker_script)"
+  if [ "$DATA_SERVICE" = "1" ]; then
+    run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_flags[@]}" --worker=0 --command="$(service_script dispatcher)"
+  fi
   if [ "$dry_run" -eq 1 ]; then
     echo "+ gcloud compute tpus tpu-vm ssh ${TPU_NAME} ${gcloud_flags[*]} --worker=W --command=\"\$SCRIPT\"" \
       "(W = each worker, in parallel), SCRIPT:"
@@ -265,6 +300,9 @@ train() {
     statuses+=("$s")
   done
   trap - TERM INT
+  if [ "$DATA_SERVICE" = "1" ]; then
+    gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_flags[@]}" --worker=0 --command="$(service_script stop)" || true
+  fi
   echo "exit statuses by worker: ${statuses[*]}" >&2
   status="$(python3 "$HERE/launch/command.py" --combine "${statuses[@]}")" || status=1
   case "$status" in

@@ -16,6 +16,12 @@ seeded the same way, and draws each example's crop, flip and lighting from (seed
 random ops. So the batch of every step is a pure function of the step, and a resumed run sees what an unbroken one
 would. One tf.data pipeline serves the whole run, the next epoch made ready while the current one is read.
 
+With the tf.data service (``service``, ``data.service``; ``data/service.py``): each epoch of this process's share is
+one job of the service's workers in dynamic sharding (``_service_epoch``), so every example of the share is read
+once per epoch, in an order the workers' timing decides (each example still augmented from (seed, e, index)); the
+process takes exactly ``steps_per_epoch`` batches of each epoch or stops with ``ServiceEpochShortError``
+(``_service_batches``); a resumed epoch takes its remaining batches from a fresh pass over the share.
+
 Processes: examples, not whole shards, are shared out (``_share``). The split's examples, shard after shard in the
 order ``0, P, 2P, ..., 1, P + 1, ...``, are cut into P contiguous runs of floor(N/P) or ceil(N/P) examples, so any
 shard count and any shard sizes work (one shard for two processes is cut in two) and every example is in exactly one
@@ -67,7 +73,14 @@ class AugmentedSource:
     eval_crops: int = 1,
     num_classes: int | None = None,
     num_threads: int | None = None,
+    service: str = "",
   ):
+    # The tf.data service's dispatcher (HOST:PORT; '' off): training's per-example work runs on its workers
+    # (``_service_batches``). A reader it cannot serve (one that reads outside the graph) says why.
+    self.service = service
+    problem = getattr(reader, "service_problem", None) if service else None
+    if problem:
+      raise ValueError(f"data.service={service!r}: {problem}")
     self.reader = reader
     self.data_dir = data_dir = reader.data_dir
     self.meta, stats = reader.meta, reader.stats
@@ -213,7 +226,8 @@ class AugmentedSource:
   def _mapped(self) -> bool:
     """Training reads example positions of memory-mapped shards, the pixels copied out per batch (a pixel set:
     ``PreparedReader.mapped``)."""
-    return self.device_crop and getattr(self.reader, "mapped", False)
+    # (Not with the service: its workers run tf.data graphs only, so they read the records: pixel_reader='tfrecord'.)
+    return self.device_crop and getattr(self.reader, "mapped", False) and not self.service
 
   def _train_piece_records(self, filename, skip, take):
     """``_piece_records`` for training: positions instead of records where ``_mapped``."""
@@ -349,6 +363,8 @@ class AugmentedSource:
     tensorflow_devices.hide_accelerators_from_tensorflow()
     options = tf.data.Options()
     options.deterministic = True
+    if self.service and not self.num_threads:  # run by a worker: its own cores, however many it has
+      return options, tf.data.AUTOTUNE
     threads = self.num_threads or max(1, os.cpu_count() or 1)
     options.threading.private_threadpool_size = threads
     return options, (threads if self.num_threads else tf.data.AUTOTUNE)
@@ -401,6 +417,47 @@ class AugmentedSource:
     ds = ds.batch(batch, drop_remainder=True).map(self._train_batch, num_parallel_calls=parallel, deterministic=True)
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
+  def _service_epoch(self, pieces: list[tuple[str, int, int]], epoch: int, batch: int):
+    """Epoch ``epoch`` of a share's ``pieces`` through the service: what its workers run (every record of the share
+    in ``_epoch_records``' order, augmented and batched as ``_train_dataset`` does, a worker's last batch of the
+    epoch partial), distributed in dynamic sharding (``service.distribute``: each piece read by exactly one
+    worker), and here the rows cut again into full batches of ``batch``."""
+    import tensorflow as tf
+
+    from alexnet_jax.data import service
+
+    options, parallel = self._options()
+    share = sum(n for _, _, n in pieces)
+    ds = self._epoch_records(pieces, tf.constant(epoch, tf.int64), share)
+    ds = ds.map(self._train_example(), num_parallel_calls=parallel, deterministic=True)
+    ds = ds.batch(batch).map(self._train_batch, num_parallel_calls=parallel, deterministic=True)
+    ds = service.distribute(ds.with_options(options).prefetch(tf.data.AUTOTUNE), self.service)
+    return ds.rebatch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+  def _service_batches(self, pieces, *, start_epoch: int, skip_steps: int, batch: int, per_epoch: int):
+    """Training's batches through the service (``data.service``): epoch after epoch from ``start_epoch``, exactly
+    ``per_epoch`` batches each (the first, resumed, ``per_epoch - skip_steps``), the next epoch's job started when
+    the current one's is, so that the workers fill it ahead. Raises ``ServiceEpochShortError`` (transient: exit 75,
+    a rerun resumes) when the service ends an epoch with fewer rows than that, as it may when a worker is lost:
+    never fewer batches than the other processes, which would wait for this one in the collectives."""
+    from alexnet_jax.data import service
+
+    service.check_reachable(self.service)
+    epoch, want = start_epoch, per_epoch - skip_steps
+    current = self._service_epoch(pieces, epoch, batch).as_numpy_iterator()
+    while True:
+      upcoming = self._service_epoch(pieces, epoch + 1, batch).as_numpy_iterator()
+      for got in range(want):
+        try:
+          yield next(current)
+        except StopIteration:
+          raise ServiceEpochShortError(
+            f"the tf.data service at {self.service} (data.service) ended epoch {epoch} of process "
+            f"{jax.process_index()} after {got} of its {want} batches of {batch}: a worker was lost or restarted "
+            "mid-epoch and the examples it held with it; rerun: training resumes from the last checkpoint"
+          ) from None
+      current, epoch, want = upcoming, epoch + 1, per_epoch
+
   def _eval_dataset(self, pieces: list[tuple[str, int, int]], *, batch: int):
     """A share's pieces in order, every example of them once."""
     import tensorflow as tf
@@ -420,6 +477,12 @@ class AugmentedSource:
     if self._mapped:
       self.reader.open_maps()
     epoch, step_in_epoch = divmod(start_step, per_epoch)
+    if self.service:
+      batches = self._service_batches(
+        pieces, start_epoch=epoch, skip_steps=step_in_epoch, batch=local, per_epoch=per_epoch
+      )
+      yield from self._named_faults(batches, [f for f, _, _ in pieces])
+      return
     ds = self._train_dataset(
       pieces, start_epoch=epoch, batch=local, per_epoch=per_epoch, skip_examples=step_in_epoch * local
     )
@@ -473,6 +536,7 @@ class AugmentedSource:
     self.device_preprocess = kwargs.get("device_preprocess", True)
     self.eval_crops = kwargs.get("eval_crops", 1)
     self.device_crop = kwargs.get("device_crop", False)
+    self.service = ""
     return self
 
   def batch_spec(self, global_batch: int, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
@@ -517,6 +581,13 @@ class AugmentedSource:
       windows = jax.vmap(window)(batch["offset"].reshape(-1, 2), batch["flip"].reshape(-1))
       x = x - windows.reshape(x.shape)
     return x + shift
+
+
+class ServiceEpochShortError(ValueError):
+  """The tf.data service ended an epoch before this process had its batches of it (a worker lost mid-epoch).
+  ``transient``: a rerun may well not meet it again (alexnet_jax/cli.py exits 75)."""
+
+  transient = True
 
 
 def _pad(batch: dict[str, np.ndarray], size: int, real: int) -> dict[str, np.ndarray]:

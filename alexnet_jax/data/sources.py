@@ -27,6 +27,11 @@ def resolve_source(config) -> tuple[str, str]:
         f"{given} is set but data.source='synthetic' never reads it: drop it to train on synthetic images, or "
         "set --config.data.source=auto (or prepared/tfds) to train on it."
       )
+    if d.service:
+      raise ValueError(
+        f"data.service={d.service!r} is set but synthetic images are made on the trainer, not read: drop it, or "
+        "train on a prepared set or a TFDS dataset through the service"
+      )
     return "synthetic", "data.source='synthetic'"
   if d.source == "tfds" or (d.source == "auto" and d.tfds_name):
     if not (d.dir or d.tfds_name):
@@ -109,6 +114,7 @@ def create_source(config):
     shuffle_buffer=d.shuffle_buffer,
     eval_crops=d.eval_crops,
     num_classes=config.model.num_classes,
+    service=d.service,
   )
 
 

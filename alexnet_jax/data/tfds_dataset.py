@@ -67,6 +67,18 @@ class TfdsReader:
     spec = tf.TensorSpec([], tf.string)
     return tf.data.Dataset.from_generator(read, args=(filename,), output_signature=spec)
 
+  @property
+  def service_problem(self) -> str | None:
+    """Why the tf.data service cannot serve this dataset (None: it can). Its workers run tf.data graphs only, and
+    ArrayRecord shards are read in Python (``from_generator``), which a graph cannot carry."""
+    if self.file_format == "array_record":
+      return (
+        f"{self.tfds_name or self.data_dir} is stored as ArrayRecord, which tf.data reads only through Python "
+        "(from_generator) and the tf.data service cannot run: train without data.service, or build the dataset "
+        "again with TFDS's file_format='tfrecord' (or prepare it: `python -m alexnet_jax.prepare`)"
+      )
+    return None
+
   def _load(self, data_dir: str) -> tuple[dict, dict]:
     from alexnet_jax.native import compat
 

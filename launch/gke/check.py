@@ -9,7 +9,8 @@ Schemas: every built-in object (Service, Job) against the Kubernetes API's own o
 ``KUBERNETES_VERSIONS``; a JobSet against the openAPIV3Schema of JobSet's CRD (``tests/support/fixtures/``, release
 v0.12.0, its provenance in the file's header), also strict, with ``jsonschema``.
 
-Cross-checks, per Indexed Job or JobSet: completions == parallelism == --num_processes; the coordinator address
+Cross-checks, per Indexed Job or JobSet (the tf.data service's manifest, Deployments: ``_data_service_problems``):
+completions == parallelism == --num_processes; the coordinator address
 names pod 0 through the headless Service the pods use as subdomain (a Job's own Service; the one JobSet creates);
 --process_id comes from the completion index; the training command is the one ``launch/command.py`` builds
 (``--config`` first); a TPU pod asks for ``google.com/tpu`` chips (requests == limits) with the accelerator and
@@ -207,9 +208,36 @@ def _workloads(docs: list[dict]):
       yield f"JobSet {name}", replicated[0]["template"]["spec"], f"{job}-0", sub, None, d["spec"]
 
 
+def _data_service_problems(docs: list[dict]) -> list[str]:
+  """The tf.data service's manifest (Deployments running ``alexnet_jax.data_service``): a dispatcher whose --port
+  the Service that selects it exposes, and workers whose --dispatcher names that Service and port."""
+  problems, flags = [], {}
+  for d in docs:
+    if d.get("kind") == "Deployment":
+      container = d["spec"]["template"]["spec"]["containers"][0]
+      argv = container.get("command", []) + container.get("args", [])
+      given = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+      flags[given.get("role")] = (d, given)
+  if set(flags) != {"dispatcher", "worker"}:
+    return ["the tf.data service needs one Deployment with --role=dispatcher and one with --role=worker"]
+  (dispatcher, dflags), (_, wflags) = flags["dispatcher"], flags["worker"]
+  labels = dispatcher["spec"]["template"]["metadata"].get("labels", {})
+  services = [d for d in docs if d.get("kind") == "Service" and d["spec"].get("selector", {}).items() <= labels.items()]
+  if not services:
+    return ["no Service selects the dispatcher's pods"]
+  name, ports = services[0]["metadata"]["name"], [p["port"] for p in services[0]["spec"].get("ports", [])]
+  if int(dflags.get("port", 5050)) not in ports:
+    problems.append(f"the dispatcher serves on --port={dflags.get('port', 5050)}, not a port of Service {name} {ports}")
+  if wflags.get("dispatcher") != f"{name}:{dflags.get('port', 5050)}":
+    problems.append(f"the workers' --dispatcher={wflags.get('dispatcher')} is not {name}:{dflags.get('port', 5050)}")
+  return problems
+
+
 def _cross_problems(docs: list[dict]) -> list[str]:
   problems = []
   workloads = list(_workloads(docs))
+  if not workloads and any(d.get("kind") == "Deployment" for d in docs):
+    return _data_service_problems(docs)
   if not workloads:
     problems.append("no Job or JobSet")
   for what, spec, pod0, sub, service, jobset_spec in workloads:

@@ -195,12 +195,13 @@ def job_specs(path: str) -> list[tuple[dict, dict | None]]:
   return out
 
 
-def test_gke_manifests_are_the_gpu_job_the_tpu_job_and_the_jobset():
+def test_gke_manifests_are_the_gpu_job_the_tpu_job_the_jobset_and_the_data_service():
   kinds = {os.path.basename(p): sorted(d["kind"] for d in manifest_docs(p)) for p in GKE_MANIFESTS}
   assert kinds == {
     "alexnet-job.yaml": ["Job", "Service"],
     "alexnet-tpu-job.yaml": ["Job", "Service"],
     "alexnet-jobset.yaml": ["JobSet"],
+    "alexnet-data-service.yaml": ["Deployment", "Deployment", "Service"],  # the tf.data service
   }
 
 
@@ -375,6 +376,13 @@ CROSS_BROKEN = [  # (manifest, text, replacement, what check.py must say)
     "- --config.batch_size=64",
     "launch/command.py refused the container's arguments: error: give --config=configs/NAME.py exactly once",
   ),
+  (
+    "alexnet-data-service.yaml",
+    '"--dispatcher=alexnet-data:5050"',
+    '"--dispatcher=alexnet-data:5051"',
+    "the workers' --dispatcher=alexnet-data:5051 is not alexnet-data:5050",
+  ),
+  ("alexnet-data-service.yaml", "      port: 5050\n", "      port: 5060\n", "not a port of Service alexnet-data"),
 ]
 
 
@@ -496,6 +504,33 @@ def test_tpu_pod_dry_run_all_prints_a_training_command_that_parses():
     "data_dir": "/mnt/d",
     "batch_size": 128,
   }
+
+
+def test_the_kits_start_the_tf_data_service_beside_training_with_data_service_1():
+  """DATA_SERVICE=1: a dispatcher on the first node (worker 0) and a data_service worker on every node (TPU worker),
+  and training reading through them (--config.data.service, parsed by main's own parser)."""
+  env = {"DRY_RUN": "1", "PYTHON": sys.executable, "DATA_SERVICE": "1", "DATA_SERVICE_PORT": "6060"}
+  out = sh("bash", "launch/slurm.sbatch", "configs/paper.py", "/shared/w", env=env)
+  assert out.returncode == 0, out.stderr
+  dispatcher, worker = [line for line in out.stdout.splitlines() if line.startswith("beside it (tf.data service)")]
+  assert "srun --overlap --nodes=1 --ntasks=1 --nodelist=FIRST_NODE" in dispatcher
+  assert "alexnet_jax.data_service --role=dispatcher --port=6060" in dispatcher
+  assert "--ntasks-per-node=1" in worker and "--role=worker --dispatcher=FIRST_NODE:6060" in worker
+  training = shlex.split(out.stdout.strip().splitlines()[-1])
+  assert "--config.data.service=FIRST_NODE:6060" in training and parse_as_main(training)["config"] == "configs/paper.py"
+  bad = sh("bash", "launch/slurm.sbatch", "configs/paper.py", "/shared/w", env={**env, "DATA_SERVICE": "yes"})
+  assert bad.returncode == 2 and "DATA_SERVICE=yes: give 1" in bad.stderr
+
+  env = {"TPU_NAME": "t1", "ZONE": "z1", "ACCELERATOR": "v4-32", "WORKDIR": "/mnt/w", "DATA_SERVICE": "1"}
+  out = sh("bash", "launch/tpu_pod.sh", "--dry_run", "run", "--", "--config=configs/paper.py", env=env)
+  assert out.returncode == 0, out.stderr
+  (start,) = [line for line in out.stdout.splitlines() if "--role=dispatcher" in line]
+  assert start.startswith("+ gcloud compute tpus tpu-vm ssh t1 --zone=z1 --worker=0 ") and "--port=5050" in start
+  assert "-m alexnet_jax.data_service --role=worker --dispatcher=WORKER0_IP:5050" in out.stdout
+  training = remote_training_argv(out.stdout)
+  assert "--config.data.service=WORKER0_IP:5050" in training and parse_as_main(training)["workdir"] == "/mnt/w"
+  off = sh("bash", "launch/tpu_pod.sh", "--dry_run", "run", env={**env, "DATA_SERVICE": "0"})
+  assert "data_service" not in off.stdout and "data.service" not in off.stdout
 
 
 def test_training_command_puts_config_first_and_user_flags_win():
