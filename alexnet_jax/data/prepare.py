@@ -363,6 +363,20 @@ def _commit_shard(path: str, tmp: str, summary: dict) -> dict:
   return summary
 
 
+def _shard_done(path: str, inputs: list) -> bool:
+  """Whether the shard at ``path`` is committed (its marker exists), was made from exactly ``inputs``, and is still
+  intact (a damaged one is named in a warning: it is written again)."""
+  if not storage.exists(path + format.DONE_SUFFIX):
+    return False
+  with storage.open(path + format.DONE_SUFFIX) as f:
+    if json.load(f).get("inputs") != inputs:
+      return False
+  damage = format.shard_damage(path)
+  if damage:
+    logging.warning("%s is damaged (%s): writing it again", path, damage)
+  return damage is None
+
+
 def convert_shard(source: str, path: str, stored_size: int, inputs: list) -> dict:
   """One shard of a prepared JPEG set rewritten as pixel records (same examples, same order, same index and label):
   each image exactly as TensorFlow decodes it in training (``tf.io.decode_jpeg``, RGB). Atomic, with its
@@ -491,19 +505,7 @@ def prepare(
   inputs = {j[:3]: shard_inputs(j[3]) for j in jobs}
   _remove_stale_shards(output_dir, set(inputs))
 
-  def done(job) -> bool:  # committed, made from exactly the inputs it would be made from now, and still intact
-    path = storage.join(output_dir, format.shard_filename(*job[:3]))
-    if not storage.exists(path + format.DONE_SUFFIX):
-      return False
-    with storage.open(path + format.DONE_SUFFIX) as f:
-      if json.load(f).get("inputs") != inputs[job[:3]]:
-        return False
-    damage = format.shard_damage(path)
-    if damage:
-      logging.warning("%s is damaged (%s): writing it again", path, damage)
-    return damage is None
-
-  todo = [j for j in jobs if not done(j)]
+  todo = [j for j in jobs if not _shard_done(storage.join(output_dir, format.shard_filename(*j[:3])), inputs[j[:3]])]
   logging.info("%d shards, %d already done from the same inputs and checked intact", len(jobs), len(jobs) - len(todo))
 
   workers = num_workers or os.cpu_count() or 1
@@ -627,16 +629,7 @@ def convert(input_dir: str, output_dir: str, *, encoding: str, num_workers: int 
   parsed = {format.parse_shard_filename(storage.basename(j[1])) for j in jobs}
   _remove_stale_shards(output_dir, parsed)
 
-  def done(job) -> bool:
-    marker = job[1] + format.DONE_SUFFIX
-    if not storage.exists(marker):
-      return False
-    with storage.open(marker) as f:
-      if json.load(f).get("inputs") != job[2]:
-        return False
-    return format.shard_damage(job[1]) is None
-
-  todo = [j for j in jobs if not done(j)]
+  todo = [j for j in jobs if not _shard_done(j[1], j[2])]
   logging.info("converting %s to %s: %d shards, %d already done", input_dir, encoding, len(jobs), len(jobs) - len(todo))
   workers = min(num_workers or os.cpu_count() or 1, max(1, len(todo)))
   if workers == 1:
