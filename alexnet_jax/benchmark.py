@@ -15,7 +15,9 @@ The training input's paths side by side in one run (``bench_input``):
 one JSON line per path (``pipeline``: ``jpeg``, ``pixels`` (memory-mapped), ``pixels_tfrecord`` (the records through
 tf.data), ``service_1`` and ``service_2`` (the JPEG set through the tf.data service: 1 and 2 local worker processes
 of one thread each, ``workers``; per core: per worker), ``floor``, ``pixels device part``; ``threads``;
-``images_per_sec``; ``images_per_sec_per_core``), the first two on one thread and on every core, over the same
+``images_per_sec``; ``images_per_sec_per_core``: over ``threads``; ``cpu_cores_used``: this process's CPU time over
+the wall time, which counts the thread that takes the batches too: the memory-mapped pixel path copies the pixels
+there), the first two on one thread and on every core, over the same
 images: a JPEG set (``DST``, or 2,000 generated 256x256 images prepared in a temporary folder) and a sample of it
 converted to pixels in a temporary folder (a pixel ``DST`` is read as it is).
 """
@@ -226,19 +228,21 @@ def _pixel_sample(data_dir: str, root: str, max_images: int) -> str:
   return root
 
 
-def _time_batches(batches, batch_size: int, steps: int) -> float:
-  """images/s of ``steps`` batches from the iterator ``batches``, after 3 batches of warm-up."""
+def _time_batches(batches, batch_size: int, steps: int) -> tuple[float, float]:
+  """(images/s, CPU cores this process kept busy meanwhile: its CPU time over the wall time) of ``steps`` batches
+  from the iterator ``batches``, after 3 batches of warm-up."""
   for _ in range(3):
     next(batches)
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   for _ in range(steps):
     next(batches)
-  return steps * batch_size / (time.perf_counter() - t0)
+  wall = time.perf_counter() - t0
+  return steps * batch_size / wall, (time.process_time() - c0) / wall
 
 
-def _floor(images: np.ndarray, batch_size: int, steps: int) -> float:
+def _floor(images: np.ndarray, batch_size: int, steps: int) -> tuple[float, float]:
   """The floor: batches of the stored pixels gathered in a random order from memory by NumPy (one copy of each
-  image's bytes, one thread), images/s."""
+  image's bytes, one thread), as ``_time_batches`` times it."""
   rng = np.random.default_rng(0)
   order = rng.permutation(len(images))
 
@@ -272,14 +276,17 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]
   for pipeline, folder, reader in paths:
     for threads in sorted({1, cores}):
       src = prepared_source(folder, reader, image_size=227, seed=0, shuffle_buffer=1, num_threads=threads)
-      rate = _time_batches(src.train_batches(0, batch_size), batch_size, steps)
-      rows.append(_input_row(pipeline, threads, rate, data_dir=folder, device_crop=src.device_crop))
+      rate, used = _time_batches(src.train_batches(0, batch_size), batch_size, steps)
+      rows.append(
+        _input_row(pipeline, threads, rate, cpu_cores_used=used, data_dir=folder, device_crop=src.device_crop)
+      )
       sources[pipeline] = src
   rows += _bench_service(data_dir, batch_size, steps)
   src = sources["pixels"]
   batches = src.train_batches(0, batch_size)
   images = np.concatenate([next(batches)["image"] for _ in range(max(1, 2000 // batch_size))])
-  rows.append(_input_row("floor", 1, _floor(images, batch_size, steps), stored_size=images.shape[1]))
+  rate, used = _floor(images, batch_size, steps)
+  rows.append(_input_row("floor", 1, rate, cpu_cores_used=used, stored_size=images.shape[1]))
   batch = jax.device_put(next(batches))
   preprocess = jax.jit(src.preprocess)
 
@@ -287,7 +294,7 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]
     while True:
       yield jax.block_until_ready(preprocess(batch))
 
-  rate = _time_batches(device_batches(), batch_size, steps)
+  rate, _ = _time_batches(device_batches(), batch_size, steps)
   rows.append(_input_row("pixels device part", 0, rate, device=jax.devices()[0].device_kind))
   by = {(r["pipeline"], r["threads"]): r["images_per_sec_per_core"] for r in rows}
   rows.append(
@@ -319,7 +326,7 @@ def _bench_service(data_dir: str, batch_size: int, steps: int) -> list[dict]:
       src = prepared_source(
         data_dir, "tfrecord", image_size=227, seed=0, shuffle_buffer=1, num_threads=1, service=address
       )
-      rate = _time_batches(src.train_batches(0, batch_size), batch_size, steps)
+      rate, _ = _time_batches(src.train_batches(0, batch_size), batch_size, steps)
     row = _input_row(f"service_{workers}", 1, rate, data_dir=data_dir, workers=workers)
     rows.append({**row, "images_per_sec_per_core": rate / workers})
   return rows

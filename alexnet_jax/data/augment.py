@@ -45,18 +45,43 @@ def train_draw(seed, epoch, index, *, size: int, crop: int, random_crop: bool, f
   choice (benchmarks/RESULTS.md): one draw for crop and flip instead of split + three draws."""
   import tensorflow as tf
 
-  seed = tf.stack([mix_seed(tf.constant(seed, tf.int64), epoch), index])
-  u = tf.random.stateless_uniform([3], seed=seed)  # crop y, crop x, flip
+  u, alpha = _stateless_draws(tf.stack([mix_seed(tf.constant(seed, tf.int64), epoch), index]), lighting_std)
+  return (*_crop_and_flip_draws(u, size, crop, random_crop, flip), alpha)
+
+
+def train_draws(seed, epochs, indices, *, size: int, crop: int, random_crop: bool, flip: bool, lighting_std: float):
+  """``train_draw`` for a batch (tf int64 vectors ``epochs`` and ``indices`` [B]): offsets int32 [B, 2], flips
+  bool [B], alphas float32 [B, 3], each row bitwise what ``train_draw`` gives that example. The stateless ops take
+  one seed each, so only they run per example (one ``tf.map_fn``); the seeds, and the offsets and flips made of the
+  uniform draws, are computed for the batch at once. The memory-mapped pixel path's tf.data work ran 3x faster so
+  than with one tf.data map call per example (benchmarks/RESULTS.md)."""
+  import tensorflow as tf
+
+  seeds = tf.stack([mix_seed(tf.constant(seed, tf.int64), epochs), indices], axis=1)
+  u, alpha = tf.map_fn(lambda s: _stateless_draws(s, lighting_std), seeds, fn_output_signature=(tf.float32,) * 2)
+  return (*_crop_and_flip_draws(u, size, crop, random_crop, flip), alpha)
+
+
+def _stateless_draws(seed, lighting_std: float):
+  """One example's stateless draws from its seed [2]: uniforms [3] (crop y, crop x, flip) and lighting alphas [3]."""
+  import tensorflow as tf
+
+  u = tf.random.stateless_uniform([3], seed=seed)
+  if not lighting_std:
+    return u, tf.zeros([3])
+  return u, tf.random.stateless_normal([3], seed=seed + tf.constant([1, 0], tf.int64), stddev=lighting_std)
+
+
+def _crop_and_flip_draws(u, size: int, crop: int, random_crop: bool, flip: bool):
+  """Offsets int32 [..., 2] and flips bool [...] from uniforms [..., 3]."""
+  import tensorflow as tf
+
   if random_crop:  # floor(u * n) is uniform over the n valid offsets (u < 1)
-    offset = tf.cast(tf.floor(u[:2] * (size - crop + 1)), tf.int32)
+    offsets = tf.cast(tf.floor(u[..., :2] * (size - crop + 1)), tf.int32)
   else:
-    offset = tf.fill([2], (size - crop) // 2)
-  flipped = u[2] < 0.5 if flip else tf.constant(False)
-  if lighting_std:
-    alpha = tf.random.stateless_normal([3], seed=seed + tf.constant([1, 0], tf.int64), stddev=lighting_std)
-  else:
-    alpha = tf.zeros([3])
-  return offset, flipped, alpha
+    offsets = tf.fill(tf.concat([tf.shape(u)[:-1], [2]], 0), (size - crop) // 2)
+  flips = u[..., 2] < 0.5 if flip else tf.zeros(tf.shape(u)[:-1], tf.bool)
+  return offsets, flips
 
 
 def crop_and_flip(images, offsets, flips, crop: int):

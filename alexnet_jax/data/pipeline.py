@@ -283,20 +283,9 @@ class AugmentedSource:
 
     size, crop = self.view_size, self.image_size
 
-    parse = self.reader.parse_position if self._mapped else self.reader.parse
-
     def fn(record, epoch):
-      encoded, label, index = parse(record)
-      offset, flip, alpha = augment.train_draw(
-        self.seed,
-        epoch,
-        index,
-        size=size,
-        crop=crop,
-        random_crop=self.random_crop,
-        flip=self.flip,
-        lighting_std=self.lighting_std,
-      )
+      encoded, label, index = self.reader.parse(record)
+      offset, flip, alpha = augment.train_draw(self.seed, epoch, index, **self._draw_kwargs())
       if self.device_crop:  # the stored bytes as they are: decoded a batch at a time, cropped on the device
         return encoded, offset, flip, alpha, label, index
       image = self.reader.decode_patch(encoded, offset, crop, view_size=size, method=self.resize_method)
@@ -305,12 +294,33 @@ class AugmentedSource:
 
     return fn
 
+  def _draw_kwargs(self) -> dict:
+    return dict(
+      size=self.view_size,
+      crop=self.image_size,
+      random_crop=self.random_crop,
+      flip=self.flip,
+      lighting_std=self.lighting_std,
+    )
+
+  def _train_positions_batch(self, positions, epochs):
+    """``_mapped``: a batch of example positions [B] (and their epochs) -> the batch, its pixels still to copy
+    (``train_batches``). Nothing runs per example: labels and indices are gathered, the draws made for the batch
+    (``augment.train_draws``, the same values as ``_train_example``'s)."""
+    import tensorflow as tf
+
+    _, label, index = self.reader.parse_position(positions)
+    offsets, flips, alpha = augment.train_draws(self.seed, epochs, index, **self._draw_kwargs())
+    return self._to_batch(
+      positions[:, None], offsets[:, None], tf.cast(flips, tf.int32)[:, None], self._lighting_shift(alpha), label, index
+    )
+
   def _train_batch(self, images, offsets, flips, alpha, label, index):
     """A batch's lighting shifts, then the common finishing (views of 1). With ``device_crop`` ``images`` are the
     stored bytes, made one uint8 [B, S, S, 3] array here (one copy for the batch)."""
     import tensorflow as tf
 
-    if self.device_crop and not self._mapped:  # (mapped: positions, the pixels copied out in ``train_batches``)
+    if self.device_crop:
       images = self.reader.decode_views(images)
 
     return self._to_batch(
@@ -413,6 +423,10 @@ class AugmentedSource:
       deterministic=True,
     )
     ds = ds.skip(skip_examples)  # before decoding: skipping costs only reading
+    if self._mapped:  # positions: batched as they are, everything else done a batch at a time
+      ds = ds.batch(batch, drop_remainder=True)
+      ds = ds.map(self._train_positions_batch, num_parallel_calls=parallel, deterministic=True)
+      return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
     ds = ds.map(self._train_example(), num_parallel_calls=parallel, deterministic=True)
     ds = ds.batch(batch, drop_remainder=True).map(self._train_batch, num_parallel_calls=parallel, deterministic=True)
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

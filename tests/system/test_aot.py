@@ -218,7 +218,7 @@ def test_the_paper_layout_in_what_the_compiler_produced(tmp_path, config, target
 def assert_input_needs(train: dict, *, gpu: bool):
   """The step time worked out here from its formula: on the GPU (no cost analysis) our FLOP count over 0.15 of the
   bf16 peak; on TPU the longer of libtpu's FLOPs at the peak and its bytes at the HBM bandwidth. The input rate is
-  the batch over it; the cores at 1,000 images/s per core (the flag) and 15,000 (the pixel default)."""
+  the batch over it; the cores at 1,000 images/s per core (the flag) and 25,000 (the pixel default)."""
   if gpu:
     step = PAPER_TRAIN_FLOPS_PER_IMAGE * train["batch_size"] / train["num_devices"] / (0.15 * H100_BF16_FLOPS)
     assert train["step_time_basis"] == "mfu" and train["mfu_assumed"] == 0.15
@@ -232,10 +232,10 @@ def assert_input_needs(train: dict, *, gpu: bool):
   assert train["images_per_sec_needed"] == pytest.approx(needed, abs=0.05) and needed > 0
   hosts = train["num_hosts"]
   assert train["host_cores_needed"] == pytest.approx(
-    {"jpeg": needed / 1000 / hosts, "pixels": needed / 15000 / hosts}, abs=0.005
+    {"jpeg": needed / 1000 / hosts, "pixels": needed / 25000 / hosts}, abs=0.005
   )
-  assert train["host_cores_needed_total"] == pytest.approx({"jpeg": needed / 1000, "pixels": needed / 15000}, abs=0.005)
-  assert train["input_images_per_sec_per_core"] == {"jpeg": 1000.0, "pixels": 15000.0}
+  assert train["host_cores_needed_total"] == pytest.approx({"jpeg": needed / 1000, "pixels": needed / 25000}, abs=0.005)
+  assert train["input_images_per_sec_per_core"] == {"jpeg": 1000.0, "pixels": 25000.0}
   assert train["input_rates_source"]["jpeg"] == "--jpeg_images_per_sec_per_core"
   assert "15,588" in train["input_rates_source"]["pixels"]
 

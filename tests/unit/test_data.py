@@ -323,6 +323,34 @@ def test_crop_and_flip_are_the_stored_pixels(prepared_dir):
     np.testing.assert_array_equal(batch["image"][i], expected)
 
 
+@pytest.mark.parametrize("random_crop,flip,lighting_std", [(True, True, 0.1), (False, False, 0.0), (True, False, 0.3)])
+def test_draws_made_a_batch_at_a_time_are_each_examples_own(random_crop, flip, lighting_std):
+  """The memory-mapped pixel path draws a batch at a time (``augment.train_draws``), the others one example at a
+  time (``train_draw``): every example gets the same crop, flip and lighting either way, whatever batch it is in."""
+  import tensorflow as tf
+
+  from alexnet_jax.data import augment
+
+  kw = dict(size=40, crop=33, random_crop=random_crop, flip=flip, lighting_std=lighting_std)
+  epochs = np.array([0, 0, 1, 5, 2**40, 3], np.int64)
+  indices = np.array([0, 7, 7, 123_456, 3, 2**33], np.int64)
+  batch = [d.numpy() for d in augment.train_draws(11, tf.constant(epochs), tf.constant(indices), **kw)]
+  reversed_batch = [d.numpy()[::-1] for d in augment.train_draws(11, epochs[::-1], indices[::-1], **kw)]
+  for i, (e, n) in enumerate(zip(epochs, indices)):
+    alone = [d.numpy() for d in augment.train_draw(11, tf.constant(e), tf.constant(n), **kw)]
+    for got, other, want in zip(batch, reversed_batch, alone):
+      np.testing.assert_array_equal(got[i], want)
+      np.testing.assert_array_equal(other[i], want)
+  offsets, flips, alphas = batch
+  assert offsets.dtype == np.int32 and offsets.shape == (6, 2) and flips.dtype == bool and alphas.shape == (6, 3)
+  assert offsets.min() >= 0 and offsets.max() <= 7
+  if not random_crop:
+    assert np.all(offsets == 3)
+  if not flip:
+    assert not flips.any()
+  assert np.all(alphas == 0) == (lighting_std == 0.0)
+
+
 def test_lighting_noise_has_the_covariance_the_formula_implies(prepared_dir):
   src = source(prepared_dir)
   shifts = np.concatenate([b["shift"] for b in first_batches(src, 7 * 6)])  # 672 draws

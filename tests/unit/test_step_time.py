@@ -108,8 +108,8 @@ ROWS = [  # benchmark --input_only's rows as the lead's version prints them (fab
 
 def test_the_defaults_where_nothing_was_recorded(tmp_path):
   rates = input_rates.load(str(tmp_path / "none.json"))
-  assert rates["jpeg"] == 1500.0 and rates["pixels"] == 15000.0
-  assert "default" in rates["source"]["jpeg"] and "15,588" in rates["source"]["pixels"]
+  assert rates["jpeg"] == 1500.0 and rates["pixels"] == 25000.0
+  assert "default" in rates["source"]["jpeg"] and "26,480" in rates["source"]["pixels"]
 
 
 def test_recorded_rates_round_trip_with_where_they_were_measured(tmp_path):
@@ -129,11 +129,25 @@ def test_recorded_rates_round_trip_with_where_they_were_measured(tmp_path):
   assert (input_rates.load(path)["jpeg"], input_rates.load(path)["pixels"]) == (1600.0, 5200.0)
 
 
+def test_a_rate_is_recorded_per_core_the_path_kept_busy(tmp_path):
+  """The memory-mapped pixel path's one tf.data thread is joined by the thread that copies the pixels: the benchmark
+  says how many cores were busy (``cpu_cores_used``) and the rate kept is per core so used (never per more than
+  one core for less than one busy)."""
+  path = str(tmp_path / "rates.json")
+  rows = [
+    {**ROWS[2], "images_per_sec": 45000.0, "images_per_sec_per_core": 45000.0, "cpu_cores_used": 1.8},
+    {**ROWS[0], "cpu_cores_used": 0.7},
+  ]
+  input_rates.record(rows, path)
+  rates = input_rates.load(path)
+  assert rates["pixels"] == pytest.approx(25000.0) and rates["jpeg"] == 1400.0
+
+
 def test_only_jpeg_recorded_leaves_the_pixel_default(tmp_path):
   path = str(tmp_path / "rates.json")
   input_rates.record(ROWS[:1], path)
   rates = input_rates.load(path)
-  assert (rates["jpeg"], rates["pixels"]) == (1400.0, 15000.0) and "15,588" in rates["source"]["pixels"]
+  assert (rates["jpeg"], rates["pixels"]) == (1400.0, 25000.0) and "26,480" in rates["source"]["pixels"]
 
 
 def test_where_the_record_lives(tmp_path, monkeypatch):
