@@ -304,14 +304,18 @@ def param_bytes_per_device(config) -> int:
 
 def gradient_all_reduce_bytes(row: dict, param_bytes: int) -> tuple[float, str]:
   """(bytes, where they came from): the gradient reduction's buffer per device. From the compiled HLO where the row
-  has its collectives: the all-reduces' result bytes, plus each reduce-scatter's result x the data-parallel devices
-  (its whole buffer; the all-gather that follows it is the ring's second half). Otherwise (a program the compiler
-  refused) ``param_bytes``: every parameter this device holds, in float32."""
+  has its collectives: the all-reduces' result bytes and, data parallel, each reduce-scatter's result x the
+  data-parallel devices (its whole buffer; the all-gather that follows it is the ring's second half). Under
+  ``mesh.model`` > 1 the reduce-scatters and all-gathers are the model split's activation exchanges (not counted;
+  its all-reduces, mostly the gradients', are). Otherwise (a program the compiler refused) ``param_bytes``: every
+  parameter this device holds, in float32."""
   found = row.get("collectives")
   if found is None:
     return float(param_bytes), "parameter bytes (float32 gradients; no compiled HLO to read)"
-  data = row["mesh"]["data"]
-  total = found.get("all-reduce", {}).get("bytes", 0) + data * found.get("reduce-scatter", {}).get("bytes", 0)
+  total = found.get("all-reduce", {}).get("bytes", 0)
+  if row["mesh"]["model"] > 1:
+    return float(total), "compiled HLO: all-reduce result bytes (the model split's other exchanges not counted)"
+  total += row["mesh"]["data"] * found.get("reduce-scatter", {}).get("bytes", 0)
   return float(total), "compiled HLO: all-reduce result bytes + reduce-scatter result bytes x data devices"
 
 
