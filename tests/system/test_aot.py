@@ -286,6 +286,7 @@ TINY_AOT = [  # tests/support/tiny.py's network (1/8 width, 67 px, 10 classes): 
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "target,devices,hosts,bandwidth",
   [
