@@ -45,22 +45,23 @@ class Chip:
   platform: str  # 'tpu' or 'cuda'
   memory_bytes: int  # what one device has for a program (HBM per TPU chip; the GPU's memory)
   peaks: step_time.ChipPeaks  # dense FLOP/s per dtype and HBM bandwidth, for the step-time estimates
+  interconnect: step_time.Interconnect  # the gradient all-reduce's bandwidth, for the time-to-train estimate
   chip_config: str = "default"  # TPU: 'megacore' where two TensorCores act as one device
   topology_prefix: str = ""  # TPU: the name libtpu knows the generation by
   target_config: str = ""  # GPU: a GpuTargetConfig in text form, in alexnet_jax/targets/
 
 
-PEAKS = step_time.PEAKS  # the one table of device peaks, with their sources
+PEAKS, LINKS = step_time.PEAKS, step_time.INTERCONNECTS  # the one table of each, with their sources
 CHIPS = {
   # Cloud TPU: HBM per chip from Google's Cloud TPU system-architecture pages.
-  "v4": Chip("tpu", 32 * GiB, PEAKS["v4"], "megacore", "v4"),
-  "v5e": Chip("tpu", 16 * GiB, PEAKS["v5e"], "default", "v5e"),
-  "v5p": Chip("tpu", 95 * GiB, PEAKS["v5p"], "megacore", "v5"),
-  "v6e": Chip("tpu", 32 * GiB, PEAKS["v6e"], "default", "v6e"),
+  "v4": Chip("tpu", 32 * GiB, PEAKS["v4"], LINKS["v4"], "megacore", "v4"),
+  "v5e": Chip("tpu", 16 * GiB, PEAKS["v5e"], LINKS["v5e"], "default", "v5e"),
+  "v5p": Chip("tpu", 95 * GiB, PEAKS["v5p"], LINKS["v5p"], "megacore", "v5"),
+  "v6e": Chip("tpu", 32 * GiB, PEAKS["v6e"], LINKS["v6e"], "default", "v6e"),
   # NVIDIA: device_memory_size of the target config (what the CUDA driver reports). XLA:GPU reports no cost
   # analysis, so no roofline: the step time comes from our FLOP count at an assumed MFU (--mfu).
-  "h100": Chip("cuda", 84_929_347_584, PEAKS["h100"], target_config="h100_gpu_target_config.txtpb"),
-  "a100": Chip("cuda", 85_198_045_184, PEAKS["a100"], target_config="a100_gpu_target_config.txtpb"),
+  "h100": Chip("cuda", 84_929_347_584, PEAKS["h100"], LINKS["h100"], target_config="h100_gpu_target_config.txtpb"),
+  "a100": Chip("cuda", 85_198_045_184, PEAKS["a100"], LINKS["a100"], target_config="a100_gpu_target_config.txtpb"),
 }
 
 
@@ -86,8 +87,10 @@ def use_host_only() -> None:
 
 
 def resolve_target(spec: str) -> Target:
-  """``h100:8`` / ``a100:4`` (N GPUs of one host), ``v5e:2x2``, ``v4:2x2x1``, ``v5e:4x4`` (TPU topologies; 4 chips a
-  host, so 4x4 is a 4-host pod slice; a single-host v5e/v6e has up to 8 chips)."""
+  """``h100:8`` / ``a100:4`` (N GPUs of one host), ``h100:8x8`` (hosts x GPUs a host: 8 hosts of 8, 64 GPUs; XLA:GPU's
+  topology ``1xHOSTSxGPUS``, one partition), ``v5e:2x2``, ``v4:2x2x1``, ``v5e:4x4`` (TPU topologies; 4 chips a host,
+  so 4x4 is a 4-host pod slice; a single-host v5e/v6e has up to 8 chips). ValueError for an unknown chip or a
+  malformed shape, naming the forms."""
   from jax.experimental import topologies
 
   use_host_only()
@@ -96,13 +99,19 @@ def resolve_target(spec: str) -> Target:
   if chip is None or not shape:
     raise ValueError(f"--target={spec!r}: expected one of {sorted(CHIPS)} followed by :N (GPUs) or :AxB[xC] (TPU)")
   if chip.platform == "cuda":
-    if not shape.isdigit() or int(shape) < 1:
-      raise ValueError(f"--target={spec!r}: a GPU target is {kind}:N, N GPUs on one host")
+    parts = shape.split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) >= 1 for p in parts):
+      raise ValueError(
+        f"--target={spec!r}: a GPU target is {kind}:N (N GPUs on one host) or {kind}:HxN (H hosts of N GPUs each), "
+        f"e.g. {kind}:8 or {kind}:8x8"
+      )
+    hosts, per_host = (1, int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
     with open(os.path.join(TARGET_DIR, chip.target_config)) as f:
       config = f.read()
     with banners.filtered_native_stderr():  # the plugin's "Could not find cuda drivers" on a machine without a GPU
-      topology = topologies.get_topology_desc(platform="cuda", target_config=config, topology=f"1x1x{shape}")
-    return Target(spec, chip, list(topology.devices), 1)
+      topology = topologies.get_topology_desc(platform="cuda", target_config=config, topology=f"1x{hosts}x{per_host}")
+    devices = list(topology.devices)
+    return Target(spec, chip, devices, len({d.process_index for d in devices}))
   dims = [int(d) for d in shape.split("x")]
   if len(dims) not in (2, 3) or min(dims) < 1:
     raise ValueError(f"--target={spec!r}: a TPU target is {kind}:AxB or {kind}:AxBxC")
@@ -264,20 +273,107 @@ def roofline(chip: Chip, dtype: str, flops: float | None, accessed: float | None
   return {"roofline_seconds": estimate.seconds, "roofline_bound": estimate.bound}
 
 
-def train_flops_per_image(config) -> int:
-  """Our own FLOP count of one image through the configured network's train step (``step_time``): the network
-  built abstractly (``nnx.eval_shape``: no arrays), whatever the target."""
+def abstract_model(config):
+  """The configured network built abstractly (``nnx.eval_shape``: shapes, no arrays), whatever the target."""
   from flax import nnx
 
   from alexnet_jax import model as model_lib
 
   m = config.model
-  abstract = nnx.eval_shape(
+  return nnx.eval_shape(
     lambda: model_lib.AlexNet(
       m.name, num_classes=m.num_classes, image_size=m.image_size or None, width=m.width, rngs=nnx.Rngs(0)
     )
   )
-  return step_time.train_flops_per_image(abstract)
+
+
+def train_flops_per_image(config) -> int:
+  """Our own FLOP count of one image through the configured network's train step (``step_time``)."""
+  return step_time.train_flops_per_image(abstract_model(config))
+
+
+def param_bytes_per_device(config) -> int:
+  """Float32 bytes of the parameters one device holds (all of them, over ``mesh.model``): the gradient all-reduce's
+  buffer where there is no compiled HLO to read it from."""
+  import jax
+  from flax import nnx
+
+  params = nnx.state(abstract_model(config), nnx.Param)
+  return 4 * sum(int(x.size) for x in jax.tree.leaves(params)) // config.mesh.model
+
+
+def gradient_all_reduce_bytes(row: dict, param_bytes: int) -> tuple[float, str]:
+  """(bytes, where they came from): the gradient reduction's buffer per device. From the compiled HLO where the row
+  has its collectives: the all-reduces' result bytes and, data parallel, each reduce-scatter's result x the
+  data-parallel devices (its whole buffer; the all-gather that follows it is the ring's second half). Under
+  ``mesh.model`` > 1 the reduce-scatters and all-gathers are the model split's activation exchanges (not counted;
+  its all-reduces, mostly the gradients', are). Otherwise (a program the compiler refused) ``param_bytes``: every
+  parameter this device holds, in float32."""
+  found = row.get("collectives")
+  if found is None:
+    return float(param_bytes), "parameter bytes (float32 gradients; no compiled HLO to read)"
+  total = found.get("all-reduce", {}).get("bytes", 0)
+  if row["mesh"]["model"] > 1:
+    return float(total), "compiled HLO: all-reduce result bytes (the model split's other exchanges not counted)"
+  total += row["mesh"]["data"] * found.get("reduce-scatter", {}).get("bytes", 0)
+  return float(total), "compiled HLO: all-reduce result bytes + reduce-scatter result bytes x data devices"
+
+
+def time_to_train(
+  row: dict, chip: Chip, flops_per_image: int, param_bytes: int, mfu: float, epochs: float
+) -> dict[str, Any]:
+  """The train row's estimate of the time to train (``step_time``): the step of ``needs`` (roofline or MFU) plus the
+  gradient all-reduce (``gradient_all_reduce_bytes`` x 2(n-1)/n over the target's ``all_reduce_bandwidth``, n the
+  data-parallel devices), summed; images/s and the seconds of ``epochs`` epochs of ImageNet's 1,281,167 images.
+  Every figure an estimate, its sources in ``estimate_sources``."""
+  data, hosts = row["mesh"]["data"], row["num_hosts"]
+  buffer, buffer_source = gradient_all_reduce_bytes(row, param_bytes)
+  sent = step_time.ring_all_reduce_bytes(buffer, data)
+  bandwidth = step_time.all_reduce_bandwidth(chip.interconnect, hosts, row["num_devices"] // hosts)
+  step = step_time.train_step_time(
+    chip.peaks,
+    row["dtype"],
+    own_flops_per_device=flops_per_image * row["batch_size"] / row["num_devices"],
+    mfu=mfu,
+    reported_flops_per_device=row["flops_per_device"],
+    reported_bytes_per_device=row["bytes_accessed_per_device"],
+    all_reduce_bytes_per_device=sent,
+    interconnect_bytes_per_second=bandwidth,
+  )
+  total = step_time.time_to_train(step, row["batch_size"], epochs)
+  compute = (
+    f"roofline: libtpu's FLOPs at {chip.peaks.flops(row['dtype']) / 1e12:g} TFLOP/s, bytes at "
+    f"{chip.peaks.hbm_bytes_per_second / 1e9:g} GB/s HBM"
+    if step.basis == "roofline"
+    else f"mfu: {flops_per_image:,} train FLOPs an image (our count) over {mfu:g} x "
+    f"{chip.peaks.flops(row['dtype']) / 1e12:g} TFLOP/s {row['dtype']} peak"
+  )
+  network = (
+    f"min(device link, {row['num_devices'] // hosts} x {chip.interconnect.network_bytes_per_second_per_device / 1e9:g}"
+    " GB/s network a GPU)"
+    if hosts > 1 and chip.interconnect.network_bytes_per_second_per_device
+    else "device link"
+  )
+  return {
+    "epochs": epochs,
+    "compute_seconds_estimate": step.seconds - step.communication_seconds,
+    "gradient_all_reduce_bytes": buffer,
+    "all_reduce_sent_bytes_per_device": sent,
+    "all_reduce_bytes_per_second": bandwidth,
+    "communication_seconds_estimate": step.communication_seconds,
+    "step_seconds_estimate": step.seconds,
+    "images_per_sec_estimate": round(total.images_per_sec, 1),
+    "train_steps": total.steps,
+    "time_to_train_seconds_estimate": round(total.seconds, 1),
+    "estimate_sources": {
+      "compute": compute,
+      "gradient_bytes": buffer_source,
+      "ring_factor": f"2(n-1)/n, n = {data} data-parallel devices",
+      "bandwidth": f"{network}: {chip.interconnect.source}",
+      "overlap": "none: compute and communication summed (conservative; XLA may overlap them)",
+      "steps": f"{epochs:g} epochs x (1,281,167 // {row['batch_size']}) steps, rounded",
+    },
+  }
 
 
 def needs(row: dict, chip: Chip, flops_per_image: int, mfu: float, rates: dict[str, Any]) -> dict[str, Any]:
@@ -385,7 +481,7 @@ def compile_source(config):
 # bfloat16 reached 11.1% at batch 128, 15.0% at 512, 16.1% at 2048 (benchmarks/RESULTS.md, "GPU";
 # benchmarks/accelerator_check.py).
 DEFAULT_MFU = 0.15
-IMAGENET_TRAIN_EXAMPLES = 1_281_167  # for the learning-rate schedule's epoch length (a scalar in the program)
+IMAGENET_TRAIN_EXAMPLES = step_time.IMAGENET_TRAIN_EXAMPLES  # the schedule's epoch length (a scalar in the program)
 
 
 def compile_programs(config, target: Target, programs=("train", "eval")) -> list[tuple[dict, Any]]:
@@ -476,7 +572,7 @@ def define_flags() -> None:
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", None, "A config file (configs/NAME.py); override keys with --config.KEY.")
-  flags.DEFINE_string("target", None, "h100:N, a100:N, v4:2x2x1, v5e:2x2, v5e:2x4, v5p:2x2x1, v6e:2x2, v5e:4x4, ...")
+  flags.DEFINE_string("target", None, "h100:N, h100:HOSTSxN, a100:N, v4:2x2x1, v5e:2x2, v5e:2x4, v5e:16x16, ...")
   flags.DEFINE_string("hlo_out", None, "Write the compiled train step's HLO text here.")
   flags.DEFINE_list("programs", ["train", "eval"], "Which programs to compile: train, eval or both.")
   flags.DEFINE_float(
@@ -484,6 +580,9 @@ def define_flags() -> None:
     DEFAULT_MFU,
     "Model-FLOPs utilisation assumed where the compiler reports no costs (GPUs), for the train step's time: "
     "0.15 was measured on one NVIDIA H200, paper net, bfloat16, batch 512 (benchmarks/RESULTS.md, 'GPU').",
+  )
+  flags.DEFINE_float(
+    "epochs", None, "Epochs of ImageNet (1,281,167 images) for time_to_train_seconds_estimate (default: num_epochs)."
   )
   flags.DEFINE_float("jpeg_images_per_sec_per_core", None, "Input rate per host core, JPEG shards (default: recorded).")
   flags.DEFINE_float(
@@ -507,6 +606,11 @@ def main(argv: list[str]) -> int:
     if not 0.0 < f.mfu <= 1.0:
       raise ValueError(f"--mfu={f.mfu}: a fraction of the peak, in (0, 1]")
     rates = input_rates_for(f.jpeg_images_per_sec_per_core, f.pixels_images_per_sec_per_core)
+    epochs = config.num_epochs if f.epochs is None else f.epochs
+    if not epochs > 0:
+      raise ValueError(f"--epochs={epochs}: a positive number of epochs (default: the config's num_epochs)")
+    if config.batch_size > IMAGENET_TRAIN_EXAMPLES:
+      raise ValueError(f"--config.batch_size={config.batch_size} is larger than ImageNet's {IMAGENET_TRAIN_EXAMPLES}")
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -515,10 +619,11 @@ def main(argv: list[str]) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  flops_per_image = train_flops_per_image(config)
+  flops_per_image, param_bytes = train_flops_per_image(config), param_bytes_per_device(config)
   for result, _ in compiled:
     if result["program"] == "train":
       result.update(needs(result, target.chip, flops_per_image, f.mfu, rates))
+      result.update(time_to_train(result, target.chip, flops_per_image, param_bytes, f.mfu, epochs))
     print(json.dumps(result), flush=True)
   train_program = next((c for r, c in compiled if r["program"] == "train"), None)
   if f.hlo_out and train_program is not None:

@@ -11,8 +11,12 @@ what the compiler reports:
   compute dtype. aot's default MFU, 0.15, is what one NVIDIA H200 measured for the paper's network in bfloat16 at
   batch 512 (benchmarks/RESULTS.md, "GPU").
 
-A gradient all-reduce term (bytes over the interconnect's bandwidth, added to the step: no overlap assumed) has its
-place in ``train_step_time``'s signature for the multi-host estimates (issue 23); nothing passes it yet.
+A gradient all-reduce term is added to either basis for aot's time-to-train estimate (issue 23): the bytes each
+device sends in a ring all-reduce of the gradients (``ring_all_reduce_bytes``: 2(n-1)/n x the buffer, n the
+data-parallel devices) over the bandwidth one device sends at (``all_reduce_bandwidth``, from the ``INTERCONNECTS``
+table with its sources). Compute and communication are summed, not overlapped: the conservative choice (XLA can
+overlap the all-reduce with the backward pass; a real step is then shorter, but never shorter than the larger of
+the two terms). ``time_to_train`` turns the step into images/s and the seconds of E epochs of ImageNet.
 
 Pure Python: no jax, flax or TensorFlow (``.venv-aot`` and the CPU tools both import it).
 """
@@ -56,6 +60,67 @@ PEAKS: dict[str, ChipPeaks] = {
   "v5p": ChipPeaks(459e12, 459e12, 2765e9),
   "v6e": ChipPeaks(918e12, 918e12, 1640e9),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Interconnect:
+  """What one device's gradient all-reduce runs at. ``bytes_per_second``: one direction, per device, between the
+  devices of one host (GPU: NVLink) or of a whole TPU slice (ICI), half the published bidirectional figure (a ring
+  all-reduce sends one way on each link). ``network_bytes_per_second_per_device``: GPUs only, between hosts: the
+  host's network (one NIC per GPU) per GPU, one direction. ``source``: where the figures come from."""
+
+  bytes_per_second: float
+  source: str
+  network_bytes_per_second_per_device: float | None = None
+
+
+# The one table of interconnect bandwidths. Cloud TPU: Google's system-architecture pages give the bidirectional ICI
+# bandwidth per chip (v5e 400 GB/s, v5p 1,200, v6e 800) and the all-reduce bandwidth per 256-chip Pod (v5e 51.2
+# TB/s = 200 GB/s a chip, v6e 102.4 TB/s = 400 GB/s a chip: the same one-direction figures); v4 gives only the Pod's
+# all-reduce bandwidth (1.1 PB/s over 4,096 chips). NVIDIA: NVLink per GPU from the H100 SXM (900 GB/s) and A100 SXM
+# (600 GB/s) datasheets, bidirectional; between hosts, the DGX/HGX reference designs' one NIC per GPU (H100: 8 x
+# ConnectX-7 400 Gb/s InfiniBand = 400 GB/s a host, 50 GB/s a GPU; A100: 8 x ConnectX-6 200 Gb/s HDR = 200 GB/s a
+# host, 25 GB/s a GPU).
+INTERCONNECTS: dict[str, Interconnect] = {
+  "h100": Interconnect(
+    450e9,
+    "NVLink 4: 900 GB/s bidirectional per GPU (H100 SXM datasheet), 450 GB/s each way; between hosts 8 x 400 Gb/s "
+    "InfiniBand (ConnectX-7, DGX H100) = 400 GB/s a host, 50 GB/s a GPU",
+    50e9,
+  ),
+  "a100": Interconnect(
+    300e9,
+    "NVLink 3: 600 GB/s bidirectional per GPU (A100 SXM datasheet), 300 GB/s each way; between hosts 8 x 200 Gb/s "
+    "InfiniBand HDR (ConnectX-6, DGX A100) = 200 GB/s a host, 25 GB/s a GPU",
+    25e9,
+  ),
+  "v4": Interconnect(1.1e15 / 4096, "v4 ICI: all-reduce bandwidth per Pod 1.1 PB/s over 4,096 chips (Cloud TPU v4)"),
+  "v5e": Interconnect(200e9, "v5e ICI: 400 GB/s bidirectional per chip, 200 GB/s each way (Cloud TPU v5e page)"),
+  "v5p": Interconnect(600e9, "v5p ICI: 1,200 GB/s bidirectional per chip, 600 GB/s each way (Cloud TPU v5p page)"),
+  "v6e": Interconnect(400e9, "v6e ICI: 800 GB/s bidirectional per chip, 400 GB/s each way (Cloud TPU v6e page)"),
+}
+
+
+def all_reduce_bandwidth(link: Interconnect, num_hosts: int, devices_per_host: int) -> float:
+  """Bytes/s one device sends at in a ring all-reduce over ``num_hosts`` hosts of ``devices_per_host`` devices.
+
+  One host, or a TPU slice (its hosts' chips are all on ICI): ``link.bytes_per_second``. GPUs on several hosts: the
+  smaller of NVLink and the host's network, ``devices_per_host`` x ``network_bytes_per_second_per_device`` (NCCL
+  runs as many rings as the host has NICs, each crossing between hosts on its own NIC: each ring carries 1/k of the
+  buffer, so the all-reduce sees the whole host's network). ValueError for fewer than one host or device."""
+  if num_hosts < 1 or devices_per_host < 1:
+    raise ValueError(f"need at least one host and one device a host, got {num_hosts} x {devices_per_host}")
+  if num_hosts == 1 or link.network_bytes_per_second_per_device is None:
+    return link.bytes_per_second
+  return min(link.bytes_per_second, devices_per_host * link.network_bytes_per_second_per_device)
+
+
+def ring_all_reduce_bytes(buffer_bytes: float, num_devices: int) -> float:
+  """Bytes each device sends in a ring all-reduce of ``buffer_bytes`` over ``num_devices``: 2(n-1)/n x the buffer
+  (a reduce-scatter and an all-gather, each (n-1)/n of it). 0 for one device. ValueError for n < 1."""
+  if num_devices < 1:
+    raise ValueError(f"num_devices must be at least 1, got {num_devices}")
+  return 2 * (num_devices - 1) / num_devices * buffer_bytes
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -130,8 +195,9 @@ def train_step_time(
 
   Where the compiler reported costs (``reported_*``, per device), the roofline of ``roofline``; otherwise
   ``own_flops_per_device`` (``train_flops_per_image`` x the global batch / the number of devices) over ``mfu`` x the
-  dense peak for ``dtype``. ``all_reduce_bytes_per_device`` over ``interconnect_bytes_per_second`` is added to
-  either (the gradient all-reduce, assumed not to overlap the compute: issue 23's multi-host estimates; 0 here).
+  dense peak for ``dtype``. ``all_reduce_bytes_per_device`` (what each device sends: ``ring_all_reduce_bytes``) over
+  ``interconnect_bytes_per_second`` (``all_reduce_bandwidth``) is added to either: the gradient all-reduce, assumed
+  not to overlap the compute (0 when no bytes are given).
 
   Raises ValueError for an ``mfu`` outside (0, 1], a non-positive FLOP count on the MFU basis, or all-reduce bytes
   without a bandwidth."""
@@ -162,3 +228,33 @@ def describe(step: StepTime, mfu: float) -> dict[str, Any]:
     "step_time_basis": step.basis,
     "mfu_assumed": mfu if step.basis == "mfu" else None,
   }
+
+
+IMAGENET_TRAIN_EXAMPLES = 1_281_167  # ILSVRC-2012's training set
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeToTrain:
+  """An estimate, not a measurement: ``steps`` train steps of ``step_seconds`` each; ``images_per_sec`` (the global
+  batch over the step) and ``seconds`` (steps x step)."""
+
+  epochs: float
+  steps: int
+  step_seconds: float
+  images_per_sec: float
+  seconds: float
+
+
+def time_to_train(
+  step: StepTime, batch_size: int, epochs: float, num_train_examples: int = IMAGENET_TRAIN_EXAMPLES
+) -> TimeToTrain:
+  """The time of ``epochs`` passes over ``num_train_examples`` at ``step``: the steps training takes (``epochs`` x
+  ``num_train_examples // batch_size``, rounded, as ``train.schedule_steps`` counts them: the last partial batch
+  of an epoch is dropped) times the step's seconds. ValueError for a batch larger than the set or epochs <= 0."""
+  if epochs <= 0:
+    raise ValueError(f"epochs must be positive, got {epochs}")
+  per_epoch = num_train_examples // batch_size
+  if per_epoch < 1:
+    raise ValueError(f"batch_size {batch_size} is larger than the {num_train_examples} training examples")
+  steps = int(round(epochs * per_epoch))
+  return TimeToTrain(epochs, steps, step.seconds, batch_size / step.seconds, steps * step.seconds)

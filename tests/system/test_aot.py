@@ -132,7 +132,7 @@ def test_collectives_are_counted_once_with_their_result_bytes():
 def test_every_named_target_resolves_to_its_devices():
   code = (
     "from alexnet_jax import aot\n"
-    "for t in ['h100:8', 'a100:4', 'v4:2x2x1', 'v5e:2x2', 'v5e:2x4', 'v5p:2x2x1', 'v6e:2x2', 'v5e:4x4']:\n"
+    "for t in ['h100:8', 'h100:8x8', 'a100:4', 'v4:2x2x1', 'v5e:2x2', 'v5e:2x4', 'v5p:2x2x1', 'v6e:2x2', 'v5e:4x4']:\n"
     "  r = aot.resolve_target(t)\n"
     "  print(t, len(r.devices), r.num_hosts, r.devices[0].platform)\n"
   )
@@ -141,6 +141,7 @@ def test_every_named_target_resolves_to_its_devices():
   got = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
   assert got == {
     "h100:8": "8 1 gpu",
+    "h100:8x8": "64 8 gpu",  # 8 hosts of 8 GPUs
     "a100:4": "4 1 gpu",
     "v4:2x2x1": "4 1 tpu",
     "v5e:2x2": "4 1 tpu",
@@ -271,6 +272,58 @@ def test_a_batch_that_does_not_fit_names_the_need_and_the_largest_batch_that_doe
   assert f"needs {train['peak_bytes'] / 2**30:.2f} GiB per device; a h100 device has 79.10 GiB" in line
   largest = int(line.rsplit("the largest batch_size that fits is ", 1)[1].rstrip("."))
   assert 1024 <= largest < 32768
+
+
+TINY_AOT = [  # tests/support/tiny.py's network (1/8 width, 67 px, 10 classes): seconds to compile
+  "--config=configs/paper.py",
+  "--config.data.source=synthetic",
+  "--config.model.width=0.125",
+  "--config.model.image_size=67",
+  "--config.model.num_classes=10",
+  "--config.batch_size=64",
+  "--programs=train",
+  "--epochs=2",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "target,devices,hosts,bandwidth",
+  [
+    ("v5e:2x2", 4, 1, 200e9),  # ICI, 200 GB/s each way
+    ("h100:2x4", 8, 2, 200e9),  # two hosts: 4 GPUs x 50 GB/s of InfiniBand, below NVLink's 450 GB/s
+  ],
+)
+def test_the_time_to_train_estimate_is_printed_and_adds_up(target, devices, hosts, bandwidth):
+  """The estimate's fields on a TPU (libtpu's roofline) and a two-host GPU target (our FLOP count at 0.15 MFU),
+  worked out here from the row's own compiled figures: the all-reduce's bytes from its HLO, x 2(n-1)/n over the
+  bandwidth, plus the step; 2 epochs of 1,281,167 // 64 = 20,018 steps."""
+  out = aot_run(*TINY_AOT, f"--target={target}", timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  train = programs(out)["train"]
+  assert (train["num_devices"], train["num_hosts"]) == (devices, hosts)
+  n = train["mesh"]["data"]
+  assert train["gradient_all_reduce_bytes"] == train["collectives"]["all-reduce"]["bytes"]
+  sent = 2 * (n - 1) / n * train["gradient_all_reduce_bytes"]
+  assert train["all_reduce_sent_bytes_per_device"] == pytest.approx(sent)
+  assert train["all_reduce_bytes_per_second"] == bandwidth
+  assert train["communication_seconds_estimate"] == pytest.approx(sent / bandwidth)
+  assert train["compute_seconds_estimate"] == pytest.approx(train["step_seconds"])  # the input's step, unchanged
+  step = train["step_seconds"] + sent / bandwidth
+  assert train["step_seconds_estimate"] == pytest.approx(step)
+  assert train["images_per_sec_estimate"] == pytest.approx(64 / step, abs=0.05)
+  assert train["epochs"] == 2 and train["train_steps"] == 2 * (1_281_167 // 64)
+  assert train["time_to_train_seconds_estimate"] == pytest.approx(train["train_steps"] * step, abs=0.05)
+  sources = train["estimate_sources"]
+  assert sources["compute"].startswith("roofline" if target.startswith("v5e") else "mfu")
+  assert sources["gradient_bytes"].startswith("compiled HLO") and "summed" in sources["overlap"]
+  assert ("InfiniBand" in sources["bandwidth"]) == target.startswith("h100")
+
+
+def test_malformed_multi_host_gpu_targets_are_refused_with_the_forms():
+  for spec in ("h100:2x", "h100:0x8", "h100:2x2x2", "h100:x8", "a100:8xN"):
+    with pytest.raises(ValueError, match=r"is \w+:N \(N GPUs on one host\) or \w+:HxN \(H hosts of N GPUs each\)"):
+      aot.resolve_target(spec)
 
 
 def test_an_unknown_target_is_a_command_line_error():

@@ -95,6 +95,75 @@ def test_the_all_reduce_term_and_what_is_refused():
     step_time.train_step_time(h100, "bfloat16", own_flops_per_device=0, mfu=0.5)
 
 
+# ---- the time to train ------------------------------------------------------------------------------------------
+def test_the_ring_all_reduce_sends_two_n_minus_one_over_n_of_the_buffer():
+  # The paper net's bf16 gradients as v5e:2x4's HLO holds them (docs/aot.md): 121,941,212 bytes.
+  assert step_time.ring_all_reduce_bytes(121_941_212, 1) == 0
+  assert step_time.ring_all_reduce_bytes(121_941_212, 2) == pytest.approx(121_941_212)
+  assert step_time.ring_all_reduce_bytes(121_941_212, 8) == pytest.approx(213_397_121)  # x 14/8
+  assert step_time.ring_all_reduce_bytes(121_941_212, 256) == pytest.approx(242_929_758.3, rel=1e-9)  # x 510/256
+  with pytest.raises(ValueError, match="num_devices must be at least 1"):
+    step_time.ring_all_reduce_bytes(8, 0)
+
+
+def test_the_bandwidth_the_all_reduce_runs_at():
+  """One H100 host: NVLink each way, 450 GB/s. Across hosts the host's network: 8 GPUs x 50 GB/s (8 x 400 Gb/s
+  InfiniBand) = 400 GB/s, below NVLink; 4 GPUs a host, 200 GB/s. A TPU slice is all ICI, however many hosts."""
+  h100, v5e = step_time.INTERCONNECTS["h100"], step_time.INTERCONNECTS["v5e"]
+  assert step_time.all_reduce_bandwidth(h100, 1, 8) == 450e9
+  assert step_time.all_reduce_bandwidth(h100, 8, 8) == 400e9
+  assert step_time.all_reduce_bandwidth(h100, 2, 4) == 200e9
+  assert step_time.all_reduce_bandwidth(step_time.INTERCONNECTS["a100"], 4, 8) == 200e9
+  assert step_time.all_reduce_bandwidth(v5e, 64, 4) == step_time.all_reduce_bandwidth(v5e, 1, 4) == 200e9
+  assert step_time.INTERCONNECTS["v4"].bytes_per_second == pytest.approx(268.55e9, rel=1e-4)  # 1.1 PB/s / 4,096
+  assert set(step_time.INTERCONNECTS) <= set(step_time.PEAKS)
+  with pytest.raises(ValueError, match="at least one host"):
+    step_time.all_reduce_bandwidth(h100, 0, 8)
+
+
+def test_time_to_train_by_hand():
+  """v5e:16x16 at batch 32,768 (128 a chip), with made-up libtpu costs: 1e13 FLOPs (50.76 ms at 197 TFLOP/s) and
+  2e10 bytes (24.42 ms at 819 GB/s): compute bound, 50.761 ms. The bf16 gradients, 121,941,212 bytes, sent 510/256
+  of them at 200 GB/s: 1.2146 ms. Step 51.976 ms; 630,444 images/s; 90 epochs of 1,281,167 // 32,768 = 39 steps is
+  3,510 steps: 182.44 s."""
+  step = step_time.train_step_time(
+    step_time.PEAKS["v5e"],
+    "bfloat16",
+    own_flops_per_device=1.0,
+    mfu=0.15,
+    reported_flops_per_device=1e13,
+    reported_bytes_per_device=2e10,
+    all_reduce_bytes_per_device=step_time.ring_all_reduce_bytes(121_941_212, 256),
+    interconnect_bytes_per_second=step_time.all_reduce_bandwidth(step_time.INTERCONNECTS["v5e"], 64, 4),
+  )
+  assert step.bound == "compute" and step.compute_seconds == pytest.approx(0.0507614, rel=1e-5)
+  assert step.communication_seconds == pytest.approx(0.00121465, rel=1e-5)
+  assert step.seconds == pytest.approx(0.0519760, rel=1e-5)
+  total = step_time.time_to_train(step, 32768, 90)
+  assert (total.steps, total.epochs) == (3510, 90)
+  assert total.images_per_sec == pytest.approx(630_444, rel=1e-5)
+  assert total.seconds == pytest.approx(182.436, rel=1e-5)
+  # The GPU form: h100:8x8 at 65,536 (1,024 a GPU), the paper net at 0.15 MFU: 4.451 TFLOPs a GPU over 148.35
+  # TFLOP/s = 30.002 ms; the same gradients sent 126/64 at 400 GB/s = 0.6002 ms. 95 epochs of 19 steps: 1,805 steps,
+  # 55.24 s (Jia et al.: 95 epochs at 64K in 4 minutes on 1,024 P40s).
+  gpu = step_time.train_step_time(
+    step_time.PEAKS["h100"],
+    "bfloat16",
+    own_flops_per_device=PAPER_TRAIN_FLOPS_PER_IMAGE * 1024,
+    mfu=0.15,
+    all_reduce_bytes_per_device=step_time.ring_all_reduce_bytes(121_941_212, 64),
+    interconnect_bytes_per_second=step_time.all_reduce_bandwidth(step_time.INTERCONNECTS["h100"], 8, 8),
+  )
+  assert gpu.compute_seconds == pytest.approx(0.0300017, rel=1e-5)
+  assert gpu.communication_seconds == pytest.approx(0.000600179, rel=1e-5)
+  total = step_time.time_to_train(gpu, 65536, 95)
+  assert total.steps == 1805 and total.seconds == pytest.approx(55.2364, rel=1e-5)
+  with pytest.raises(ValueError, match="epochs must be positive"):
+    step_time.time_to_train(gpu, 65536, 0)
+  with pytest.raises(ValueError, match="larger than the 1281167 training examples"):
+    step_time.time_to_train(gpu, 2**21, 1)
+
+
 # ---- the input rates --------------------------------------------------------------------------------------------
 ROWS = [  # benchmark --input_only's rows as the lead's version prints them (fabricated figures)
   {"what": "input", "pipeline": "jpeg", "threads": 1, "images_per_sec": 1400.0, "images_per_sec_per_core": 1400.0},
