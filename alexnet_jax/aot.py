@@ -509,7 +509,9 @@ def compile_programs(config, target: Target, programs=("train", "eval")) -> list
   for program in programs:
     started = time.perf_counter()
     if program == "train":
-      step = train.jit_train_step(plan.graphdef, plan.tx, lr_schedule, source.preprocess, mesh, plan.shardings)
+      step = train.jit_train_step(
+        plan.graphdef, plan.tx, lr_schedule, source.preprocess, mesh, plan.shardings, **train.train_step_options(config)
+      )
       args, size = (state, batch(config.batch_size, True)), config.batch_size
     else:
       step = train.jit_eval_step(plan.graphdef, source.preprocess, mesh, plan.shardings["params"])

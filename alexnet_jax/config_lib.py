@@ -40,7 +40,7 @@ SAFE_TO_CHANGE_ON_RESUME = (
 
 DATA_SOURCES = ("auto", "synthetic", "prepared", "tfds")
 NORMALIZATIONS = ("mean_image", "torchvision")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float16")  # float16: with dynamic loss scaling (loss_scale.py)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -74,7 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
   # '': the architecture's own ('paper': N(0, 0.01), biases of 1; 'owt': PyTorch's 'torch'); 'cuda_convnet2' (the
   # authors' layer files: 0.03 for conv3-5) or 'caffe' (bvlc_alexnet: 0.005 for fc6/7, biases of 0.1)
   c.model.init = ""
-  c.model.dtype = "float32"  # compute dtype; parameters stay float32; LRN, softmax and loss run in float32
+  # compute dtype; parameters stay float32; LRN, softmax and loss run in float32. 'float16' (GPUs without bfloat16,
+  # e.g. Colab's T4) adds dynamic loss scaling (alexnet_jax/loss_scale.py, docs/training.md)
+  c.model.dtype = "float32"
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 0.01
@@ -83,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay_mode = "coupled"  # 'coupled' (the paper), 'decoupled', 'none'
   c.optimizer.decay_biases = True  # the paper's update applies to every weight it names; False spares biases
   c.optimizer.bias_lr_multiplier = 1.0  # biases learn at this times the rate (cuda-convnet2 and Caffe: 2)
+  # k > 1: each step's batch_size examples run as k micro-batches inside the step, their gradients averaged into the
+  # one update (steps.make_train_step; docs/training.md). batch_size must be a multiple of k x data devices.
+  c.optimizer.accumulation_steps = 1
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.name = "paper"  # 'paper' (divide on plateau), 'step', 'cosine', 'constant'
@@ -260,6 +265,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"schedule.patience must be >= 1, got {config.schedule.patience}")
   if config.schedule.warmup_epochs < 0:
     raise ValueError(f"schedule.warmup_epochs must be >= 0, got {config.schedule.warmup_epochs}")
+  k = config.optimizer.accumulation_steps
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f"optimizer.accumulation_steps must be an integer >= 1 (1: no accumulation), got {k!r}")
+  if config.batch_size % k:
+    raise ValueError(
+      f"batch_size={config.batch_size} does not split into optimizer.accumulation_steps={k} equal micro-batches: "
+      f"use a batch_size that is a multiple of {k} (and of {k} x the data-parallel devices)"
+    )
   if config.optimizer.bias_lr_multiplier <= 0:
     raise ValueError(f"optimizer.bias_lr_multiplier must be positive, got {config.optimizer.bias_lr_multiplier}")
 

@@ -22,8 +22,10 @@ from alexnet_jax.steps import RELU_LAYERS
 HEALTH_KINDS = ("grad_norm", "param_norm", "update_ratio", "dead_relu")
 
 
-def _train_metrics() -> type[metrics.Collection]:
-  """The train step's outputs, averaged over a logging window; the parameter norms are those after its last step."""
+def _train_metrics(loss_scaling: bool = False) -> type[metrics.Collection]:
+  """The train step's outputs, averaged over a logging window; the parameter norms are those after its last step.
+  With ``loss_scaling`` (float16) also ``loss_scale`` (the last step's) and ``overflow`` (the fraction of the
+  window's steps whose update was skipped for a loss-scale overflow)."""
   fields = {
     "loss": metrics.Average.from_output("loss"),
     "top1_error": metrics.Average.from_output("top1_error"),
@@ -39,10 +41,14 @@ def _train_metrics() -> type[metrics.Collection]:
     fields[f"update_ratio_{layer}"] = metrics.Average.from_output(f"update_ratio_{layer}")
   for layer in RELU_LAYERS:
     fields[f"dead_relu_{layer}"] = metrics.Average.from_output(f"dead_relu_{layer}")
+  if loss_scaling:
+    fields["loss_scale"] = metrics.LastValue.from_output("loss_scale")
+    fields["overflow"] = metrics.Average.from_output("overflow")
   return metrics.Collection.create(**fields)
 
 
 TrainMetrics = _train_metrics()
+TrainMetricsLossScaled = _train_metrics(loss_scaling=True)  # float16 runs (steps.make_train_step's loss_scaling)
 
 
 @flax.struct.dataclass

@@ -108,6 +108,19 @@ def check_batch_size(global_batch: int, mesh: Mesh, what: str = "batch_size") ->
   return global_batch // jax.process_count()
 
 
+def check_micro_batches(global_batch: int, accumulation_steps: int, mesh: Mesh) -> None:
+  """A clear error unless ``global_batch`` splits into ``accumulation_steps`` micro-batches that each split evenly
+  over the data-parallel devices (``steps.split_micro_batches``: every device holds its slice of every one)."""
+  data, k = mesh.shape["data"], accumulation_steps
+  if global_batch % (k * data):
+    lower, upper = (global_batch // (k * data)) * k * data, -(-global_batch // (k * data)) * k * data
+    raise ValueError(
+      f"batch_size={global_batch} does not split into optimizer.accumulation_steps={k} micro-batches over the {data} "
+      f"data-parallel devices: it must be a multiple of {k} x {data} = {k * data}, e.g. {lower or upper} or {upper} "
+      "(or choose an accumulation_steps that divides batch_size / devices)."
+    )
+
+
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """This process's slice of a global batch -> one global array per key, already sharded over 'data'."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -4,6 +4,7 @@ They depend on jax, flax and optax only (no TensorFlow, clu or ml_collections), 
 machines that have nothing else. The train state is a plain pytree:
     {"step": int32, "params": nested dict, "opt_state": PaperSgdState, "rng": uint32 key data,
      "plateau": dict of scalars}
+and, for float16 compute only, ``"loss_scale": {"scale": float32, "good_steps": int32}`` (``loss_scale.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from alexnet_jax import optim
+from alexnet_jax import loss_scale, optim
 
 State = dict[str, Any]
 Batch = dict[str, jax.Array]
@@ -38,18 +39,50 @@ def layer_norms(tree: dict[str, Any]) -> dict[str, jax.Array]:
   return {layer: global_norm(sub) for layer, sub in tree.items()}
 
 
+def relu_alive(activations: dict[str, jax.Array], layers) -> dict[str, jax.Array]:
+  """{layer: bool [units], True where the unit's ReLU output is positive for at least one example of the batch}. A
+  unit is a channel of a conv layer (at every position) or a neuron of a dense layer."""
+  return {layer: jnp.any(activations[layer] > 0, axis=tuple(range(activations[layer].ndim - 1))) for layer in layers}
+
+
+def dead_fractions(alive: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """{layer: the fraction of its units that are not alive} (``relu_alive``'s masks, possibly OR-ed over
+  micro-batches); a layer at 1.0 passes nothing on."""
+  return {layer: jnp.mean((~a).astype(jnp.float32)) for layer, a in alive.items()}
+
+
 def dead_relu_fractions(activations: dict[str, jax.Array], layers) -> dict[str, jax.Array]:
   """{layer: the fraction of its units whose ReLU output is zero for every example of the batch}. A unit is a channel
   of a conv layer (at every position) or a neuron of a dense layer; a layer at 1.0 passes nothing on."""
-  out = {}
-  for layer in layers:
-    a = activations[layer]
-    alive = jnp.any(a > 0, axis=tuple(range(a.ndim - 1)))
-    out[layer] = jnp.mean((~alive).astype(jnp.float32))
-  return out
+  return dead_fractions(relu_alive(activations, layers))
 
 
 RELU_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # fc8 feeds the softmax: no ReLU
+
+
+def split_micro_batches(batch: Batch, k: int) -> Batch:
+  """Every array [B, ...] of ``batch`` -> [k, B/k, ...]: micro-batch j holds examples j, j + k, j + 2k, ... .
+
+  Strided, not contiguous, so that the split moves no data: with the batch sharded over D devices in contiguous
+  blocks of B/D (B divisible by k * D), the [B/k, k] view keeps each device's block on its device, and each
+  micro-batch is spread over all D devices (B/(k D) examples on each), never whole micro-batches on some of them.
+  Its members do not depend on D, so accumulation on 8 devices computes what it computes on 1. ValueError when k
+  does not divide B."""
+
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(
+        f"a batch of {x.shape[0]} does not split into optimizer.accumulation_steps={k} equal micro-batches: use a "
+        "batch_size divisible by accumulation_steps times the data-parallel devices"
+      )
+    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+  return jax.tree.map(split, batch)
+
+
+def join_micro_batches(x: jax.Array) -> jax.Array:
+  """[k, B/k, ...] -> [B, ...], the inverse of ``split_micro_batches``: each example back in its place."""
+  return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
 def make_train_step(
@@ -57,6 +90,9 @@ def make_train_step(
   tx: optax.GradientTransformationExtraArgs,
   lr_schedule: optax.Schedule,
   preprocess: Callable[[Batch], jax.Array],
+  *,
+  accumulation_steps: int = 1,
+  loss_scaling: loss_scale.DynamicLossScale | None = None,
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
   """A pure ``train_step(state, batch) -> (state, outputs)``; jit it with the shardings you want.
 
@@ -67,24 +103,88 @@ def make_train_step(
   with the passes that already read the gradients and write the parameters. When the loss or the gradient norm is not
   finite the state is returned unchanged (``finite`` = 0, update ratios 0): a bad batch can never reach the
   parameters or a checkpoint.
-  """
 
-  def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
-    step = state["step"]
-    # The step's randomness is a function of the run's key and the step alone: resuming draws the same masks.
-    dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+  ``accumulation_steps`` = k > 1 computes the same update from k micro-batches of B/k examples
+  (``split_micro_batches``), one after another in a ``lax.scan``: the gradients of each micro-batch's mean loss are
+  summed and divided by k (the mean over the B examples: the full batch's gradient), then one update is applied.
+  It is done inside the step, not across calls, so a step is still one update of one ``batch_size`` batch: data
+  order, ``num_train_steps``, the schedule and checkpoints keep their meaning, and a checkpoint can never hold
+  half-accumulated gradients. Only the activations of one micro-batch are alive at a time (the memory saved); the
+  parameters' gradient is one float32 sum. Micro-batch j draws its dropout masks from the step's key folded with j
+  (the step stays a function of (state, batch)); its per-example outputs are put back in the batch's order. A unit
+  counts as dead over the batch when it is dead in every micro-batch. Normalisation over the batch (batch norm)
+  would normalise over each micro-batch of B/k, not over B: the rule for a model with batch norm. k = 1 is the
+  plain step, unchanged.
+
+  ``loss_scaling`` (float16 compute, ``loss_scale.DynamicLossScale``; the state then holds ``loss_scale``): the
+  loss is multiplied by the state's scale before differentiation and the gradients divided by it after (the sum over
+  micro-batches first). A finite loss with non-finite gradients above the minimum scale is an overflow: the update
+  is skipped, ``step`` still advances, the scale halves, ``finite`` stays 1 and ``overflow`` is 1 (the gradient
+  norms are reported as 0 on that step). A non-finite loss, or an overflow at the minimum scale, is a divergence:
+  ``finite`` = 0 and the state is returned unchanged, as without scaling. ``outputs`` then also holds ``loss_scale``
+  (the scale this step used) and ``overflow``.
+  """
+  k = int(accumulation_steps)
+  if k < 1:
+    raise ValueError(f"optimizer.accumulation_steps must be >= 1, got {accumulation_steps}")
+
+  def gradients(params, batch: Batch, dropout_rng, scale):
+    """(gradients of the batch's mean loss (times ``scale`` when given), (per-example loss, logits, relu_alive))."""
     images, labels = preprocess(batch), batch["label"]
 
     def loss_fn(params):
       logits, acts = nnx.merge(graphdef, params)(images, dropout_rng=dropout_rng, return_activations=True)
       per_example = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-      return per_example.mean(), (per_example, logits, dead_relu_fractions(acts, RELU_LAYERS))
+      loss = per_example.mean() if scale is None else per_example.mean() * scale
+      return loss, (per_example, logits, relu_alive(acts, RELU_LAYERS))
 
-    (_, (per_example, logits, dead)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, aux
+
+  def accumulated_gradients(params, batch: Batch, dropout_rng, scale):
+    """``gradients`` of the whole batch, computed over k micro-batches (the mean of their gradients)."""
+    micro = split_micro_batches(batch, k)
+    first = jax.tree.map(lambda x: x[0], micro)
+    grads_shape, (_, _, alive_shape) = jax.eval_shape(gradients, params, first, dropout_rng, scale)
+    zeros = lambda shapes: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def body(carry, xs):
+      grads_sum, alive_any = carry
+      j, micro_batch = xs
+      grads, (per_example, logits, alive) = gradients(params, micro_batch, jax.random.fold_in(dropout_rng, j), scale)
+      carry = (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.logical_or, alive_any, alive))
+      return carry, (per_example, logits)
+
+    (grads_sum, alive), (per_example, logits) = jax.lax.scan(
+      body, (zeros(grads_shape), zeros(alive_shape)), (jnp.arange(k), micro)
+    )
+    grads = jax.tree.map(lambda g: g / k, grads_sum)
+    return grads, (join_micro_batches(per_example), join_micro_batches(logits), alive)
+
+  def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
+    step = state["step"]
+    # The step's randomness is a function of the run's key and the step alone: resuming draws the same masks.
+    dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+    labels = batch["label"]
+    if loss_scaling is not None and "loss_scale" not in state:
+      raise ValueError("loss scaling needs the state's 'loss_scale': build it with init_train_state(loss_scaling=...)")
+    scale = state["loss_scale"]["scale"] if loss_scaling is not None else None
+    grads_of = gradients if k == 1 else accumulated_gradients
+    grads, (per_example, logits, alive) = grads_of(state["params"], batch, dropout_rng, scale)
+    if scale is not None:
+      grads = jax.tree.map(lambda g: g / scale, grads)
     lr = lr_schedule(step) * state["plateau"]["scale"]
     grad_norms = layer_norms(grads)
     grad_norm = global_norm(grad_norms)  # the norm of the layers' norms
     finite = jnp.isfinite(per_example.mean()) & jnp.isfinite(grad_norm)
+    apply_update = finite
+    if loss_scaling is not None:
+      apply_update, overflow, diverged = loss_scale.classify(
+        state["loss_scale"], jnp.isfinite(per_example.mean()), jnp.isfinite(grad_norm), loss_scaling
+      )
+      finite = ~diverged  # an overflow is normal: the run goes on
+      grad_norms = {layer: jnp.where(overflow, 0.0, n) for layer, n in grad_norms.items()}
+      grad_norm = jnp.where(overflow, 0.0, grad_norm)
 
     def apply(state: State) -> tuple[State, dict[str, jax.Array]]:
       updates, opt_state = tx.update(grads, state["opt_state"], state["params"], learning_rate=lr)
@@ -99,7 +199,7 @@ def make_train_step(
 
     # A non-finite step changes nothing. A conditional, not a select over the whole state: XLA's CPU backend runs an
     # elementwise pass gated by a computed scalar ~4x slower (benchmarks/RESULTS.md).
-    new_state, health = jax.lax.cond(finite, apply, skip, state)
+    new_state, health = jax.lax.cond(apply_update, apply, skip, state)
     errors = topk_errors(logits, labels)
     outputs = {
       "loss": per_example,
@@ -110,11 +210,18 @@ def make_train_step(
       "learning_rate": lr,
       "finite": finite.astype(jnp.float32),
     }
+    if loss_scaling is not None:  # an overflow consumes its step (and batch) without an update
+      new_state = {
+        **new_state,
+        "step": jnp.where(overflow, step + 1, new_state["step"]),
+        "loss_scale": loss_scale.adjust(state["loss_scale"], apply_update, overflow, loss_scaling),
+      }
+      outputs.update(loss_scale=scale, overflow=overflow.astype(jnp.float32))
     for layer in grad_norms:
       outputs[f"grad_norm_{layer}"] = grad_norms[layer]
       outputs[f"param_norm_{layer}"] = health["norm"][layer]
       outputs[f"update_ratio_{layer}"] = health["ratio"][layer]
-    outputs.update({f"dead_relu_{layer}": fraction for layer, fraction in dead.items()})
+    outputs.update({f"dead_relu_{layer}": fraction for layer, fraction in dead_fractions(alive).items()})
     return new_state, outputs
 
   return train_step
@@ -152,9 +259,14 @@ def make_eval_step(graphdef, preprocess: Callable[[Batch], jax.Array]) -> Callab
 
 
 def init_train_state(
-  make_model: Callable[..., nnx.Module], tx: optax.GradientTransformationExtraArgs, seed: int
+  make_model: Callable[..., nnx.Module],
+  tx: optax.GradientTransformationExtraArgs,
+  seed: int,
+  *,
+  loss_scaling: loss_scale.DynamicLossScale | None = None,
 ) -> tuple[nnx.GraphDef, Callable[[], State]]:
-  """The model's graphdef, and a pure ``init()`` that builds the whole train state from ``seed``.
+  """The model's graphdef, and a pure ``init()`` that builds the whole train state from ``seed`` (with
+  ``loss_scaling``, float16's, also its ``loss_scale`` state; without it the state has no such key).
 
   Jit ``init`` with ``out_shardings`` to create the state directly where it lives (nothing is built on one device
   first); ``jax.eval_shape(init)`` gives its shapes for free.
@@ -171,6 +283,7 @@ def init_train_state(
       "opt_state": tx.init(params),
       "rng": jax.random.key_data(dropout_key),
       "plateau": optim.plateau_init(),
+      **({"loss_scale": loss_scaling.init()} if loss_scaling is not None else {}),
     }
 
   return graphdef, init

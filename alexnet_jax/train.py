@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import config_lib, health, manifest, optim, parallel, steps, storage, workdir_lock
+from alexnet_jax import config_lib, health, loss_scale, manifest, optim, parallel, steps, storage, workdir_lock
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax.data import sources
@@ -107,7 +107,8 @@ def plan_state(config: ml_collections.ConfigDict, mesh) -> StatePlan:
   """Model, optimiser, the state's shapes (``jax.eval_shape``) and where each array lives on ``mesh`` (the model
   built for the mesh's platform, which ``aot.py`` makes a GPU or TPU that is not here)."""
   tx = make_optimizer(config)
-  graphdef, init = steps.init_train_state(make_model_fn(config, mesh), tx, config.seed)
+  loss_scaling = loss_scale.for_dtype(config.model.dtype)
+  graphdef, init = steps.init_train_state(make_model_fn(config, mesh), tx, config.seed, loss_scaling=loss_scaling)
   abstract = jax.eval_shape(init)
   return StatePlan(graphdef, init, tx, abstract, parallel.state_shardings(mesh, abstract))
 
@@ -158,14 +159,24 @@ def evaluate(eval_step, params, batches: Iterator[dict[str, np.ndarray]], shardi
   return metrics_lib.eval_results(total)
 
 
-def jit_train_step(graphdef, tx, lr_schedule, preprocess, mesh, shardings):
+def train_step_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The keyword arguments of ``steps.make_train_step`` (and ``jit_train_step``) that the config sets:
+  ``accumulation_steps`` (optimizer.accumulation_steps) and ``loss_scaling`` (float16's dynamic loss scale)."""
+  return {
+    "accumulation_steps": config.optimizer.accumulation_steps,
+    "loss_scaling": loss_scale.for_dtype(config.model.dtype),
+  }
+
+
+def jit_train_step(graphdef, tx, lr_schedule, preprocess, mesh, shardings, **options):
   """The update step as training runs it: (state, batch) -> (state, TrainMetrics), the state donated. Also what
-  ``aot.py`` compiles for accelerators that are not here."""
-  pure_train_step = steps.make_train_step(graphdef, tx, lr_schedule, preprocess)
+  ``aot.py`` compiles for accelerators that are not here. ``options``: ``train_step_options(config)``."""
+  pure_train_step = steps.make_train_step(graphdef, tx, lr_schedule, preprocess, **options)
+  collection = metrics_lib.TrainMetricsLossScaled if options.get("loss_scaling") else metrics_lib.TrainMetrics
 
   def train_step(state, batch):
     state, outputs = pure_train_step(state, batch)
-    return state, metrics_lib.TrainMetrics.single_from_model_output(**outputs)
+    return state, collection.single_from_model_output(**outputs)
 
   return jax.jit(
     train_step,
@@ -274,7 +285,9 @@ def _run(
   step = int(state["step"])
 
   # ---- Update and eval steps ------------------------------------------------------------------------------------
-  train_step = jit_train_step(plan.graphdef, plan.tx, lr_schedule, source.preprocess, mesh, plan.shardings)
+  train_step = jit_train_step(
+    plan.graphdef, plan.tx, lr_schedule, source.preprocess, mesh, plan.shardings, **train_step_options(config)
+  )
   eval_step = jit_eval_step(plan.graphdef, source.preprocess, mesh, plan.shardings["params"])
 
   # ---- Writers: metrics, run.json, progress reports and the profiler ---------------------------------------------
@@ -300,9 +313,11 @@ def _run(
 
 
 def _create_mesh(config: ml_collections.ConfigDict):
-  """Every device, in a ('data', 'model') mesh; both batch sizes checked to split evenly over it."""
+  """Every device, in a ('data', 'model') mesh; both batch sizes checked to split evenly over it (the train batch
+  into optimizer.accumulation_steps micro-batches that each split evenly over it)."""
   mesh = parallel.create_mesh(config.mesh.model)
   parallel.check_batch_size(config.batch_size, mesh, "batch_size")
+  parallel.check_micro_batches(config.batch_size, config.optimizer.accumulation_steps, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   logging.info("Mesh %s over %d devices in %d process(es)", dict(mesh.shape), jax.device_count(), jax.process_count())
   return mesh
@@ -454,7 +469,9 @@ class _Loop:
     values = self.train_metrics.compute()
     self.check_finite(values)
     elapsed = time.perf_counter() - self.window_start
-    scalars = {f"train_{k}": v for k, v in values.items() if k not in ("learning_rate", "finite")}
+    scalars = {f"train_{k}": v for k, v in values.items() if k not in ("learning_rate", "finite", "loss_scale")}
+    if "loss_scale" in values:  # float16: the dynamic loss scale, like the rate a setting of the step
+      scalars["loss_scale"] = values["loss_scale"]
     scalars.update(
       learning_rate=values["learning_rate"],
       images_per_sec=self.window_steps * self.config.batch_size / elapsed,
@@ -527,9 +544,16 @@ class _Loop:
         else "no checkpoint had been written yet"
       )
       lr = float(values["learning_rate"])
+      scaled = ""
+      if "loss_scale" in values:  # float16: overflows are skipped and lower the scale; this is not one
+        scaled = (
+          f" (float16: a non-finite loss, or gradients that overflowed at the minimum loss scale "
+          f"{loss_scale.DynamicLossScale().min_scale:g}; loss-scale overflows above it never stop a run)"
+        )
       raise NonFiniteError(
-        f"The loss or the gradient norm became NaN/inf at or before step {self.step} (learning rate {lr:.3g}); the "
-        f"update was not applied and nothing was saved after it: {where}. Check the input data, or lower the rate: "
+        f"The loss or the gradient norm became NaN/inf{scaled} at or before step {self.step} (learning rate "
+        f"{lr:.3g}); the update was not applied and nothing was saved after it: {where}. Check the input data, or "
+        "lower the rate: "
         f"rerun with --config.optimizer.learning_rate={lr / 10:.3g} --allow_config_change to resume from that "
         "checkpoint with it, or start afresh in a new --workdir."
       )

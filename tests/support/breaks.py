@@ -67,6 +67,38 @@ BREAKS = [
     "left, top = 0, 0",
     "tests/unit/test_data.py::test_prepare_keeps_the_central_square_of_any_picture",
   ),
+  Break(
+    "micro_batches_contiguous",
+    "each micro-batch of gradient accumulation is spread over every data device, with no data moved",
+    "alexnet_jax/steps.py",
+    "return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)",
+    "return x.reshape(k, x.shape[0] // k, *x.shape[1:])",
+    "tests/unit/test_steps.py::test_accumulation_on_eight_devices_is_the_one_device_step_and_spreads_each_micro_batch",
+  ),
+  Break(
+    "micro_batch_gradients_summed_not_averaged",
+    "accumulating k micro-batches gives the whole batch's gradient (the mean, not the sum)",
+    "alexnet_jax/steps.py",
+    "grads = jax.tree.map(lambda g: g / k, grads_sum)",
+    "grads = grads_sum",
+    "tests/unit/test_steps.py::test_accumulating_four_micro_batches_is_one_step_of_the_whole_batch",
+  ),
+  Break(
+    "loss_scale_overflow_stops_the_run",
+    "a float16 loss-scale overflow skips the update and never stops the run",
+    "alexnet_jax/steps.py",
+    "finite = ~diverged  # an overflow is normal: the run goes on",
+    "finite = apply_update",
+    "tests/unit/test_train.py::test_float16_overflows_lower_the_scale_without_stopping_and_checkpoints_carry_it",
+  ),
+  Break(
+    "loss_scale_not_lowered",
+    "an overflow halves the loss scale",
+    "alexnet_jax/loss_scale.py",
+    'lowered = {"scale": jnp.maximum(scale / rule.factor, rule.min_scale), "good_steps": jnp.zeros_like(good)}',
+    'lowered = {"scale": scale, "good_steps": jnp.zeros_like(good)}',
+    "tests/unit/test_steps.py::test_the_loss_scale_rule_halves_on_overflow_grows_after_the_interval_and_stops_at_the_minimum",
+  ),
 ]
 
 

@@ -216,7 +216,7 @@ def test_unknown_config_key_lists_the_valid_ones():
     config_lib.validate(config)
 
 
-@pytest.mark.parametrize("key,value", [("model.name", "vgg"), ("model.dtype", "float16"), ("data.source", "x")])
+@pytest.mark.parametrize("key,value", [("model.name", "vgg"), ("model.dtype", "float64"), ("data.source", "x")])
 def test_bad_config_values_name_the_choices(key, value):
   with pytest.raises(ValueError, match="is not one of"):
     config_lib.validate(tiny_config(**{key: value}))
@@ -401,3 +401,44 @@ def test_a_checkpoint_with_changed_bytes_is_never_restored(tmp_path, caplog):
   with caplog.at_level(logging.WARNING):
     out = evaluate.evaluate_workdirs([str(tmp_path)], crops=1)
   assert out["step"] == 4 and "Checkpoint at step 6" in caplog.text and "differ from what was saved" in caplog.text
+
+
+# ---- float16's dynamic loss scale and gradient accumulation in the trainer ----------------------------------------
+def test_float16_overflows_lower_the_scale_without_stopping_and_checkpoints_carry_it(tmp_path, monkeypatch):
+  """A loss scale of 2^100 overflows every step: the run goes on (each update skipped, the scale halved, logged as
+  loss_scale and train_overflow), and its checkpoints hold the scale. float32 states have no loss_scale at all."""
+  import json
+
+  from alexnet_jax import loss_scale
+
+  assert "loss_scale" not in train.plan_state(tiny_config(), parallel.create_mesh(1)).abstract
+  monkeypatch.setattr(loss_scale, "for_dtype", lambda dtype: loss_scale.DynamicLossScale(initial=2.0**100))
+  config = tiny_config(num_train_steps=3, checkpoint_every_steps=3, **{"model.dtype": "float16"})
+  assert train.train_and_evaluate(config, tmp_path)["step"] == 3
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train_rows = [r for r in rows if "train_loss" in r]
+  assert [(r["step"], r["loss_scale"], r["train_overflow"]) for r in train_rows] == [
+    (1, 2.0**100, 1.0),
+    (2, 2.0**99, 1.0),
+    (3, 2.0**98, 1.0),
+  ]
+  _, state, _ = train.load_checkpoint(config, tmp_path)
+  assert float(state["loss_scale"]["scale"]) == 2.0**97 and int(state["step"]) == 3
+  fresh = jax.device_get(jax.jit(train.plan_state(config, parallel.create_mesh(1)).init)())
+  assert_states_equal(state["params"], fresh["params"])  # every update was skipped
+
+
+def test_float16_divergence_still_stops(tmp_path):
+  """A rate of 1e30 blows the float32 master weights up: float16's forward pass overflows, the loss is not finite,
+  and that is a divergence (not a loss-scale overflow): the run stops as in float32."""
+  config = tiny_config(num_train_steps=5, checkpoint_every_steps=1, **{"optimizer.learning_rate": 1e30})
+  config.model.dtype = "float16"
+  with pytest.raises(train.NonFiniteError, match="float16: a non-finite loss") as e:
+    train.train_and_evaluate(config, tmp_path)
+  assert "last good checkpoint (step 1) is intact" in str(e.value)
+
+
+def test_micro_batches_that_do_not_split_over_the_devices_are_refused(tmp_path):
+  config = tiny_config(**{"optimizer.accumulation_steps": 4})  # 16 = 4 micro-batches of 4, over 8 devices
+  with pytest.raises(ValueError, match=r"accumulation_steps=4 micro-batches over the 8 data-parallel devices.*4 x 8"):
+    train.train_and_evaluate(config, tmp_path)
