@@ -4,6 +4,9 @@ They depend on jax, flax and optax only (no TensorFlow, clu or ml_collections), 
 machines that have nothing else. The train state is a plain pytree:
     {"step": int32, "params": nested dict, "opt_state": PaperSgdState, "rng": uint32 key data,
      "plateau": dict of scalars}
+and, only for a model with batch norm (``alexnet_bn``), "batch_stats": {layer: {"mean", "var", "average_weight"}},
+the running statistics (``nnx.BatchStat``). Models without batch norm have no such key, so their state (and every
+checkpoint written before batch norm existed) keeps its layout.
 """
 
 from __future__ import annotations
@@ -20,6 +23,24 @@ from alexnet_jax import optim
 
 State = dict[str, Any]
 Batch = dict[str, jax.Array]
+
+
+def model_variables(state: State) -> dict[str, Any]:
+  """What a forward pass needs from a train state: {"params", "batch_stats"} (batch_stats {} without batch norm).
+  The eval step's first argument; also accepted: a params-shaped tree of shardings (``state_shardings``)."""
+  return {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+
+
+def merge_model(graphdef: nnx.GraphDef, variables: dict[str, Any]) -> nnx.Module:
+  """The module of ``graphdef`` on ``variables`` (``model_variables``)."""
+  return nnx.merge(graphdef, variables["params"], variables["batch_stats"])
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, Any, Any]:
+  """(graphdef, params, batch stats) of a module, the last two as plain nested dicts (batch stats {} without
+  batch norm)."""
+  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
 
 
 def topk_errors(logits: jax.Array, labels: jax.Array, ks: tuple[int, ...] = (1, 5)) -> dict[int, jax.Array]:
@@ -66,7 +87,8 @@ def make_train_step(
   changed) and, for the layers with a ReLU, ``dead_relu_L`` (``dead_relu_fractions``). The norms are reductions fused
   with the passes that already read the gradients and write the parameters. When the loss or the gradient norm is not
   finite the state is returned unchanged (``finite`` = 0, update ratios 0): a bad batch can never reach the
-  parameters or a checkpoint.
+  parameters or a checkpoint. With batch norm the running statistics (``state["batch_stats"]``) move with the batch's
+  statistics in the same step (and stay put with a non-finite one).
   """
 
   def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
@@ -76,11 +98,13 @@ def make_train_step(
     images, labels = preprocess(batch), batch["label"]
 
     def loss_fn(params):
-      logits, acts = nnx.merge(graphdef, params)(images, dropout_rng=dropout_rng, return_activations=True)
+      model = nnx.merge(graphdef, params, state.get("batch_stats", {}))
+      logits, acts = model(images, dropout_rng=dropout_rng, train=True, return_activations=True)
       per_example = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-      return per_example.mean(), (per_example, logits, dead_relu_fractions(acts, RELU_LAYERS))
+      batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))  # the running statistics after this batch
+      return per_example.mean(), (per_example, logits, dead_relu_fractions(acts, RELU_LAYERS), batch_stats)
 
-    (_, (per_example, logits, dead)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (_, (per_example, logits, dead, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     lr = lr_schedule(step) * state["plateau"]["scale"]
     grad_norms = layer_norms(grads)
     grad_norm = global_norm(grad_norms)  # the norm of the layers' norms
@@ -91,7 +115,10 @@ def make_train_step(
       params = optax.apply_updates(state["params"], updates)
       before, update_norms, after = layer_norms(state["params"]), layer_norms(updates), layer_norms(params)
       ratios = {layer: update_norms[layer] / jnp.maximum(before[layer], 1e-12) for layer in before}
-      return {**state, "step": step + 1, "params": params, "opt_state": opt_state}, {"ratio": ratios, "norm": after}
+      new = {**state, "step": step + 1, "params": params, "opt_state": opt_state}
+      if "batch_stats" in state:
+        new["batch_stats"] = batch_stats
+      return new, {"ratio": ratios, "norm": after}
 
     def skip(state: State) -> tuple[State, dict[str, jax.Array]]:
       norms = layer_norms(state["params"])
@@ -121,27 +148,28 @@ def make_train_step(
 
 
 def make_eval_step(graphdef, preprocess: Callable[[Batch], jax.Array]) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-  """A pure ``eval_step(params, batch) -> outputs`` with per-example loss and errors and the batch's ``mask``.
+  """A pure ``eval_step(variables, batch) -> outputs`` with per-example loss and errors and the batch's ``mask``;
+  ``variables`` is ``model_variables(state)`` (batch norm uses the running statistics).
 
   A batch may carry several views of each image (``image`` of shape [batch, views, H, W, C], e.g. the paper's
-  10 crops): the softmax is averaged over the views, as in Sec. 4.1. ``graphdef`` and ``params`` may be tuples of
+  10 crops): the softmax is averaged over the views, as in Sec. 4.1. ``graphdef`` and ``variables`` may be tuples of
   several models (an ensemble, like the paper's "5 CNNs"): the softmax is then averaged over the models too.
   """
 
-  def probabilities(graphdef, params, images):
-    model = nnx.merge(graphdef, params)
+  def probabilities(graphdef, variables, images):
+    model = merge_model(graphdef, variables)
     if images.ndim == 5:
       b, v = images.shape[:2]
       logits = model(images.reshape(b * v, *images.shape[2:])).astype(jnp.float32)
       return jax.nn.softmax(logits).reshape(b, v, -1).mean(axis=1)
     return jax.nn.softmax(model(images).astype(jnp.float32))
 
-  def eval_step(params, batch: Batch) -> dict[str, jax.Array]:
+  def eval_step(variables, batch: Batch) -> dict[str, jax.Array]:
     images, labels = preprocess(batch), batch["label"]
     if isinstance(graphdef, tuple):
-      probs = sum(probabilities(g, p, images) for g, p in zip(graphdef, params, strict=True)) / len(graphdef)
+      probs = sum(probabilities(g, v, images) for g, v in zip(graphdef, variables, strict=True)) / len(graphdef)
     else:
-      probs = probabilities(graphdef, params, images)
+      probs = probabilities(graphdef, variables, images)
     log_probs = jnp.log(jnp.maximum(probs, 1e-30))
     per_example = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
     errors = topk_errors(probs, labels)
@@ -159,18 +187,20 @@ def init_train_state(
   Jit ``init`` with ``out_shardings`` to create the state directly where it lives (nothing is built on one device
   first); ``jax.eval_shape(init)`` gives its shapes for free.
   """
-  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(rngs=nnx.Rngs(0))), nnx.Param)
+  graphdef = split_model(nnx.eval_shape(lambda: make_model(rngs=nnx.Rngs(0))))[0]
 
   def init() -> State:
     params_key, dropout_key = jax.random.split(jax.random.key(seed))
-    model = make_model(rngs=nnx.Rngs(params=params_key))
-    params = nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
-    return {
+    _, params, batch_stats = split_model(make_model(rngs=nnx.Rngs(params=params_key)))
+    state = {
       "step": jnp.zeros((), jnp.int32),
       "params": params,
       "opt_state": tx.init(params),
       "rng": jax.random.key_data(dropout_key),
       "plateau": optim.plateau_init(),
     }
+    if batch_stats:  # only a model with batch norm: the others keep the layout of every older checkpoint
+      state["batch_stats"] = batch_stats
+    return state
 
   return graphdef, init
