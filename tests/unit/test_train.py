@@ -184,8 +184,8 @@ def test_evaluation_counts_every_example_exactly_once():
   mesh = parallel.create_mesh(1)
   source = sources.create_source(config)
   graphdef, init, _, _, shardings = train.plan_state(config, mesh)
-  params = jax.jit(init, out_shardings=shardings)()["params"]
-  eval_step = train.jit_eval_step(graphdef, source.preprocess, mesh, shardings["params"])
+  params = steps.model_variables(jax.jit(init, out_shardings=shardings)())
+  eval_step = train.jit_eval_step(graphdef, source.preprocess, mesh, steps.model_variables(shardings))
   result = train.evaluate(eval_step, params, source.eval_batches(16), parallel.batch_sharding(mesh))
   assert result["num_examples"] == 21
   # The same numbers computed plainly, one example at a time, with no padding.
