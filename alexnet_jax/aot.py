@@ -489,7 +489,7 @@ def compile_programs(config, target: Target, programs=("train", "eval")) -> list
   import jax
 
   from alexnet_jax import checkpoint as checkpoint_lib
-  from alexnet_jax import parallel, train
+  from alexnet_jax import parallel, steps, train
 
   mesh = parallel.create_mesh(config.mesh.model, devices=target.devices)
   parallel.check_batch_size(config.batch_size, mesh, "batch_size")
@@ -514,8 +514,8 @@ def compile_programs(config, target: Target, programs=("train", "eval")) -> list
       )
       args, size = (state, batch(config.batch_size, True)), config.batch_size
     else:
-      step = train.jit_eval_step(plan.graphdef, source.preprocess, mesh, plan.shardings["params"])
-      args, size = (state["params"], batch(config.eval_batch_size, False)), config.eval_batch_size
+      step = train.jit_eval_step(plan.graphdef, source.preprocess, mesh, steps.model_variables(plan.shardings))
+      args, size = (steps.model_variables(state), batch(config.eval_batch_size, False)), config.eval_batch_size
     try:
       compiled = step.lower(*args).compile()
     except jax.errors.JaxRuntimeError as e:

@@ -58,7 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "paper"  # 'paper' (Sec. 3) or 'owt' (torchvision's single-column variant)
+  # 'paper' (Sec. 3), 'owt' (torchvision's single-column variant) or 'alexnet_bn' (the LARS paper's AlexNet-BN: no
+  # LRN, conv -> batch norm -> ReLU; docs/model.md)
+  c.model.name = "paper"
   c.model.num_classes = 1000
   c.model.image_size = 0  # 0: the architecture's own (paper 227, owt 224)
   c.model.width = 1.0  # < 1 scales every layer down (CPU demos and tests); 1.0 is the paper
@@ -77,8 +79,16 @@ def base_config() -> ml_collections.ConfigDict:
   # compute dtype; parameters stay float32; LRN, softmax and loss run in float32. 'float16' (GPUs without bfloat16,
   # e.g. Colab's T4) adds dynamic loss scaling (alexnet_jax/loss_scale.py, docs/training.md)
   c.model.dtype = "float32"
+  # alexnet_bn: batch statistics per group of this many devices of the mesh's 'data' axis (their examples), as
+  # per-GPU batch norm did; 0: over the whole global batch. Must divide the 'data' axis. Evaluation: running stats.
+  c.model.bn_group_size = 0
+  c.model.bn_momentum = 0.999  # alexnet_bn: running averages' weight of the past (NVCaffe BatchNorm's default)
+  c.model.bn_epsilon = 1e-5  # alexnet_bn: added to the variance (NVCaffe BatchNorm's default)
 
   c.optimizer = ml_collections.ConfigDict()
+  # 'sgd' (the paper's momentum SGD) or 'lars' (You, Gitman & Ginsburg 2017: each array's rate times its trust ratio
+  # eta * ||w|| / (||g|| + weight_decay * ||w||); docs/training.md)
+  c.optimizer.name = "sgd"
   c.optimizer.learning_rate = 0.01
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 5e-4
@@ -88,15 +98,24 @@ def base_config() -> ml_collections.ConfigDict:
   # k > 1: each step's batch_size examples run as k micro-batches inside the step, their gradients averaged into the
   # one update (steps.make_train_step; docs/training.md). batch_size must be a multiple of k x data devices.
   c.optimizer.accumulation_steps = 1
+  # ("biases" above: every parameter that is not a kernel, batch norm's scale and offset included)
+  c.optimizer.lars_eta = 0.001  # 'lars': the trust coefficient eta (the LARS paper: 0.001)
+  # 'lars': which arrays get the trust ratio: 'all' (the LARS paper) or 'kernels' (Jia et al. 2018, the MLPerf TPU
+  # references: biases and batch norm take plain momentum SGD steps; pair it with decay_biases=False, as they do)
+  c.optimizer.lars_scope = "all"
 
   c.schedule = ml_collections.ConfigDict()
-  c.schedule.name = "paper"  # 'paper' (divide on plateau), 'step', 'cosine', 'constant'
+  # 'paper' (divide on plateau), 'step', 'cosine', 'constant', 'poly' (the LARS paper's polynomial decay; with
+  # warmup_epochs > 0: its linear warm-up, then the decay over the remaining steps)
+  c.schedule.name = "paper"
   c.schedule.factor = 0.1  # 'paper' and 'step': multiply the rate by this at each drop
   c.schedule.patience = 3  # 'paper': evaluations without improvement before a drop
   c.schedule.min_delta = 0.0  # 'paper': an improvement must beat the best error by more than this
   c.schedule.max_drops = 3  # 'paper': "reduced three times prior to termination"
   c.schedule.step_epochs = (30.0, 60.0, 80.0)  # 'step'
   c.schedule.warmup_epochs = 0.0  # any schedule: the rate rises linearly over this many epochs first (step s: (s+1)/W)
+  c.schedule.power = 2.0  # 'poly': rate = end + (peak - end) * (1 - t/T)^power (the LARS paper: 2)
+  c.schedule.end_learning_rate = 0.0  # 'poly': the rate it decays to at the last step
 
   c.data = ml_collections.ConfigDict()
   # 'auto': what data.dir holds (a prepared set -> 'prepared', a TFDS dataset folder -> 'tfds'; no data.dir is an
@@ -228,6 +247,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
   choice("model.conv1_impl", config.model.conv1_impl, ("auto", "conv", "patches"))
   choice("model.init", config.model.init, ("", *model_lib.INITS))
   choice("optimizer.weight_decay_mode", config.optimizer.weight_decay_mode, optim.WEIGHT_DECAY_MODES)
+  choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
+  choice("optimizer.lars_scope", config.optimizer.lars_scope, optim.LARS_SCOPES)
+  if config.optimizer.name == "lars" and config.optimizer.weight_decay_mode == "decoupled":
+    raise ValueError(
+      "optimizer.name='lars' puts the weight decay inside the trust ratio (the LARS paper's Algorithm 1): use "
+      "optimizer.weight_decay_mode='coupled' (or 'none'), not 'decoupled'"
+    )
+  if config.optimizer.lars_eta <= 0:
+    raise ValueError(f"optimizer.lars_eta must be positive, got {config.optimizer.lars_eta}")
+  if config.model.bn_group_size < 0:
+    raise ValueError(f"model.bn_group_size must be >= 0 (0: the whole global batch), got {config.model.bn_group_size}")
+  if config.model.bn_group_size and not model_lib.ARCHITECTURES[config.model.name].batch_norm:
+    raise ValueError(
+      f"model.bn_group_size={config.model.bn_group_size} sets batch norm's statistics groups, but "
+      f"model.name={config.model.name!r} has no batch norm: use model.name='alexnet_bn' or bn_group_size=0"
+    )
+  if not 0.0 <= config.model.bn_momentum < 1.0:
+    raise ValueError(f"model.bn_momentum must be in [0, 1), got {config.model.bn_momentum}")
+  if config.model.bn_epsilon <= 0:
+    raise ValueError(f"model.bn_epsilon must be positive, got {config.model.bn_epsilon}")
+  if config.schedule.power <= 0:
+    raise ValueError(f"schedule.power must be positive, got {config.schedule.power}")
+  if config.schedule.end_learning_rate < 0:
+    raise ValueError(f"schedule.end_learning_rate must be >= 0, got {config.schedule.end_learning_rate}")
   choice("schedule.name", config.schedule.name, optim.SCHEDULES)
   choice("data.source", config.data.source, DATA_SOURCES)
   choice("data.normalize", config.data.normalize, NORMALIZATIONS)

@@ -54,7 +54,7 @@ def evaluate_workdirs(
   import jax
 
   from alexnet_jax import checkpoint as checkpoint_lib
-  from alexnet_jax import config_lib, parallel, storage, train, weights
+  from alexnet_jax import config_lib, parallel, steps, storage, train, weights
   from alexnet_jax.data import sources
 
   if crops not in (1, 10):
@@ -79,6 +79,7 @@ def evaluate_workdirs(
       config.data.dir = data_dir
       config.data.source = "auto"  # whatever that folder holds
     config.data.eval_crops = crops
+    config.model.bn_group_size = 0  # evaluation uses the running statistics: training's groups play no part
     if batch_size:
       config.eval_batch_size = batch_size
     config_lib.validate(config)
@@ -98,8 +99,8 @@ def evaluate_workdirs(
     # --step: exactly that step; otherwise the newest readable one, falling back past damaged ones as training does.
     steps_used[i], state, graphdef = train.load_checkpoint(config, workdir, mesh=mesh, step=step)
     graphdefs.append(graphdef)
-    params.append(state["params"])
-    shardings.append(jax.tree.map(lambda x: x.sharding, state["params"]))
+    params.append(steps.model_variables(state))  # the parameters and, with batch norm, the running statistics
+    shardings.append(jax.tree.map(lambda x: x.sharding, params[-1]))
   eval_step = train.jit_eval_step(tuple(graphdefs), source.preprocess, mesh, tuple(shardings))
   result = train.evaluate(
     eval_step, tuple(params), source.eval_batches(first.eval_batch_size), parallel.batch_sharding(mesh)

@@ -37,6 +37,7 @@ class Predictor:
   graphdef: Any
   source: Any  # the run's data source (its preprocessing, its classes)
   class_names: list[str]
+  batch_stats: Any = dataclasses.field(default_factory=dict)  # batch norm's running statistics ({} without)
 
   @classmethod
   def from_workdir(cls, workdir: str, step: int | None = None, data_dir: str | None = None) -> Predictor:
@@ -60,11 +61,20 @@ class Predictor:
     config.data.eval_crops = 1
     mesh = parallel.create_mesh(1, devices=jax.devices()[:1])  # one device: a notebook's, or this machine's first
     config.mesh.model = 1
+    config.model.bn_group_size = 0  # inference uses the running statistics: training's groups play no part
     step_used, state, graphdef = train.load_checkpoint(config, workdir, mesh=mesh, step=step)
     source = sources.create_source(config)
     meta = getattr(source, "meta", None)
     names = list(meta["classes"]) if meta else _workdir_class_names(workdir, config.model.num_classes)
-    return cls(config, step_used, jax.device_get(state["params"]), graphdef, source, names)
+    return cls(
+      config,
+      step_used,
+      jax.device_get(state["params"]),
+      graphdef,
+      source,
+      names,
+      jax.device_get(state.get("batch_stats", {})),
+    )
 
   # ---- the network ------------------------------------------------------------------------------------------------
   @property
@@ -106,7 +116,8 @@ class Predictor:
 
   def _forward(self, images, with_activations: bool):
     batch = {k: jnp.asarray(v) for k, v in self.batch(images).items()}
-    return _run_network(self.graphdef, self.params, self.source.preprocess, batch, with_activations)
+    variables = {"params": self.params, "batch_stats": self.batch_stats}
+    return _run_network(self.graphdef, variables, self.source.preprocess, batch, with_activations)
 
   def predict(self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
     """Class probabilities [N, classes] (softmax of the logits; no dropout)."""
@@ -163,10 +174,10 @@ class Predictor:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 4))
-def _run_network(graphdef, params, preprocess, batch, with_activations: bool):
-  from flax import nnx
+def _run_network(graphdef, variables, preprocess, batch, with_activations: bool):
+  from alexnet_jax import steps
 
-  model = nnx.merge(graphdef, params)
+  model = steps.merge_model(graphdef, variables)
   x = preprocess(batch)
   return model(x, return_activations=True) if with_activations else model(x)
 

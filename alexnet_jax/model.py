@@ -1,11 +1,19 @@
 """AlexNet (Krizhevsky, Sutskever & Hinton, 2012) as Flax NNX modules.
 
-Two architectures:
+Three architectures:
   * ``paper``: the network of the paper (Sec. 3, Fig. 2): 96-256-384-384-256 convolutions, two groups in conv2,
     conv4 and conv5 (the two-GPU layout), local response normalisation after conv1 and conv2, overlapping 3x3/2
     max-pooling, fc 4096-4096-1000. 227x227 input. 60,965,224 parameters.
   * ``owt``: torchvision's single-column "one weird trick" variant (64-192-384-256-256, no LRN, no groups,
     224x224 input with padding 2 in conv1). 61,100,840 parameters.
+  * ``alexnet_bn``: the AlexNet-BN of You, Gitman & Ginsburg 2017 ("Large Batch Training of Convolutional Networks",
+    the LARS paper, Sec. 4 and Table 3): the paper network with its LRN removed and every convolution without a bias,
+    followed by batch normalisation (a learned per-channel scale and offset), then the ReLU; the fully connected
+    layers are unchanged (bias, ReLU, dropout). Where BN sits (after each conv, none on the fc layers) follows the
+    issue's reading of the LARS paper; the authors' NVCaffe AlexNet-BN prototxt was not found (their published
+    AlexNet prototxt, borisgin/caffe models/bvlc_alexnet/train_val_ls.prototxt, is the LRN network with Caffe's
+    init: N(0, 0.01) convs, N(0, 0.005) fc6/fc7, zero biases, which ``alexnet_bn`` uses by default: init 'caffe'
+    with biases of 0). Batch statistics: ``batch_norm``.
 
 The modules hold parameters only; the training code uses them through ``nnx.split`` / ``nnx.merge`` (see
 ``train.py``). Randomness (dropout) is passed in explicitly, so a step's dropout masks are a pure function of the
@@ -44,6 +52,7 @@ class Architecture:
   image_size: int
   pooled_size: int | None  # torchvision's AdaptiveAvgPool2d((6, 6)); None: flatten what conv5 gives
   bias_one: tuple[str, ...]  # layers whose bias starts at 1 (paper init, Sec. 5)
+  batch_norm: bool = False  # conv -> batch norm -> ReLU, convs without bias (AlexNet-BN, the LARS paper)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -72,6 +81,20 @@ ARCHITECTURES: dict[str, Architecture] = {
     image_size=224,
     pooled_size=6,
     bias_one=(),
+  ),
+  "alexnet_bn": Architecture(
+    conv_channels=(96, 256, 384, 384, 256),
+    conv_kernels=(11, 5, 3, 3, 3),
+    conv_strides=(4, 1, 1, 1, 1),
+    conv_paddings=(0, 2, 1, 1, 1),
+    conv_groups=(1, 2, 1, 2, 2),
+    lrn_after=(False,) * 5,
+    pool_after=(True, True, False, False, True),
+    fc_features=(4096, 4096),
+    image_size=227,
+    pooled_size=None,
+    bias_one=(),
+    batch_norm=True,
   ),
 }
 
@@ -339,6 +362,84 @@ def resolve_conv_impls(conv_impl: str, conv1_impl: str, platform: str | None = N
   return conv_impl, conv1_impl
 
 
+# Batch normalisation (AlexNet-BN). NVCaffe's BatchNorm layer defaults (caffe.proto BatchNormParameter):
+# moving_average_fraction 0.999, eps 1e-5; its running averages are normalised by the sum of the weights so far
+# (blobs_[2]), so the first update already gives that batch's statistics (no bias towards the initial values).
+BN_MOMENTUM = 0.999
+BN_EPSILON = 1e-5
+
+
+def batch_norm_statistics(x: Array, groups: int = 1, data_axis: str | None = None) -> tuple[Array, Array, Array, Array]:
+  """Per-channel batch statistics of ``x`` [N, ..., C] over every axis but the last, in float32.
+
+  ``groups``: the batch is cut into that many statistics groups of consecutive examples (a data-sharded batch puts
+  group g on devices g*G .. (g+1)*G-1 of the 'data' axis: per-GPU batch norm when G = 1); 1 = the whole batch.
+  Without ``data_axis`` ``x`` is the whole (global) batch, as under ``jit`` (a mean over a data-sharded batch axis is
+  global). With ``data_axis`` (inside ``shard_map``) ``x`` is this device's slice of the batch, and the sums are
+  gathered over that axis: the same numbers.
+
+  Returns (mean, var) to normalise each example of ``x`` with, broadcastable to ``x`` (per group; biased variance,
+  as in training), and (mean, var) [C] averaged over the groups, for the running averages.
+  """
+  a = x.astype(jnp.float32)
+  channels = a.shape[-1]
+  if data_axis is None:
+    if a.shape[0] % groups:
+      raise ValueError(f"a batch of {a.shape[0]} does not split into {groups} batch-norm groups")
+    g = a.reshape(groups, a.shape[0] // groups, *a.shape[1:])
+    axes = tuple(range(1, g.ndim - 1))
+    mean = g.mean(axes, keepdims=True)
+    var = jnp.square(g - mean).mean(axes, keepdims=True)
+    shape = (groups, 1) + (1,) * (a.ndim - 2) + (channels,)
+    per_example = lambda v: jnp.repeat(v.reshape(shape), a.shape[0] // groups, axis=1).reshape(
+      a.shape[:1] + (1,) * (a.ndim - 2) + (channels,)
+    )
+    return (
+      per_example(mean),
+      per_example(var),
+      mean.reshape(groups, channels).mean(0),
+      var.reshape(groups, channels).mean(0),
+    )
+  devices = jax.lax.axis_size(data_axis)
+  if devices % groups:
+    raise ValueError(f"{devices} devices on the '{data_axis}' axis do not split into {groups} batch-norm groups")
+  count = (a.size // channels) * (devices // groups)
+  reduce = tuple(range(a.ndim - 1))
+  mine = jax.lax.axis_index(data_axis) // (devices // groups)
+
+  def group_sums(local: Array) -> tuple[Array, Array]:  # (this device's group's sum [C], every group's [groups, C])
+    # each device adds its sums into its group's row: one psum, whose result is the same on every device
+    every = jax.lax.psum(jnp.zeros((groups, channels), jnp.float32).at[mine].set(local), data_axis)
+    return every[mine], every
+
+  total, totals = group_sums(a.sum(reduce))
+  mean = total / count
+  squares, all_squares = group_sums(jnp.square(a - mean).sum(reduce))
+  return mean, squares / count, (totals / count).mean(0), (all_squares / count).mean(0)
+
+
+def batch_norm(x: Array, mean: Array, var: Array, scale: Array, offset: Array, epsilon: float = BN_EPSILON) -> Array:
+  """(x - mean) / sqrt(var + epsilon) * scale + offset, per channel (the last axis), in float32; ``x``'s dtype out
+  (Ioffe & Szegedy 2015, Alg. 1)."""
+  a = x.astype(jnp.float32)
+  y = (a - mean) * jax.lax.rsqrt(var + epsilon) * scale + offset
+  return y.astype(x.dtype)
+
+
+def running_average(
+  mean: Array, var: Array, weight: Array, batch_mean: Array, batch_var: Array, count: int, momentum: float
+) -> tuple[Array, Array, Array]:
+  """NVCaffe's BatchNorm running statistics after one training batch: with s the sum of the weights so far,
+  s' = momentum * s + 1, mean' = (momentum * s * mean + batch_mean) / s', likewise the variance with the batch's
+  unbiased variance (batch_var * count / (count - 1), ``count`` values per channel per statistics group).
+  Returns (mean', var', s'); s = 0 (initial) gives the batch's own statistics."""
+  new_weight = momentum * weight + 1.0
+  correction = count / max(count - 1, 1)
+  new_mean = (momentum * weight * mean + batch_mean) / new_weight
+  new_var = (momentum * weight * var + batch_var * correction) / new_weight
+  return new_mean, new_var, new_weight
+
+
 def dropout(x: Array, rate: float, rng: Array | None) -> Array:
   """Inverted dropout: keep with probability 1-rate and scale by 1/(1-rate); identity when ``rng`` is None.
 
@@ -400,7 +501,13 @@ INITS: dict[str, InitScheme] = {
 # Layers and the network.
 # ---------------------------------------------------------------------------------------------------------------
 class Conv(nnx.Module):
-  """A (possibly grouped) convolution with float32 parameters, computed in ``dtype``."""
+  """A (possibly grouped) convolution with float32 parameters, computed in ``dtype``.
+
+  ``batch_norm``: AlexNet-BN's layer: no bias; the convolution's output is batch-normalised with a learned scale
+  (``scale``, starting at 1) and offset (``bias``, starting at 0: it takes the bias's place and name), and the running
+  statistics ``mean``, ``var`` and ``average_weight`` (NVCaffe's sum of weights, ``running_average``) are
+  ``nnx.BatchStat`` variables, updated by ``AlexNet.__call__`` in training.
+  """
 
   def __init__(
     self,
@@ -417,6 +524,7 @@ class Conv(nnx.Module):
     impl: str,
     dtype: jnp.dtype,
     rngs: nnx.Rngs,
+    batch_norm: bool = False,
   ):
     if in_channels % groups or out_channels % groups:
       raise ValueError(f"channels {in_channels}->{out_channels} do not divide into {groups} groups")
@@ -424,15 +532,30 @@ class Conv(nnx.Module):
     shape = (kernel_size, kernel_size, in_channels // groups, out_channels)
     kernel, bias = init.params(rngs, layer, shape, fan_in, bias_is_one)
     self.kernel, self.bias = nnx.Param(kernel), nnx.Param(bias)
+    self.batch_norm = batch_norm
+    if batch_norm:
+      self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32))  # the batch norm's offset
+      self.scale = nnx.Param(jnp.ones((out_channels,), jnp.float32))
+      self.mean = nnx.BatchStat(jnp.zeros((out_channels,), jnp.float32))
+      self.var = nnx.BatchStat(jnp.ones((out_channels,), jnp.float32))
+      self.average_weight = nnx.BatchStat(jnp.zeros((), jnp.float32))
     self.stride, self.padding, self.groups, self.impl, self.dtype = stride, padding, groups, impl, dtype
 
+  def weights(self) -> dict[str, Array]:
+    """The arrays the layer computes with: kernel and bias, and with batch norm scale and the running mean, var."""
+    out = {"kernel": self.kernel[...], "bias": self.bias[...]}
+    if self.batch_norm:
+      out.update(scale=self.scale[...], mean=self.mean[...], var=self.var[...])
+    return out
+
   def __call__(self, x: Array) -> Array:
+    if self.batch_norm:
+      raise ValueError("a batch-normalised Conv runs inside AlexNet (its statistics depend on the mode and the batch)")
     return self.compute(x, self.kernel[...], self.bias[...], self.groups)
 
-  def compute(self, x: Array, kernel: Array, bias: Array, groups: int) -> Array:
-    """This layer's arithmetic on given weights: what ``__call__`` does, and what each device does with its own
-    slice of the kernel inside the model split (``groups=1`` there: a device holds one group)."""
-    y = grouped_conv(
+  def convolve(self, x: Array, kernel: Array, groups: int) -> Array:
+    """The convolution alone, in ``dtype``."""
+    return grouped_conv(
       x.astype(self.dtype),
       kernel.astype(self.dtype),
       groups=groups,
@@ -440,7 +563,11 @@ class Conv(nnx.Module):
       padding=self.padding,
       impl=self.impl,
     )
-    return y + bias.astype(self.dtype)
+
+  def compute(self, x: Array, kernel: Array, bias: Array, groups: int) -> Array:
+    """This layer's arithmetic on given weights: what ``__call__`` does, and what each device does with its own
+    slice of the kernel inside the model split (``groups=1`` there: a device holds one group)."""
+    return self.convolve(x, kernel, groups) + bias.astype(self.dtype)
 
 
 class Dense(nnx.Module):
@@ -475,7 +602,11 @@ def _scaled(channels: int, width: float) -> int:
 
 
 class AlexNet(nnx.Module):
-  """AlexNet. ``width`` < 1 scales every conv and hidden FC layer (for CPU tests and demos); 1 is the paper."""
+  """AlexNet. ``width`` < 1 scales every conv and hidden FC layer (for CPU tests and demos); 1 is the paper.
+
+  Batch norm (``alexnet_bn``): ``bn_groups`` statistics groups over the training batch (1: the whole global batch;
+  see ``batch_norm_statistics``), running averages with ``bn_momentum`` and ``bn_epsilon`` (NVCaffe's defaults).
+  """
 
   def __init__(
     self,
@@ -492,6 +623,9 @@ class AlexNet(nnx.Module):
     init: str | None = None,
     dtype: str | jnp.dtype = "float32",
     mesh: jax.sharding.Mesh | None = None,
+    bn_groups: int = 1,
+    bn_momentum: float = BN_MOMENTUM,
+    bn_epsilon: float = BN_EPSILON,
     rngs: nnx.Rngs,
   ):
     if name not in ARCHITECTURES:
@@ -508,7 +642,11 @@ class AlexNet(nnx.Module):
     # conv layer (``_columns``). The mesh is static: it decides how the function is computed, not what it is.
     self.mesh = mesh if mesh is not None and dict(mesh.shape).get("model", 1) > 1 else None
     dtype = jnp.dtype(dtype)
-    init = init or ("paper" if name == "paper" else "torch")
+    # alexnet_bn: the LARS authors' NVCaffe init (Caffe's bvlc_alexnet stds, zero biases: its arch has no bias of 1)
+    init = init or {"paper": "paper", "alexnet_bn": "caffe"}.get(name, "torch")
+    if bn_groups < 1:
+      raise ValueError(f"bn_groups must be >= 1, got {bn_groups}")
+    self.bn_groups, self.bn_momentum, self.bn_epsilon = bn_groups, bn_momentum, bn_epsilon
     if conv1_impl not in ("conv", "patches"):
       raise ValueError(f"model.conv1_impl must be 'conv' or 'patches', got {conv1_impl!r}")
     if init not in INITS:
@@ -534,6 +672,7 @@ class AlexNet(nnx.Module):
           impl=conv1_impl if i == 0 else conv_impl,
           dtype=dtype,
           rngs=rngs,
+          batch_norm=arch.batch_norm,
         )
       )
       size = _conv_out(size, arch.conv_kernels[i], arch.conv_strides[i], arch.conv_paddings[i])
@@ -564,15 +703,33 @@ class AlexNet(nnx.Module):
     self.fc6, self.fc7, self.fc8 = fcs
 
   def __call__(
-    self, x: Array, *, dropout_rng: Array | None = None, return_activations: bool = False
+    self,
+    x: Array,
+    *,
+    dropout_rng: Array | None = None,
+    train: bool | None = None,
+    return_activations: bool = False,
   ) -> Array | tuple[Array, dict[str, Array]]:
-    """Logits (float32) for NHWC images; dropout is applied only when ``dropout_rng`` is given (training)."""
+    """Logits (float32) for NHWC images; dropout is applied only when ``dropout_rng`` is given.
+
+    ``train`` (default: whether ``dropout_rng`` is given): batch norm normalises with the batch's statistics and
+    updates the running averages (this module's ``nnx.BatchStat`` variables); otherwise it uses the running averages.
+    """
     arch = self.arch
-    weights = [(c.kernel[...], c.bias[...]) for c in self._convs()]
+    train = dropout_rng is not None if train is None else train
+    weights = [c.weights() for c in self._convs()]
     if self.mesh is None:
-      x, acts = self._conv_tower(x, weights)
+      x, acts, stats = self._conv_tower(x, weights, train=train)
     else:
-      x, acts = self._columns(x, weights)
+      x, acts, stats = self._columns(x, weights, train)
+    for conv, name in zip(self._convs(), LAYER_NAMES, strict=False):
+      if name in stats:  # training with batch norm: the running averages move
+        batch_mean, batch_var = jax.lax.stop_gradient(stats[name])
+        per_group = x.shape[0] // self.bn_groups * math.prod(acts[name].shape[1:3])
+        mean, var, weight = running_average(
+          conv.mean[...], conv.var[...], conv.average_weight[...], batch_mean, batch_var, per_group, self.bn_momentum
+        )
+        conv.mean[...], conv.var[...], conv.average_weight[...] = mean, var, weight
     if arch.pooled_size:
       x = adaptive_avg_pool(x, arch.pooled_size)
     x = x.reshape(x.shape[0], -1)
@@ -589,24 +746,42 @@ class AlexNet(nnx.Module):
     return (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5)
 
   def _conv_tower(
-    self, x: Array, weights: list[tuple[Array, Array]], axis_name: str | None = None
-  ) -> tuple[Array, dict[str, Array]]:
-    """conv1 .. pool5 on the given weights. With ``axis_name`` this is one device's part of the model split (inside
-    ``shard_map``): ``weights`` and the activations hold this device's slice of the output channels."""
+    self, x: Array, weights: list[dict[str, Array]], axis_name: str | None = None, *, train: bool = False
+  ) -> tuple[Array, dict[str, Array], dict[str, tuple[Array, Array]]]:
+    """conv1 .. pool5 on the given weights (``Conv.weights``). With ``axis_name`` this is one device's part of the
+    model split (inside ``shard_map`` over the 'data' and ``axis_name`` axes): ``weights`` and the activations hold
+    this device's slice of the output channels and of the batch. Returns the output, the activations and, in
+    training with batch norm, each layer's batch (mean, var) [C] averaged over the statistics groups."""
     acts: dict[str, Array] = {}
+    stats: dict[str, tuple[Array, Array]] = {}
     arch = self.arch
-    for i, (conv, (kernel, bias)) in enumerate(zip(self._convs(), weights, strict=True)):
+    for i, (conv, w) in enumerate(zip(self._convs(), weights, strict=True)):
       groups = conv.groups
       if axis_name is not None and i > 0:
         x, groups = _column_input(x, groups, axis_name)
-      x = jax.nn.relu(conv.compute(x, kernel, bias, groups))
+      if conv.batch_norm:
+        y = conv.convolve(x, w["kernel"], groups)
+        if train:
+          mean, var, stats[f"conv{i + 1}"] = self._batch_statistics(y, axis_name)
+        else:
+          mean, var = w["mean"], w["var"]
+        x = jax.nn.relu(batch_norm(y, mean, var, w["scale"], w["bias"], self.bn_epsilon))
+      else:
+        x = jax.nn.relu(conv.compute(x, w["kernel"], w["bias"], groups))
       if arch.lrn_after[i]:
         x = self._lrn(x, axis_name)
       acts[f"conv{i + 1}"] = x
       if arch.pool_after[i]:
         x = overlapping_max_pool(x)
         acts[f"pool{i + 1}"] = x
-    return x, acts
+    return x, acts, stats
+
+  def _batch_statistics(self, y: Array, axis_name: str | None) -> tuple[Array, Array, tuple[Array, Array]]:
+    """(mean, var) to normalise ``y`` with, and (mean, var) [C] for the running averages (``batch_norm_statistics``;
+    inside the model split the batch is this device's slice of the 'data' axis)."""
+    data_axis = "data" if axis_name is not None else None
+    mean, var, batch_mean, batch_var = batch_norm_statistics(y, self.bn_groups, data_axis)
+    return mean, var, (batch_mean, batch_var)
 
   def _lrn(self, x: Array, axis_name: str | None) -> Array:
     """Sec. 3.3's normalisation inside the conv tower: across all channels (through the split's halo under
@@ -617,15 +792,17 @@ class AlexNet(nnx.Module):
       return local_response_norm(x, alpha_over_n=self.lrn_alpha_over_n, groups=self.lrn_columns)
     return local_response_norm(x, alpha_over_n=self.lrn_alpha_over_n)  # this device's channels are its column
 
-  def _columns(self, x: Array, weights: list[tuple[Array, Array]]) -> tuple[Array, dict[str, Array]]:
+  def _columns(
+    self, x: Array, weights: list[dict[str, Array]], train: bool = False
+  ) -> tuple[Array, dict[str, Array], dict[str, tuple[Array, Array]]]:
     """The conv layers split over the mesh's 'model' axis as the paper split them over two GPUs (Sec. 3.2, Fig. 2):
     every device computes its own slice of each layer's output channels (``shard_map``), so with 2 devices and the
     paper's groups, device g computes exactly group g of conv2, conv4 and conv5 from its own activations. Activations
     cross devices only into conv3 (an all-gather of conv2's channels), the LRN's halo of n//2 channels at the split,
     and after pool5, where the fully connected layers (split by ``parallel.py``'s shardings) take all channels."""
     model = dict(self.mesh.shape)["model"]
-    for conv, (kernel, _) in zip(self._convs(), weights, strict=True):
-      out = kernel.shape[-1]
+    for conv, w in zip(self._convs(), weights, strict=True):
+      out = w["kernel"].shape[-1]
       if out % model or (conv.groups > 1 and model % conv.groups and conv.groups != model):
         raise ValueError(
           f"mesh.model={model} cannot split a conv layer of {out} channels in {conv.groups} groups: use mesh.model=2 "
@@ -636,14 +813,16 @@ class AlexNet(nnx.Module):
         f"model.lrn_per_column normalises each of the {self.lrn_columns} columns apart: it needs mesh.model=1 or "
         f"{self.lrn_columns}, got {model}"
       )
-    weight_specs = [(P(None, None, None, "model"), P("model"))] * len(weights)
+    # every array of a conv layer is split on its last axis, the output channels (kernel HWIO; bias, scale, stats [C])
+    weight_specs = [{k: P(*(None,) * (v.ndim - 1), "model") for k, v in w.items()} for w in weights]
     channels = P("data", None, None, "model")
     names = [f"conv{i + 1}" for i in range(5)] + [f"pool{i + 1}" for i in range(5) if self.arch.pool_after[i]]
+    stat_names = [f"conv{i + 1}" for i, c in enumerate(self._convs()) if c.batch_norm] if train else []
     tower = jax.shard_map(
-      functools.partial(self._conv_tower, axis_name="model"),
+      functools.partial(self._conv_tower, axis_name="model", train=train),
       mesh=self.mesh,
       in_specs=(P("data"), weight_specs),
-      out_specs=(channels, {name: channels for name in names}),
+      out_specs=(channels, {name: channels for name in names}, {n: (P("model"), P("model")) for n in stat_names}),
     )
     return tower(x, weights)
 

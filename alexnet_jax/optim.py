@@ -7,6 +7,9 @@ The learning rate sits inside the velocity, so a drop of the rate affects only n
 whole update after the fact, as ``optax.contrib.reduce_on_plateau`` does, would also shrink the momentum already
 built up). It therefore takes the current learning rate as an argument of ``update``.
 
+For large batches, ``lars``: layer-wise adaptive rate scaling (You, Gitman & Ginsburg 2017, Algorithm 1), the same
+velocity update with each parameter array's rate scaled by its trust ratio.
+
 The paper's schedule ("divide by 10 when the validation error stopped improving, three times") depends on
 evaluations, not on the step; its state is a small pytree kept in the train state (and so in every checkpoint),
 updated on the host after each evaluation by the pure function ``plateau_update``.
@@ -22,7 +25,9 @@ import numpy as np
 import optax
 
 WEIGHT_DECAY_MODES = ("coupled", "decoupled", "none")
-SCHEDULES = ("paper", "step", "cosine", "constant")
+SCHEDULES = ("paper", "step", "cosine", "constant", "poly")
+OPTIMIZERS = ("sgd", "lars")
+LARS_SCOPES = ("all", "kernels")
 
 
 class PaperSgdState(NamedTuple):
@@ -75,6 +80,82 @@ def paper_sgd(
   return optax.GradientTransformationExtraArgs(init, update)
 
 
+class LarsState(NamedTuple):
+  velocity: optax.Params
+
+
+def lars_trust_ratio(w_norm: jax.Array, g_norm: jax.Array, weight_decay: float, eta: float) -> jax.Array:
+  """The LARS paper's local learning rate (You, Gitman & Ginsburg 2017, Eq. 6 and Algorithm 1):
+      eta * ||w|| / (||g|| + weight_decay * ||w||)
+  for one parameter array's L2 norms (float32 scalars). Where ||w|| = 0 (a batch-norm offset or a bias at its
+  initial 0) or the denominator is 0: ``eta``, i.e. a step of eta times the global rate (0.01-0.023 at the peak rates
+  of 10-23 with eta = 0.001: an ordinary SGD rate), never a full unscaled step. NVCaffe's LARC used 1 there (a full
+  step at the global rate) and optax.lars too (docs/DEVIATIONS.md)."""
+  denominator = g_norm + weight_decay * w_norm
+  defined = (w_norm > 0) & (denominator > 0)
+  return jnp.where(defined, eta * w_norm / jnp.where(defined, denominator, 1.0), jnp.asarray(eta, jnp.float32))
+
+
+def lars(
+  momentum: float = 0.9,
+  weight_decay: float = 5e-4,
+  eta: float = 0.001,
+  weight_decay_mode: str = "coupled",
+  decay_mask: Any = None,
+  lars_mask: Any = None,
+  lr_multipliers: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """LARS (You, Gitman & Ginsburg 2017, Algorithm 1) with momentum; ``update(..., learning_rate=gamma)``.
+
+  For each parameter array w with gradient g, the paper's update with the global rate gamma:
+      lambda <- lars_trust_ratio(||w||, ||g||, beta, eta)   (1 where ``lars_mask`` is False)
+      v <- m v - gamma * mult * lambda * (g + beta * w)
+      w <- w + v
+  beta is ``weight_decay`` where ``decay_mask`` is True (and ``weight_decay_mode`` is 'coupled'), else 0, in the
+  update and in the trust ratio alike. The rate sits inside the velocity as in ``paper_sgd``.
+
+  weight_decay_mode: 'coupled' (the paper) or 'none'; 'decoupled' has no meaning here (ValueError).
+  decay_mask, lars_mask, lr_multipliers: optional pytrees (or callables params -> pytree) of bools / floats: which
+    arrays decay, which get the trust ratio (the MLPerf/Jia et al. recipe: kernels only; the LARS paper: all),
+    each array's rate multiplier (default 1).
+  """
+  if weight_decay_mode not in ("coupled", "none"):
+    raise ValueError(
+      f"LARS puts the weight decay inside the trust ratio (the LARS paper's Algorithm 1): "
+      f"optimizer.weight_decay_mode must be 'coupled' or 'none', got {weight_decay_mode!r}"
+    )
+  if eta <= 0:
+    raise ValueError(f"the LARS trust coefficient (optimizer.lars_eta) must be positive, got {eta}")
+  wd = 0.0 if weight_decay_mode == "none" else weight_decay
+
+  def resolve(tree, params, default):
+    tree = tree(params) if callable(tree) else tree
+    return jax.tree.map(lambda _: default, params) if tree is None else tree
+
+  def init(params):
+    return LarsState(velocity=jax.tree.map(jnp.zeros_like, params))
+
+  def update(grads, state, params=None, *, learning_rate, **extra):
+    del extra
+    if params is None:
+      raise ValueError("lars needs the parameters (the trust ratio and the weight decay act on them)")
+    lr = jnp.asarray(learning_rate, jnp.float32)
+    decays, scaled = resolve(decay_mask, params, True), resolve(lars_mask, params, True)
+    mults = resolve(lr_multipliers, params, 1.0)
+
+    def one(v, g, w, decay, scale, mult):
+      beta = wd if decay else 0.0
+      g32, w32 = g.astype(jnp.float32), w.astype(jnp.float32)
+      direction = g32 + beta * w32
+      ratio = lars_trust_ratio(jnp.linalg.norm(w32.ravel()), jnp.linalg.norm(g32.ravel()), beta, eta) if scale else 1.0
+      return momentum * v - (lr * mult * ratio) * direction
+
+    velocity = jax.tree.map(one, state.velocity, grads, params, decays, scaled, mults)
+    return velocity, LarsState(velocity=velocity)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Schedules.
 # ---------------------------------------------------------------------------------------------------------------
@@ -87,6 +168,8 @@ def base_schedule(
   step_epochs: tuple[float, ...] = (),
   factor: float = 0.1,
   warmup_epochs: float = 0.0,
+  power: float = 2.0,
+  end_learning_rate: float = 0.0,
 ) -> optax.Schedule:
   """The step-dependent part of the learning rate; the plateau scale multiplies it (1 unless ``paper``).
 
@@ -94,11 +177,16 @@ def base_schedule(
   none): step s (counted from 0, the first update) uses (s + 1) / W of the rate, so the first update already moves
   the weights (a ramp from exactly 0 would spend step 0 on nothing) and step W - 1 uses the full rate (Goyal et al.
   2017, Sec. 2.2: a linear ramp to the target rate). A cosine schedule decays over the steps after the warm-up.
+  ``poly``: the LARS paper's polynomial decay (NVCaffe's 'poly' policy; power 2 in You, Gitman & Ginsburg 2017),
+  end + (rate - end) * (1 - t / T)^power over the T steps after the warm-up (t counted from the warm-up's end).
   """
   warmup = int(round(warmup_epochs * steps_per_epoch))
   if name == "cosine":
     decay = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup, 1))
     schedule = lambda step: decay(jnp.maximum(step - warmup, 0))
+  elif name == "poly":
+    poly = optax.polynomial_schedule(learning_rate, end_learning_rate, power, max(total_steps - warmup, 1))
+    schedule = lambda step: poly(jnp.maximum(step - warmup, 0))
   elif name in ("paper", "constant"):
     schedule = optax.constant_schedule(learning_rate)
   elif name == "step":

@@ -17,7 +17,14 @@ from jax.sharding import PartitionSpec as P
 
 # Which axis of each parameter is split over 'model' (kernel shapes: conv HWIO, dense IO).
 _MODEL_SPLIT = {
-  "conv": {"kernel": P(None, None, None, "model"), "bias": P("model")},
+  # batch norm (alexnet_bn): scale, offset ('bias') and running mean and var per output channel, split like the bias
+  "conv": {
+    "kernel": P(None, None, None, "model"),
+    "bias": P("model"),
+    "scale": P("model"),
+    "mean": P("model"),
+    "var": P("model"),
+  },
   "fc6": {"kernel": P(None, "model"), "bias": P("model")},  # column-parallel
   "fc7": {"kernel": P("model", None), "bias": P()},  # row-parallel: consumes fc6's halves
   "fc8": {"kernel": P(None, "model"), "bias": P("model")},  # column-parallel: 500 classes each
@@ -47,9 +54,10 @@ def _leaf_spec(path: tuple[Any, ...], leaf: Any) -> P:
   names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
   layer = next((n for n in names if n.startswith(("conv", "fc"))), None)
   kind = names[-1] if names else ""
-  if layer is None or kind not in ("kernel", "bias") or not getattr(leaf, "ndim", 0):
+  rules = _MODEL_SPLIT["conv" if layer and layer.startswith("conv") else layer] if layer else {}
+  if kind not in rules or not getattr(leaf, "ndim", 0):
     return P()
-  return _MODEL_SPLIT["conv" if layer.startswith("conv") else layer][kind]
+  return rules[kind]
 
 
 def _knob(path: tuple[Any, ...]) -> str:

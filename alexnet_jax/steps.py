@@ -4,7 +4,10 @@ They depend on jax, flax and optax only (no TensorFlow, clu or ml_collections), 
 machines that have nothing else. The train state is a plain pytree:
     {"step": int32, "params": nested dict, "opt_state": PaperSgdState, "rng": uint32 key data,
      "plateau": dict of scalars}
-and, for float16 compute only, ``"loss_scale": {"scale": float32, "good_steps": int32}`` (``loss_scale.py``).
+and, for float16 compute only, ``"loss_scale": {"scale": float32, "good_steps": int32}`` (``loss_scale.py``);
+and, only for a model with batch norm (``alexnet_bn``), "batch_stats": {layer: {"mean", "var", "average_weight"}},
+the running statistics (``nnx.BatchStat``). Models without batch norm have no such key, so their state (and every
+checkpoint written before batch norm existed) keeps its layout.
 """
 
 from __future__ import annotations
@@ -21,6 +24,24 @@ from alexnet_jax import loss_scale, optim
 
 State = dict[str, Any]
 Batch = dict[str, jax.Array]
+
+
+def model_variables(state: State) -> dict[str, Any]:
+  """What a forward pass needs from a train state: {"params", "batch_stats"} (batch_stats {} without batch norm).
+  The eval step's first argument; also accepted: a params-shaped tree of shardings (``state_shardings``)."""
+  return {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+
+
+def merge_model(graphdef: nnx.GraphDef, variables: dict[str, Any]) -> nnx.Module:
+  """The module of ``graphdef`` on ``variables`` (``model_variables``)."""
+  return nnx.merge(graphdef, variables["params"], variables["batch_stats"])
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, Any, Any]:
+  """(graphdef, params, batch stats) of a module, the last two as plain nested dicts (batch stats {} without
+  batch norm)."""
+  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
 
 
 def topk_errors(logits: jax.Array, labels: jax.Array, ks: tuple[int, ...] = (1, 5)) -> dict[int, jax.Array]:
@@ -102,7 +123,8 @@ def make_train_step(
   changed) and, for the layers with a ReLU, ``dead_relu_L`` (``dead_relu_fractions``). The norms are reductions fused
   with the passes that already read the gradients and write the parameters. When the loss or the gradient norm is not
   finite the state is returned unchanged (``finite`` = 0, update ratios 0): a bad batch can never reach the
-  parameters or a checkpoint.
+  parameters or a checkpoint. With batch norm the running statistics (``state["batch_stats"]``) move with the batch's
+  statistics in the same step (and stay put with a non-finite one).
 
   ``accumulation_steps`` = k > 1 computes the same update from k micro-batches of B/k examples
   (``split_micro_batches``), one after another in a ``lax.scan``: the gradients of each micro-batch's mean loss are
@@ -112,9 +134,9 @@ def make_train_step(
   half-accumulated gradients. Only the activations of one micro-batch are alive at a time (the memory saved); the
   parameters' gradient is one float32 sum. Micro-batch j draws its dropout masks from the step's key folded with j
   (the step stays a function of (state, batch)); its per-example outputs are put back in the batch's order. A unit
-  counts as dead over the batch when it is dead in every micro-batch. Normalisation over the batch (batch norm)
-  would normalise over each micro-batch of B/k, not over B: the rule for a model with batch norm. k = 1 is the
-  plain step, unchanged.
+  counts as dead over the batch when it is dead in every micro-batch. With batch norm each micro-batch is normalised
+  with its own statistics (over its B/k examples, as NVCaffe's iter_size did in the LARS paper's runs), and the
+  running statistics take k updates per step, one per micro-batch in order. k = 1 is the plain step, unchanged.
 
   ``loss_scaling`` (float16 compute, ``loss_scale.DynamicLossScale``; the state then holds ``loss_scale``): the
   loss is multiplied by the state's scale before differentiation and the gradients divided by it after (the sum over
@@ -128,38 +150,44 @@ def make_train_step(
   if k < 1:
     raise ValueError(f"optimizer.accumulation_steps must be >= 1, got {accumulation_steps}")
 
-  def gradients(params, batch: Batch, dropout_rng, scale):
-    """(gradients of the batch's mean loss (times ``scale`` when given), (per-example loss, logits, relu_alive))."""
+  def gradients(params, batch_stats, batch: Batch, dropout_rng, scale):
+    """(gradients of the batch's mean loss (times ``scale`` when given), (per-example loss, logits, relu_alive,
+    the running statistics after this batch))."""
     images, labels = preprocess(batch), batch["label"]
 
     def loss_fn(params):
-      logits, acts = nnx.merge(graphdef, params)(images, dropout_rng=dropout_rng, return_activations=True)
+      model = nnx.merge(graphdef, params, batch_stats)
+      logits, acts = model(images, dropout_rng=dropout_rng, train=True, return_activations=True)
       per_example = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+      new_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
       loss = per_example.mean() if scale is None else per_example.mean() * scale
-      return loss, (per_example, logits, relu_alive(acts, RELU_LAYERS))
+      return loss, (per_example, logits, relu_alive(acts, RELU_LAYERS), new_stats)
 
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return grads, aux
 
-  def accumulated_gradients(params, batch: Batch, dropout_rng, scale):
-    """``gradients`` of the whole batch, computed over k micro-batches (the mean of their gradients)."""
+  def accumulated_gradients(params, batch_stats, batch: Batch, dropout_rng, scale):
+    """``gradients`` of the whole batch, computed over k micro-batches (the mean of their gradients); the running
+    statistics pass through the micro-batches in order."""
     micro = split_micro_batches(batch, k)
     first = jax.tree.map(lambda x: x[0], micro)
-    grads_shape, (_, _, alive_shape) = jax.eval_shape(gradients, params, first, dropout_rng, scale)
+    grads_shape, (_, _, alive_shape, _) = jax.eval_shape(gradients, params, batch_stats, first, dropout_rng, scale)
     zeros = lambda shapes: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
     def body(carry, xs):
-      grads_sum, alive_any = carry
+      grads_sum, alive_any, stats = carry
       j, micro_batch = xs
-      grads, (per_example, logits, alive) = gradients(params, micro_batch, jax.random.fold_in(dropout_rng, j), scale)
-      carry = (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.logical_or, alive_any, alive))
+      grads, (per_example, logits, alive, stats) = gradients(
+        params, stats, micro_batch, jax.random.fold_in(dropout_rng, j), scale
+      )
+      carry = (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.logical_or, alive_any, alive), stats)
       return carry, (per_example, logits)
 
-    (grads_sum, alive), (per_example, logits) = jax.lax.scan(
-      body, (zeros(grads_shape), zeros(alive_shape)), (jnp.arange(k), micro)
+    (grads_sum, alive, stats), (per_example, logits) = jax.lax.scan(
+      body, (zeros(grads_shape), zeros(alive_shape), batch_stats), (jnp.arange(k), micro)
     )
     grads = jax.tree.map(lambda g: g / k, grads_sum)
-    return grads, (join_micro_batches(per_example), join_micro_batches(logits), alive)
+    return grads, (join_micro_batches(per_example), join_micro_batches(logits), alive, stats)
 
   def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
     step = state["step"]
@@ -170,7 +198,9 @@ def make_train_step(
       raise ValueError("loss scaling needs the state's 'loss_scale': build it with init_train_state(loss_scaling=...)")
     scale = state["loss_scale"]["scale"] if loss_scaling is not None else None
     grads_of = gradients if k == 1 else accumulated_gradients
-    grads, (per_example, logits, alive) = grads_of(state["params"], batch, dropout_rng, scale)
+    grads, (per_example, logits, alive, batch_stats) = grads_of(
+      state["params"], state.get("batch_stats", {}), batch, dropout_rng, scale
+    )
     if scale is not None:
       grads = jax.tree.map(lambda g: g / scale, grads)
     lr = lr_schedule(step) * state["plateau"]["scale"]
@@ -191,7 +221,10 @@ def make_train_step(
       params = optax.apply_updates(state["params"], updates)
       before, update_norms, after = layer_norms(state["params"]), layer_norms(updates), layer_norms(params)
       ratios = {layer: update_norms[layer] / jnp.maximum(before[layer], 1e-12) for layer in before}
-      return {**state, "step": step + 1, "params": params, "opt_state": opt_state}, {"ratio": ratios, "norm": after}
+      new = {**state, "step": step + 1, "params": params, "opt_state": opt_state}
+      if "batch_stats" in state:
+        new["batch_stats"] = batch_stats
+      return new, {"ratio": ratios, "norm": after}
 
     def skip(state: State) -> tuple[State, dict[str, jax.Array]]:
       norms = layer_norms(state["params"])
@@ -228,27 +261,28 @@ def make_train_step(
 
 
 def make_eval_step(graphdef, preprocess: Callable[[Batch], jax.Array]) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-  """A pure ``eval_step(params, batch) -> outputs`` with per-example loss and errors and the batch's ``mask``.
+  """A pure ``eval_step(variables, batch) -> outputs`` with per-example loss and errors and the batch's ``mask``;
+  ``variables`` is ``model_variables(state)`` (batch norm uses the running statistics).
 
   A batch may carry several views of each image (``image`` of shape [batch, views, H, W, C], e.g. the paper's
-  10 crops): the softmax is averaged over the views, as in Sec. 4.1. ``graphdef`` and ``params`` may be tuples of
+  10 crops): the softmax is averaged over the views, as in Sec. 4.1. ``graphdef`` and ``variables`` may be tuples of
   several models (an ensemble, like the paper's "5 CNNs"): the softmax is then averaged over the models too.
   """
 
-  def probabilities(graphdef, params, images):
-    model = nnx.merge(graphdef, params)
+  def probabilities(graphdef, variables, images):
+    model = merge_model(graphdef, variables)
     if images.ndim == 5:
       b, v = images.shape[:2]
       logits = model(images.reshape(b * v, *images.shape[2:])).astype(jnp.float32)
       return jax.nn.softmax(logits).reshape(b, v, -1).mean(axis=1)
     return jax.nn.softmax(model(images).astype(jnp.float32))
 
-  def eval_step(params, batch: Batch) -> dict[str, jax.Array]:
+  def eval_step(variables, batch: Batch) -> dict[str, jax.Array]:
     images, labels = preprocess(batch), batch["label"]
     if isinstance(graphdef, tuple):
-      probs = sum(probabilities(g, p, images) for g, p in zip(graphdef, params, strict=True)) / len(graphdef)
+      probs = sum(probabilities(g, v, images) for g, v in zip(graphdef, variables, strict=True)) / len(graphdef)
     else:
-      probs = probabilities(graphdef, params, images)
+      probs = probabilities(graphdef, variables, images)
     log_probs = jnp.log(jnp.maximum(probs, 1e-30))
     per_example = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
     errors = topk_errors(probs, labels)
@@ -271,13 +305,12 @@ def init_train_state(
   Jit ``init`` with ``out_shardings`` to create the state directly where it lives (nothing is built on one device
   first); ``jax.eval_shape(init)`` gives its shapes for free.
   """
-  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(rngs=nnx.Rngs(0))), nnx.Param)
+  graphdef = split_model(nnx.eval_shape(lambda: make_model(rngs=nnx.Rngs(0))))[0]
 
   def init() -> State:
     params_key, dropout_key = jax.random.split(jax.random.key(seed))
-    model = make_model(rngs=nnx.Rngs(params=params_key))
-    params = nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
-    return {
+    _, params, batch_stats = split_model(make_model(rngs=nnx.Rngs(params=params_key)))
+    state = {
       "step": jnp.zeros((), jnp.int32),
       "params": params,
       "opt_state": tx.init(params),
@@ -285,5 +318,8 @@ def init_train_state(
       "plateau": optim.plateau_init(),
       **({"loss_scale": loss_scaling.init()} if loss_scaling is not None else {}),
     }
+    if batch_stats:  # only a model with batch norm: the others keep the layout of every older checkpoint
+      state["batch_stats"] = batch_stats
+    return state
 
   return graphdef, init

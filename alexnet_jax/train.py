@@ -41,7 +41,8 @@ class ConfigChangedError(ValueError):
 # -----------------------------------------------------------------------------------------------------------------
 def make_model_fn(config: ml_collections.ConfigDict, mesh) -> Callable[..., model_lib.AlexNet]:
   """The model's constructor for ``mesh``: its platform resolves 'auto' implementations, and a 'model' axis > 1
-  splits the conv layers over devices as the paper did (``model.AlexNet._columns``)."""
+  splits the conv layers over devices as the paper did (``model.AlexNet._columns``). Batch norm's statistics groups
+  (``model.bn_group_size`` devices of the 'data' axis each; 0: the whole global batch) are counted on ``mesh``."""
   m = config.model
   conv_impl, conv1_impl = conv_impls(config, mesh.devices.flat[0].platform)
   return functools.partial(
@@ -58,7 +59,26 @@ def make_model_fn(config: ml_collections.ConfigDict, mesh) -> Callable[..., mode
     init=m.init or None,
     dtype=m.dtype,
     mesh=mesh,
+    bn_groups=bn_groups(config, mesh),
+    bn_momentum=m.bn_momentum,
+    bn_epsilon=m.bn_epsilon,
   )
+
+
+def bn_groups(config: ml_collections.ConfigDict, mesh) -> int:
+  """How many batch-norm statistics groups the training batch makes on ``mesh``: 1 for ``model.bn_group_size=0``
+  (the whole global batch), else the 'data' axis's devices over ``bn_group_size``. Raises ValueError when it does
+  not divide them."""
+  size, data = config.model.bn_group_size, mesh.shape["data"]
+  if size == 0:
+    return 1
+  if data % size:
+    divisors = [d for d in range(1, data + 1) if data % d == 0]
+    raise ValueError(
+      f"model.bn_group_size={size} does not divide the {data} devices of the mesh's 'data' axis (batch norm's "
+      f"statistics groups are whole sets of devices): use one of {divisors}, or 0 for the whole global batch"
+    )
+  return data // size
 
 
 def conv_impls(config: ml_collections.ConfigDict, platform: str | None = None) -> tuple[str, str]:
@@ -69,14 +89,21 @@ def conv_impls(config: ml_collections.ConfigDict, platform: str | None = None) -
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
+  """The optimiser of ``optimizer.name``: the paper's SGD, or LARS. "Biases" (``decay_biases``,
+  ``bias_lr_multiplier``) are every parameter that is not a kernel: the biases, and batch norm's scale and offset."""
   o = config.optimizer
   is_bias = lambda params: jax.tree_util.tree_map_with_path(
-    lambda path, _: getattr(path[-1], "key", None) == "bias", params
+    lambda path, _: getattr(path[-1], "key", None) != "kernel", params
   )
   decay_mask = None if o.decay_biases else lambda params: jax.tree.map(lambda b: not b, is_bias(params))
   lr_multipliers = None
   if o.bias_lr_multiplier != 1.0:
     lr_multipliers = lambda params: jax.tree.map(lambda b: o.bias_lr_multiplier if b else 1.0, is_bias(params))
+  if o.name == "lars":
+    lars_mask = None if o.lars_scope == "all" else lambda params: jax.tree.map(lambda b: not b, is_bias(params))
+    return optim.lars(
+      o.momentum, o.weight_decay, o.lars_eta, o.weight_decay_mode, decay_mask, lars_mask, lr_multipliers
+    )
   return optim.paper_sgd(o.momentum, o.weight_decay, o.weight_decay_mode, decay_mask, lr_multipliers)
 
 
@@ -123,6 +150,8 @@ def make_lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int, to
     step_epochs=tuple(s.step_epochs),
     factor=s.factor,
     warmup_epochs=s.warmup_epochs,
+    power=s.power,
+    end_learning_rate=s.end_learning_rate,
   )
 
 
@@ -148,11 +177,12 @@ def settle(outputs):
   return outputs
 
 
-def evaluate(eval_step, params, batches: Iterator[dict[str, np.ndarray]], sharding) -> dict[str, float]:
-  """Run ``eval_step`` over every batch; averages over real (unmasked) examples only."""
+def evaluate(eval_step, variables, batches: Iterator[dict[str, np.ndarray]], sharding) -> dict[str, float]:
+  """Run ``eval_step`` on ``variables`` (``steps.model_variables``) over every batch; averages over real (unmasked)
+  examples only."""
   total = None
   for batch in batches:
-    out = settle(eval_step(params, parallel.to_global(batch, sharding)))
+    out = settle(eval_step(variables, parallel.to_global(batch, sharding)))
     total = out if total is None else merge_metrics(total, out)
   if total is None:
     raise ValueError("the evaluation split is empty")
@@ -186,13 +216,17 @@ def jit_train_step(graphdef, tx, lr_schedule, preprocess, mesh, shardings, **opt
   )
 
 
-def jit_eval_step(graphdef, preprocess, mesh, params_shardings):
-  def eval_step(params, batch):
-    return metrics_lib.EvalMetrics.single_from_model_output(**steps.make_eval_step(graphdef, preprocess)(params, batch))
+def jit_eval_step(graphdef, preprocess, mesh, variables_shardings):
+  """The evaluation step as training runs it: (variables, batch) -> EvalMetrics; ``variables`` and
+  ``variables_shardings`` are ``steps.model_variables`` of the state and of its shardings."""
+
+  def eval_step(variables, batch):
+    outputs = steps.make_eval_step(graphdef, preprocess)(variables, batch)
+    return metrics_lib.EvalMetrics.single_from_model_output(**outputs)
 
   return jax.jit(
     eval_step,
-    in_shardings=(params_shardings, parallel.batch_sharding(mesh)),
+    in_shardings=(variables_shardings, parallel.batch_sharding(mesh)),
     out_shardings=parallel.replicated(mesh),
   )
 
@@ -288,7 +322,7 @@ def _run(
   train_step = jit_train_step(
     plan.graphdef, plan.tx, lr_schedule, source.preprocess, mesh, plan.shardings, **train_step_options(config)
   )
-  eval_step = jit_eval_step(plan.graphdef, source.preprocess, mesh, plan.shardings["params"])
+  eval_step = jit_eval_step(plan.graphdef, source.preprocess, mesh, steps.model_variables(plan.shardings))
 
   # ---- Writers: metrics, run.json, progress reports and the profiler ---------------------------------------------
   writer = metrics_lib.create_writer(workdir, tensorboard=config.tensorboard)
@@ -319,6 +353,7 @@ def _create_mesh(config: ml_collections.ConfigDict):
   parallel.check_batch_size(config.batch_size, mesh, "batch_size")
   parallel.check_micro_batches(config.batch_size, config.optimizer.accumulation_steps, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  bn_groups(config, mesh)  # batch norm's statistics groups divide the data-parallel devices
   logging.info("Mesh %s over %d devices in %d process(es)", dict(mesh.shape), jax.device_count(), jax.process_count())
   return mesh
 
@@ -496,7 +531,7 @@ class _Loop:
     """The validation metrics, written; a scheduled evaluation also feeds the paper's plateau rule."""
     batches = self.source.eval_batches(self.config.eval_batch_size)
     try:
-      eval_values = evaluate(self.eval_step, self.state["params"], batches, self.batch_sharding)
+      eval_values = evaluate(self.eval_step, steps.model_variables(self.state), batches, self.batch_sharding)
     except Exception:  # a bad validation shard, say: the steps trained so far are saved before it stops
       self.save()
       self.ckpt.wait()

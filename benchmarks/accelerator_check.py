@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alexnet_jax import benchmark  # noqa: E402
+from alexnet_jax import benchmark
 
 
 def emit(row: dict) -> None:
@@ -88,8 +88,10 @@ def determinism(batch_size: int, dtype: str, steps: int = 10) -> dict:
       losses.append(float(np.mean(out["loss"])))
     finals.append((jax.device_get(state["params"]), losses))
   (a, la), (b, lb) = finals
-  diffs = [float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))) for x, y in
-           zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+  diffs = [
+    float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  ]
   return {
     "what": "determinism",
     "batch_size": batch_size,
@@ -121,16 +123,20 @@ def device_crop(batch_size: int, windows: int, steps: int) -> list[dict]:
       "shift": jax.device_put(rng.normal(0, 5, (batch_size, 3)).astype(np.float32)),
     }
     fn = jax.jit(source.preprocess)
-    times = timed(lambda: fn(batch), windows, steps)
+    times = timed(lambda fn=fn, batch=batch: fn(batch), windows, steps)
     ms = statistics.median(times) * 1e3
-    rows.append({
-      "what": "device_crop",
-      "input": "whole 256x256 views: crop, flip, mean, lighting" if stored == 256 else "227x227 crops: mean, lighting",
-      "batch_size": batch_size,
-      "ms_per_batch": ms,
-      "images_per_sec": batch_size / (ms / 1e3),
-      "device": jax.devices()[0].device_kind,
-    })
+    rows.append(
+      {
+        "what": "device_crop",
+        "input": "whole 256x256 views: crop, flip, mean, lighting"
+        if stored == 256
+        else "227x227 crops: mean, lighting",
+        "batch_size": batch_size,
+        "ms_per_batch": ms,
+        "images_per_sec": batch_size / (ms / 1e3),
+        "device": jax.devices()[0].device_kind,
+      }
+    )
   return rows
 
 
@@ -144,8 +150,13 @@ def main() -> int:
   sizes = [int(b) for b in args.batch_sizes.split(",")]
   skip = set(filter(None, args.skip.split(",")))
   bench = functools.partial(
-    benchmark.bench_train_step, steps=args.steps, windows=args.windows, width=1.0, conv_impl="auto",
-    peak_tflops=None, show_layers=False,
+    benchmark.bench_train_step,
+    steps=args.steps,
+    windows=args.windows,
+    width=1.0,
+    conv_impl="auto",
+    peak_tflops=None,
+    show_layers=False,
   )
   first = sizes[min(1, len(sizes) - 1)]
   emit(bench("paper", first, "bfloat16"))  # first: the device's peak memory afterwards is this row's own

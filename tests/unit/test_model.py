@@ -347,3 +347,144 @@ def test_fast_network_equals_the_plain_network(name, monkeypatch):
   for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(fast[1]), jax.tree.leaves(plain[1]), strict=True):
     scale = float(jnp.max(jnp.abs(g_ref))) or 1.0
     np.testing.assert_allclose(np.asarray(g) / scale, np.asarray(g_ref) / scale, atol=2e-5, err_msg=str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# alexnet_bn: the LARS paper's AlexNet-BN.
+# ---------------------------------------------------------------------------------------------------------------
+def bn_model(**kw):
+  kw = {"width": 0.125, "image_size": 67, "num_classes": 10, "dropout_rate": 0.0, "rngs": nnx.Rngs(0), **kw}
+  return M.AlexNet("alexnet_bn", **kw)
+
+
+def test_alexnet_bn_layers_have_no_conv_bias_and_batch_norm_in_place_of_lrn():
+  from alexnet_jax import steps
+
+  _, params, stats = steps.split_model(abstract_model("alexnet_bn"))
+  paper = params_of(abstract_model("paper"))
+  for i in range(1, 6):
+    layer = f"conv{i}"
+    channels = paper[layer]["kernel"].shape[-1]
+    assert params[layer]["kernel"].shape == paper[layer]["kernel"].shape  # the paper's layers, groups included
+    assert {k: v.shape for k, v in params[layer].items()} == {
+      "kernel": paper[layer]["kernel"].shape,
+      "scale": (channels,),
+      "bias": (channels,),  # batch norm's offset: the conv itself has none
+    }
+    assert {k: v.shape for k, v in stats[layer].items()} == {
+      "mean": (channels,),
+      "var": (channels,),
+      "average_weight": (),
+    }
+  assert set(stats) == {f"conv{i}" for i in range(1, 6)}  # the fully connected layers keep their bias, no BN
+  assert M.count_params(params) == M.count_params(paper) + sum(paper[f"conv{i}"]["bias"].size for i in range(1, 6))
+  fresh = steps.split_model(bn_model())[1]
+  assert all(float(jnp.abs(fresh[f"conv{i}"]["bias"]).max()) == 0.0 for i in range(1, 6))
+  assert all(float(fresh[f"conv{i}"]["scale"].min()) == 1.0 for i in range(1, 6))
+  assert float(jnp.std(fresh["fc6"]["kernel"])) == pytest.approx(0.005, rel=0.05)  # the NVCaffe ('caffe') init
+
+
+def test_batch_norm_statistics_per_group_match_numpy_on_one_device_and_across_eight():
+  """Groups of consecutive examples: the global view (a reshape) and inside shard_map over 8 devices (a psum into
+  each group's row) both give NumPy's per-group mean and biased variance, and their average over the groups."""
+  from jax.sharding import PartitionSpec as P
+
+  x = np.asarray(jax.random.normal(jax.random.key(0), (16, 3, 3, 5)), np.float64) * 3 + np.arange(5)
+  for groups in (1, 2, 4, 8):
+    g = x.reshape(groups, 16 // groups, 3, 3, 5)
+    mean, var = g.mean(axis=(1, 2, 3)), g.var(axis=(1, 2, 3))  # [groups, C]
+    per_example_mean = np.repeat(mean, 16 // groups, axis=0)
+    m, v, running_m, running_v = M.batch_norm_statistics(jnp.asarray(x, jnp.float32), groups)
+    np.testing.assert_allclose(np.asarray(m).reshape(16, 5), per_example_mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(v).reshape(16, 5), np.repeat(var, 16 // groups, 0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(running_m), mean.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(running_v), var.mean(0), rtol=1e-5)
+
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+    spmd = jax.shard_map(
+      lambda a, groups=groups: M.batch_norm_statistics(a, groups, "data"),
+      mesh=mesh,
+      in_specs=P("data"),
+      out_specs=(P("data"), P("data"), P(), P()),
+    )
+    sharded = jax.sharding.NamedSharding(mesh, P("data"))
+    m8, v8, running_m8, running_v8 = jax.jit(spmd, in_shardings=sharded)(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(np.asarray(m8).reshape(8, 5), per_example_mean[::2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(v8).reshape(8, 5), np.repeat(var, 16 // groups, 0)[::2], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(running_m8), mean.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(running_v8), var.mean(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("bn_groups", [1, 2])
+def test_alexnet_bn_under_the_data_axis_and_the_model_split_equals_one_device(bn_groups):
+  """Training mode on a data 4 x model 2 mesh (conv layers inside shard_map, statistics summed over 'data') against
+  one device: the same loss, gradients and running statistics, for global and per-group statistics."""
+  from alexnet_jax import parallel, steps
+
+  mesh = parallel.create_mesh(2)
+  one, split = bn_model(bn_groups=bn_groups), bn_model(bn_groups=bn_groups, mesh=mesh)
+  x = jax.random.normal(jax.random.key(1), (8, 67, 67, 3)) * 20
+
+  def run(model, **jit_kw):
+    graphdef, params, stats = steps.split_model(model)
+
+    def loss(p, s, x):
+      net = nnx.merge(graphdef, p, s)
+      logits = net(x, train=True)
+      return jnp.sum(logits**2), nnx.to_pure_dict(nnx.state(net, nnx.BatchStat))
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True), **jit_kw)(params, stats, x)
+
+  _, params, stats = steps.split_model(split)
+  shardings = (parallel.state_shardings(mesh, params), parallel.state_shardings(mesh, stats))
+  (loss_one, stats_one), grads_one = run(one)
+  (loss_split, stats_split), grads_split = run(split, in_shardings=(*shardings, parallel.batch_sharding(mesh)))
+  np.testing.assert_allclose(float(loss_split), float(loss_one), rtol=1e-5)
+  assert float(stats_one["conv1"]["average_weight"]) == 1.0
+  for a, b in zip(jax.tree.leaves(stats_one), jax.tree.leaves(stats_split), strict=True):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads_one), jax.tree.leaves(grads_split), strict=True):
+    a, b = np.asarray(a), np.asarray(b)
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+
+
+def test_alexnet_bn_evaluation_uses_the_running_statistics():
+  """Outside training, conv1's output is relu((conv - running mean) / sqrt(running var + eps) * scale + offset) with
+  the stored statistics (set here by hand), not the batch's; a training pass moves the running averages by NVCaffe's
+  normalised rule: after one batch they are the batch's mean and unbiased variance."""
+  from alexnet_jax import steps
+
+  model = bn_model(conv1_impl="conv")
+  graphdef, params, stats = steps.split_model(model)
+  rng = np.random.default_rng(0)
+  c = params["conv1"]["scale"].shape[0]
+  params["conv1"]["scale"] = jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32)
+  params["conv1"]["bias"] = jnp.asarray(rng.normal(size=c), jnp.float32)
+  stats["conv1"]["mean"] = jnp.asarray(rng.normal(size=c), jnp.float32)
+  stats["conv1"]["var"] = jnp.asarray(rng.uniform(0.5, 3.0, c), jnp.float32)
+  x = jax.random.normal(jax.random.key(2), (4, 67, 67, 3))
+  conv = np.asarray(
+    jax.lax.conv_general_dilated(
+      x, params["conv1"]["kernel"], (4, 4), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+  ).astype(np.float64)
+  s, st = jax.tree.map(np.asarray, params["conv1"]), jax.tree.map(np.asarray, stats["conv1"])
+  want = np.maximum((conv - st["mean"]) / np.sqrt(st["var"] + 1e-5) * s["scale"] + s["bias"], 0)
+  _, acts = nnx.merge(graphdef, params, stats)(x, return_activations=True)
+  np.testing.assert_allclose(np.asarray(acts["conv1"]), want, rtol=1e-4, atol=1e-4)
+
+  net = nnx.merge(graphdef, params, stats)
+  _, acts_train = net(x, train=True, return_activations=True)
+  batch_mean, batch_var = conv.mean(axis=(0, 1, 2)), conv.var(axis=(0, 1, 2))
+  with_batch = np.maximum((conv - batch_mean) / np.sqrt(batch_var + 1e-5) * s["scale"] + s["bias"], 0)
+  np.testing.assert_allclose(np.asarray(acts_train["conv1"]), with_batch, rtol=1e-4, atol=1e-4)
+  assert np.abs(with_batch - want).max() > 0.1  # the two modes differ: the check can fail
+  moved = nnx.to_pure_dict(nnx.state(net, nnx.BatchStat))["conv1"]
+  count = conv.size // c
+  np.testing.assert_allclose(np.asarray(moved["mean"]), batch_mean, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(moved["var"]), batch_var * count / (count - 1), rtol=1e-4)
+  assert float(moved["average_weight"]) == 1.0
+  mean, var, weight = M.running_average(moved["mean"], moved["var"], moved["average_weight"], 1.0, 2.0, 11, 0.999)
+  np.testing.assert_allclose(np.asarray(mean), (0.999 * batch_mean + 1.0) / 1.999, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(var), (0.999 * np.asarray(moved["var"]) + 2.0 * 11 / 10) / 1.999, rtol=1e-5)
+  assert float(weight) == pytest.approx(1.999)

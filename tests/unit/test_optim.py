@@ -144,3 +144,102 @@ def test_step_and_cosine_schedules():
   assert [float(warm_step(i)) for i in (0, 4, 10, 30)] == pytest.approx([0.01, 0.05, 0.1, 0.01])
   with pytest.raises(ValueError, match=r"schedule\.name"):
     optim.base_schedule("exp", learning_rate=0.1, steps_per_epoch=1, total_steps=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LARS (You, Gitman & Ginsburg 2017, Algorithm 1) and the polynomial schedule.
+# ---------------------------------------------------------------------------------------------------------------
+def lars_by_hand(params, grads, lrs, *, eta, wd, decays, scaled, mults, momentum=0.9):
+  """Algorithm 1 in float64, one array at a time: lambda = eta ||w|| / (||g|| + beta ||w||) (eta where ||w|| = 0 or
+  the denominator is 0; 1 for an array without LARS), v <- m v - lr * mult * lambda * (g + beta w), w <- w + v."""
+  w = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  v = {k: np.zeros_like(x) for k, x in w.items()}
+  for g, lr in zip(grads, lrs):
+    for k in w:
+      beta = wd if decays[k] else 0.0
+      wn, gn = np.linalg.norm(w[k]), np.linalg.norm(g[k])
+      if not scaled[k]:
+        ratio = 1.0
+      elif wn > 0 and gn + beta * wn > 0:
+        ratio = eta * wn / (gn + beta * wn)
+      else:
+        ratio = eta
+      v[k] = momentum * v[k] - lr * mults[k] * ratio * (g[k] + beta * w[k])
+      w[k] = w[k] + v[k]
+  return w
+
+
+@pytest.mark.parametrize("scope", ["all", "kernels"])
+def test_lars_matches_a_hand_computation_with_zero_norms_and_the_kernels_only_mask(scope):
+  """A kernel, a bias starting at 0 (||w|| = 0: the rate's eta, not a full step) and a batch-norm scale whose
+  gradient is 0 at the second step (||g|| = 0: eta / beta), over a rate change. 'kernels': the bias and scale take
+  plain momentum steps at their multiplier's rate, undecayed (decay_biases=False), as Jia et al. and MLPerf do."""
+  rng = np.random.default_rng(2)
+  params = {"kernel": rng.normal(size=(4, 3)), "bias": np.zeros(3), "scale": 1.0 + 0.1 * rng.normal(size=3)}
+  grads = [{k: rng.normal(size=np.shape(v)) for k, v in params.items()} for _ in range(3)]
+  grads[1]["scale"] = np.zeros(3)
+  lrs = [10.0, 20.0, 5.0]  # the LARS paper's peak rates
+  kernels_only = scope == "kernels"
+  decays = {"kernel": True, "bias": not kernels_only, "scale": not kernels_only}
+  scaled = {"kernel": True, "bias": not kernels_only, "scale": not kernels_only}
+  mults = {"kernel": 1.0, "bias": 0.001 if kernels_only else 1.0, "scale": 0.001 if kernels_only else 1.0}
+  tx = optim.lars(
+    0.9,
+    5e-4,
+    0.001,
+    decay_mask=decays,
+    lars_mask=None if scope == "all" else scaled,
+    lr_multipliers=mults,
+  )
+  p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+  state = tx.init(p)
+  first_updates = None
+  for g, lr in zip(grads, lrs):
+    updates, state = tx.update({k: jnp.asarray(v, jnp.float32) for k, v in g.items()}, state, p, learning_rate=lr)
+    first_updates = first_updates or jax.device_get(updates)
+    p = optax.apply_updates(p, updates)
+  expected = lars_by_hand(params, grads, lrs, eta=0.001, wd=5e-4, decays=decays, scaled=scaled, mults=mults)
+  for k in params:
+    np.testing.assert_allclose(np.asarray(p[k]), expected[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  if scope == "all":  # the zero-norm bias's first step: eta * lr * g (0.01 g at lr 10), not lr * g (a 10 g step)
+    np.testing.assert_allclose(np.asarray(first_updates["bias"]), -0.001 * 10.0 * grads[0]["bias"], rtol=1e-6)
+
+
+def test_lars_trust_ratio_rule_where_a_norm_is_zero():
+  ratio = lambda w, g, wd=5e-4: float(optim.lars_trust_ratio(jnp.float32(w), jnp.float32(g), wd, 0.001))
+  assert ratio(2.0, 4.0) == pytest.approx(0.001 * 2.0 / (4.0 + 5e-4 * 2.0))  # the paper's formula
+  assert ratio(0.0, 3.0) == pytest.approx(0.001)  # ||w|| = 0: eta (optax.lars and NVCaffe: 1)
+  assert ratio(2.0, 0.0) == pytest.approx(0.001 / 5e-4)  # ||g|| = 0: the formula is defined, eta / beta
+  assert ratio(2.0, 0.0, wd=0.0) == pytest.approx(0.001)  # ... and with no decay, 0/0: eta
+  assert ratio(0.0, 0.0) == pytest.approx(0.001)
+  with pytest.raises(ValueError, match="weight_decay_mode"):
+    optim.lars(weight_decay_mode="decoupled")
+
+
+def test_train_s_lars_scope_chooses_the_arrays_with_a_trust_ratio():
+  from alexnet_jax import config_lib, train
+
+  config = config_lib.base_config()
+  config.optimizer.name, config.optimizer.weight_decay, config.optimizer.decay_biases = "lars", 0.0, False
+  params = {"conv1": {"kernel": jnp.full((2, 2), 3.0), "bias": jnp.full((2,), 3.0), "scale": jnp.full((2,), 3.0)}}
+  grads = jax.tree.map(lambda x: jnp.full(x.shape, 1.0), params)
+  for scope, non_kernel in (("all", -0.001 * 3.0 * 1.0), ("kernels", -1.0)):  # ratio eta*||w||/||g|| = 0.003, or 1
+    config.optimizer.lars_scope = scope
+    tx = train.make_optimizer(config)
+    updates, _ = tx.update(grads, tx.init(params), params, learning_rate=1.0)
+    np.testing.assert_allclose(np.asarray(updates["conv1"]["kernel"]), -0.003, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(updates["conv1"]["bias"]), non_kernel, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(updates["conv1"]["scale"]), non_kernel, rtol=1e-6)
+
+
+def test_poly_schedule_after_a_linear_warm_up():
+  """The LARS paper's schedule: a linear warm-up over W steps, then (peak - end) * (1 - t/T)^2 + end over the T
+  steps after it."""
+  poly = optim.base_schedule(
+    "poly", learning_rate=10.0, steps_per_epoch=10, total_steps=110, warmup_epochs=1, power=2.0, end_learning_rate=0.1
+  )
+  want = lambda t: (10.0 - 0.1) * (1 - t / 100) ** 2 + 0.1
+  assert [float(poly(i)) for i in (0, 4, 9)] == pytest.approx([1.0, 5.0, 10.0 * want(0) / 10.0])
+  assert [float(poly(i)) for i in (10, 35, 60, 109, 110, 200)] == pytest.approx(
+    [want(0), want(25), want(50), want(99), 0.1, 0.1], rel=1e-5
+  )

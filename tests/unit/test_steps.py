@@ -46,7 +46,7 @@ def test_ten_crop_evaluation_averages_the_softmax_of_the_ten_views():
   assert np.abs(-np.log(of_mean_logits[np.arange(b), labels]) - want_loss).max() > 0.01
 
   eval_step = steps.make_eval_step(graphdef, lambda batch: batch["image"])
-  out = eval_step(params, {"image": jnp.asarray(views), "label": jnp.asarray(labels)})
+  out = eval_step({"params": params, "batch_stats": {}}, {"image": jnp.asarray(views), "label": jnp.asarray(labels)})
   np.testing.assert_allclose(np.asarray(out["loss"]), want_loss, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(np.asarray(out["top1_error"]), (probs.argmax(1) != labels).astype(np.float32))
   np.testing.assert_array_equal(np.asarray(out["top1_error"]), [0, 0, 0, 1, 1, 1])

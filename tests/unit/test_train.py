@@ -184,8 +184,8 @@ def test_evaluation_counts_every_example_exactly_once():
   mesh = parallel.create_mesh(1)
   source = sources.create_source(config)
   graphdef, init, _, _, shardings = train.plan_state(config, mesh)
-  params = jax.jit(init, out_shardings=shardings)()["params"]
-  eval_step = train.jit_eval_step(graphdef, source.preprocess, mesh, shardings["params"])
+  params = steps.model_variables(jax.jit(init, out_shardings=shardings)())
+  eval_step = train.jit_eval_step(graphdef, source.preprocess, mesh, steps.model_variables(shardings))
   result = train.evaluate(eval_step, params, source.eval_batches(16), parallel.batch_sharding(mesh))
   assert result["num_examples"] == 21
   # The same numbers computed plainly, one example at a time, with no padding.
@@ -442,3 +442,79 @@ def test_micro_batches_that_do_not_split_over_the_devices_are_refused(tmp_path):
   config = tiny_config(**{"optimizer.accumulation_steps": 4})  # 16 = 4 micro-batches of 4, over 8 devices
   with pytest.raises(ValueError, match=r"accumulation_steps=4 micro-batches over the 8 data-parallel devices.*4 x 8"):
     train.train_and_evaluate(config, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# alexnet_bn with LARS: the large-batch recipe's pieces.
+# ---------------------------------------------------------------------------------------------------------------
+def bn_lars_config(**overrides):
+  return tiny_config(
+    **{
+      "model.name": "alexnet_bn",
+      "model.dropout_rate": 0.0,
+      "optimizer.name": "lars",
+      "optimizer.learning_rate": 10.0,
+      "schedule.name": "poly",
+      **overrides,
+    }
+  )
+
+
+def test_alexnet_bn_with_lars_on_eight_devices_equals_one_device():
+  """The whole train step (global batch statistics, LARS's per-array norms) on 8 data-parallel devices and on one:
+  the same losses, parameters and running statistics after two steps."""
+  config = bn_lars_config()
+  losses8, states8, _ = first_steps(config, jax.devices())
+  losses1, states1, _ = first_steps(config, jax.devices()[:1])
+  np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+  assert float(states1[-1]["batch_stats"]["conv1"]["average_weight"]) == pytest.approx(1.999)
+  for part in ("params", "batch_stats"):
+    for a, b in zip(jax.tree.leaves(states8[-1][part]), jax.tree.leaves(states1[-1][part]), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_few_alexnet_bn_lars_steps_lower_the_loss():
+  """Eight LARS steps (lr 10, eta 0.001) of the tiny AlexNet-BN on one synthetic batch: the loss leaves chance
+  (measured: 2.303 -> 2.19)."""
+  config = bn_lars_config(**{"schedule.name": "constant"})
+  mesh = parallel.create_mesh(1, jax.devices()[:1])
+  source = sources.create_source(config)
+  plan = train.plan_state(config, mesh)
+  state = jax.jit(plan.init)()
+  step = jax.jit(
+    steps.make_train_step(plan.graphdef, plan.tx, train.make_lr_schedule(config, 10, 10), source.preprocess)
+  )
+  batch = next(source.train_batches(0, config.batch_size))
+  losses = []
+  for _ in range(8):
+    state, out = step(state, batch)
+    losses.append(float(out["loss"].mean()))
+  assert losses[0] == pytest.approx(np.log(10), abs=0.01)
+  assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_alexnet_bn_checkpoint_carries_its_running_statistics_to_evaluation(tmp_path):
+  """Train 2 steps, restore: the running statistics are in the checkpoint (2 updates: weight 1 + 0.999), and
+  evaluate_workdirs and the Predictor evaluate with them (the same loss as the eval step on the restored state)."""
+  from alexnet_jax import evaluate
+  from alexnet_jax.inference import Predictor
+
+  config = bn_lars_config(num_train_steps=2)
+  result = train.train_and_evaluate(config, tmp_path)
+  _, state, graphdef = train.load_checkpoint(config, tmp_path)
+  stats = jax.device_get(state["batch_stats"])
+  assert set(stats) == {f"conv{i}" for i in range(1, 6)}
+  assert float(stats["conv3"]["average_weight"]) == pytest.approx(1.999)
+  assert not np.allclose(stats["conv3"]["mean"], 0.0) and not np.allclose(stats["conv3"]["var"], 1.0)
+  evaluated = evaluate.evaluate_workdirs([str(tmp_path)], crops=1)
+  assert evaluated["loss"] == pytest.approx(result["eval_loss"], rel=1e-5)
+  predictor = Predictor.from_workdir(str(tmp_path))
+  for a, b in zip(jax.tree.leaves(predictor.batch_stats), jax.tree.leaves(stats), strict=True):
+    np.testing.assert_array_equal(a, b)
+  source = sources.create_source(config)
+  batch = next(source.eval_batches(16))
+  plain = steps.make_eval_step(graphdef, source.preprocess)
+  without = steps.make_eval_step(graphdef, source.preprocess)(
+    {"params": state["params"], "batch_stats": jax.tree.map(np.zeros_like, stats)}, batch
+  )
+  assert np.abs(np.asarray(plain(steps.model_variables(state), batch)["loss"]) - np.asarray(without["loss"])).max() > 0
