@@ -180,7 +180,7 @@ def test_readme_commands_run_as_written(user_dir):
   assert (user_dir / "two" / "checkpoints" / "3").is_dir()
 
 
-@pytest.mark.parametrize("config", ["paper", "synthetic", "demo"])
+@pytest.mark.parametrize("config", ["paper", "synthetic", "demo", "large_batch"])
 def test_config_docstring_commands_run_as_written(config, user_dir, tmp_path):
   commands = docstring_commands(os.path.join(ROOT, "configs", f"{config}.py"))
   assert commands, f"configs/{config}.py's docstring gives no command"
@@ -197,3 +197,7 @@ def test_config_docstring_commands_run_as_written(config, user_dir, tmp_path):
     assert last["step"] == 300 and last["train_loss"] < 0.5, last
   if config == "paper":
     assert json.loads((cwd / "DIR" / "run.json").read_text())["num_params"] == 60_965_224
+  if config == "large_batch":  # the docstring's promise: the tiny variant's loss falls by at least 0.5
+    rows = [json.loads(line) for line in (cwd / "runs" / "large_batch_tiny" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    assert rows[-1]["step"] == 60 and losses[-1] < losses[0] - 0.5, losses

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from alexnet_jax import aot
+from alexnet_jax import aot, config_lib
 from tests.support import ROOT
 
 AOT_PYTHON = os.path.join(ROOT, ".venv-aot", "bin", "python")
@@ -125,6 +125,58 @@ def test_collectives_are_counted_once_with_their_result_bytes():
     "all-gather": {"count": 1, "bytes": 128 * 13 * 13 * 128 * 2},
     "collective-permute": {"count": 1, "bytes": 8},
   }
+
+
+def test_collectives_inside_loops_count_once_per_iteration():
+  """Accumulation's micro-batches run in a while loop: an all-reduce in its body runs once per iteration (XLA's
+  known_trip_count), nested loops multiply, a loop without a stated count runs once, the entry's own once."""
+  while_line = (
+    '  %w{i} = (s32[], f32[8]{{0}}) while(%t), condition=%cond{i}, body=%{body}, backend_config={{"known_induction_'
+    'variable":{{"tuple_index":"0"}},"known_trip_count":{{"n":"{n}"}}}}'
+  )
+  hlo = "\n".join(
+    [
+      "%inner (p: (s32[], f32[8])) -> (s32[], f32[8]) {",
+      "  %ar.inner = f32[8]{0} all-reduce(%x), to_apply=%add",
+      "}",
+      "%outer (p: (s32[], f32[8])) -> (s32[], f32[8]) {",
+      "  %ar.outer = f32[100]{0} all-reduce(%y), to_apply=%add",
+      while_line.format(i=1, body="inner", n=3),
+      "}",
+      "%unknown (p: (s32[], f32[8])) -> (s32[], f32[8]) {",
+      "  %ag = f32[2]{0} all-gather(%z), dimensions={0}",
+      "}",
+      "ENTRY %main (a: f32[8]) -> f32[8] {",
+      while_line.format(i=2, body="outer", n=4),
+      "  %w3 = (s32[], f32[8]{0}) while(%t), condition=%cond3, body=%unknown",
+      "  ROOT %ar.entry = f32[1]{0} all-reduce(%a), to_apply=%add",
+      "}",
+    ]
+  )
+  assert aot.loop_trip_counts(hlo) == {"inner": 12, "outer": 4, "unknown": 1}
+  assert aot.collectives(hlo) == {
+    "all-reduce": {"count": 12 + 4 + 1, "bytes": 12 * 32 + 4 * 400 + 4},
+    "all-gather": {"count": 1, "bytes": 8},
+  }
+
+
+def test_a_cost_analysis_that_counted_the_micro_batch_loop_once_is_scaled_by_k():
+  """k = 4 micro-batches: reported FLOPs near a quarter of our count are scaled x4 (and the bytes, and the
+  roofline); reported FLOPs near our count are left alone; k = 1 rows are never touched."""
+  config = config_lib.base_config()
+  config.optimizer.accumulation_steps = 4
+  chip = aot.CHIPS["v5e"]
+  own = aot.train_flops_per_image(config) * 128 / 4
+  row = {"batch_size": 128, "num_devices": 4, "dtype": "float32", "flops_per_device": own / 4 * 1.05}
+  row["bytes_accessed_per_device"] = 1e9
+  scaled = aot.count_loop_costs(row, chip, config)
+  assert scaled["cost_analysis_loop_scale"] == 4 and scaled["flops_per_device"] == pytest.approx(own * 1.05)
+  assert scaled["bytes_accessed_per_device"] == 4e9
+  assert scaled["roofline_seconds"] == pytest.approx(max(own * 1.05 / 197e12, 4e9 / 819e9), rel=0.01)
+  counted = aot.count_loop_costs({**row, "flops_per_device": own * 0.9}, chip, config)
+  assert counted["cost_analysis_loop_scale"] == 1 and counted["flops_per_device"] == own * 0.9
+  config.optimizer.accumulation_steps = 1
+  assert aot.count_loop_costs(row, chip, config) == row
 
 
 # ---- compiles -------------------------------------------------------------------------------------------------------

@@ -257,6 +257,33 @@ def test_paper_config_is_the_authors_code_and_its_text_variant_the_print():
     config_lib.load_config_file(paper + ":txt")
 
 
+@pytest.mark.parametrize(
+  "variant,batch,peak,epochs,model,scope",
+  [  # the LARS paper's AlexNet-BN peak rates (8K 14, 16K 23, 32K 22; 100 epochs), Jia et al.'s 64K in 95 epochs
+    ("8k", 8192, 14.0, 100.0, "alexnet_bn", "all"),
+    ("16k", 16384, 23.0, 100.0, "alexnet_bn", "all"),
+    ("32k", 32768, 22.0, 100.0, "alexnet_bn", "all"),
+    ("64k", 65536, 22.0, 95.0, "alexnet_bn", "kernels"),
+    ("paper_net", 8192, 14.0, 100.0, "paper", "all"),
+  ],
+)
+def test_large_batch_variants_are_the_literatures_recipes(variant, batch, peak, epochs, model, scope):
+  path = os.path.join(ROOT, "configs", "large_batch.py")
+  config = config_lib.load_config_file(f"{path}:{variant}")
+  config_lib.validate(config)
+  assert (config.batch_size, config.optimizer.learning_rate, config.num_epochs) == (batch, peak, epochs)
+  assert (config.model.name, config.optimizer.lars_scope, config.optimizer.name) == (model, scope, "lars")
+  assert (config.optimizer.lars_eta, config.optimizer.momentum, config.optimizer.weight_decay) == (0.001, 0.9, 5e-4)
+  assert (config.schedule.name, config.schedule.power, config.model.dtype) == ("poly", 2.0, "bfloat16")
+  assert config.optimizer.decay_biases == (scope == "all")
+  # the docstring's table says the same
+  assert f"| `{variant}` | {batch:,} | {peak:g} |" in pathlib.Path(path).read_text()
+  if variant == "8k":
+    assert config_lib.flatten(config_lib.load_config_file(path)) == config_lib.flatten(config)  # the default
+  with pytest.raises(ValueError, match="the variants are 8k, 16k, 32k, 64k, paper_net"):
+    config_lib.load_config_file(path + ":128k")
+
+
 def test_batch_that_does_not_divide_the_devices(tmp_path):
   with pytest.raises(ValueError, match=r"batch_size=12 does not divide the 8 data-parallel devices.*e\.g\. 8 or 16"):
     train.train_and_evaluate(tiny_config(batch_size=12), tmp_path)
