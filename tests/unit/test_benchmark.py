@@ -63,3 +63,29 @@ def test_the_early_dynamics_study_runs_valid_commands_and_reads_them_right():
   steps = [10, 20, 30, 40, 50, 60]
   assert study.left_chance(steps, [2.4, 2.1, 2.3, 2.1, 2.0, 1.9], chance=2.3026) == 40
   assert study.left_chance(steps, [2.4, 2.1, 2.1, 2.3, 2.1, 2.1], chance=2.3026) is None
+
+
+def test_the_large_batch_study_runs_valid_commands_and_judges_them_right():
+  """benchmarks/large_batch_study.py (issue 23): both recipes' commands parse and validate, at the same epochs and
+  scale, LARS at an effective batch of 1,024 by accumulation; the verdict compares the large-batch mean with SGD's
+  within the larger of the two seed differences."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import early_dynamics
+  import large_batch_study as study
+
+  runs = study.commands("/data", "/out", 8.0, [0, 1], 0.25, 67, list(study.RECIPES))
+  assert len(runs) == 4 and len({workdir for _, _, workdir, _ in runs}) == 4
+  early_dynamics.check(runs)
+  for name, _, _, cmd in runs:
+    assert "--config.num_epochs=8.0" in cmd and "--config.model.width=0.25" in cmd, name
+  lars = next(cmd for name, _, _, cmd in runs if name == "lars_1024")
+  assert "--config.batch_size=1024" in lars and "--config.optimizer.accumulation_steps=8" in lars
+
+  def rows(lars_errors, sgd_errors):
+    return [{"recipe": "lars_1024", "error": e, "rc": 0} for e in lars_errors] + [
+      {"recipe": "sgd_128", "error": e, "rc": 0} for e in sgd_errors
+    ]
+
+  assert "IS within 0.100" in study.verdict(rows([0.50, 0.60], [0.52, 0.55]))  # means 0.55 vs 0.535
+  assert "NOT within 0.030" in study.verdict(rows([0.80, 0.81], [0.55, 0.58]))
+  assert study.verdict(rows([0.8], [0.5, 0.6])).startswith("no verdict")
