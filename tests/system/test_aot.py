@@ -372,6 +372,25 @@ def test_the_time_to_train_estimate_is_printed_and_adds_up(target, devices, host
   assert ("InfiniBand" in sources["bandwidth"]) == target.startswith("h100")
 
 
+@pytest.mark.slow
+def test_large_batch_accumulation_on_a_tpu_counts_the_micro_batch_loop_k_times():
+  """configs/large_batch.py (AlexNet-BN, LARS) at tiny size with 4 micro-batches, compiled for a v5e 2x2: libtpu's
+  cost analysis counts the loop's body once, so aot scales it by 4 (its FLOPs are then within 30% of our own count
+  of the whole step's, not a quarter of it), and the estimate is printed."""
+  tiny = [a for a in TINY_AOT if not a.startswith("--config=")]
+  out = aot_run(
+    "--config=configs/large_batch.py:32k", *tiny, "--config.optimizer.accumulation_steps=4", "--target=v5e:2x2"
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  train = programs(out)["train"]
+  assert train["cost_analysis_loop_scale"] == 4, train
+  config = config_lib.load_config_file(os.path.join(ROOT, "configs", "large_batch.py") + ":32k")
+  config.model.width, config.model.image_size, config.model.num_classes = 0.125, 67, 10  # TINY_AOT's network
+  own = aot.train_flops_per_image(config) * 64 / 4  # TINY_AOT's batch of 64 over 4 chips
+  assert 0.7 < train["flops_per_device"] / own < 1.3, (train["flops_per_device"], own)
+  assert train["time_to_train_seconds_estimate"] > 0 and train["epochs"] == 2
+
+
 def test_malformed_multi_host_gpu_targets_are_refused_with_the_forms():
   for spec in ("h100:2x", "h100:0x8", "h100:2x2x2", "h100:x8", "a100:8xN"):
     with pytest.raises(ValueError, match=r"is \w+:N \(N GPUs on one host\) or \w+:HxN \(H hosts of N GPUs each\)"):
