@@ -117,6 +117,16 @@ def _usage_error(message: str) -> None:
   sys.exit(EXIT_USAGE)
 
 
+def flag_error_message(text: str) -> str:
+  """absl's flag error as one line. A config file whose ``get_config`` raised (an unknown variant, say) comes wrapped
+  in ml_collections' traceback: the flag and the exception's own last line are kept, the traceback dropped."""
+  if "Traceback (most recent call last)" in text:
+    causes = re.findall(r"^\w+(?:Error|Exception): .*$", text, re.M)
+    if causes:
+      return f"{text.splitlines()[0].split(': Error whilst', 1)[0]}: {causes[-1]}"
+  return text.replace("\n", "; ")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
@@ -125,7 +135,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
     _usage_error(config_lib.unknown_override_message(argv, e))
   except flags.Error as e:  # a value of the wrong type, a missing required flag, an unknown flag
-    _usage_error(str(e).replace("\n", "; "))
+    _usage_error(flag_error_message(str(e)))
   if "config" in flags.FLAGS:
     try:
       config = flags.FLAGS.config  # a file that failed to load gives a stand-in that raises when it is used

@@ -92,7 +92,7 @@ class Predictor:
     view = getattr(self.source, "view_size", crop)
     method = resize_method(getattr(self.source, "normalize", "mean_image"))
     crops = []
-    for image in images:
+    for image in as_images(images):
       image = decode.to_uint8_rgb(image)
       if stored:  # what prepare did, then the run's resize on read
         image = _square(image, stored)
@@ -120,7 +120,8 @@ class Predictor:
     return _run_network(self.graphdef, variables, self.source.preprocess, batch, with_activations)
 
   def predict(self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
-    """Class probabilities [N, classes] (softmax of the logits; no dropout)."""
+    """Class probabilities [N, classes] (softmax of the logits; no dropout). One image alone gives [1, classes]."""
+    images = as_images(images)
     return np.concatenate(
       [
         np.asarray(jax.nn.softmax(self._forward(images[i : i + batch_size], False)))
@@ -131,6 +132,7 @@ class Predictor:
   def features(self, images: np.ndarray | Sequence[np.ndarray], layer: str = "fc7", batch_size: int = 64) -> np.ndarray:
     """One layer's activations for each image, flattened to [N, features]: ``fc7`` is the paper's 4096-d feature
     (before dropout) that Fig. 4 compares by Euclidean distance."""
+    images = as_images(images)
     out = []
     for i in _chunks(images, batch_size):
       _, acts = self._forward(images[i : i + batch_size], True)
@@ -204,6 +206,23 @@ def _workdir_class_names(workdir: str, num_classes: int) -> list[str]:
 
 def _chunks(images, batch_size: int) -> range:
   return range(0, len(images), batch_size)
+
+
+def as_images(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray | Sequence[np.ndarray]:
+  """``images`` as a sequence of images. A sequence, or an array [N, H, W, C] or [N, H, W] (greyscale), is taken
+  as it is; one image given alone, an array [H, W, 3 or 4] (RGB(A)) or [H, W] (greyscale), becomes a batch of one
+  (without this, each of its rows would be read as a greyscale image). ValueError for arrays of other ranks."""
+  if not isinstance(images, np.ndarray) and not hasattr(images, "__array_interface__"):
+    return images
+  images = np.asarray(images)
+  if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (3, 4)):
+    return images[None]
+  if images.ndim in (3, 4):
+    return images
+  raise ValueError(
+    f"images of shape {images.shape}: give one image [H, W, 3] or [H, W], a batch [N, H, W, 3] or [N, H, W], or a "
+    "list of images"
+  )
 
 
 def _square(image: np.ndarray, size: int) -> np.ndarray:

@@ -105,12 +105,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(global_batch: int, mesh: Mesh, what: str = "batch_size") -> int:
-  """The per-process batch; a clear error when the global batch does not divide the data-parallel devices."""
+  """The per-process batch; a clear error when the global batch is not a multiple of the data-parallel devices."""
   data = mesh.shape["data"]
   if global_batch % data:
     lower, upper = (global_batch // data) * data, -(-global_batch // data) * data
     raise ValueError(
-      f"{what}={global_batch} does not divide the {data} data-parallel devices (mesh 'data' axis); "
+      f"{what}={global_batch} is not a multiple of the {data} data-parallel devices (mesh 'data' axis); "
       f"use a multiple of {data}, e.g. {lower or upper} or {upper}."
     )
   return global_batch // jax.process_count()

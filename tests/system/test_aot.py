@@ -290,7 +290,7 @@ def assert_input_needs(train: dict, *, gpu: bool):
   assert train["host_cores_needed_total"] == pytest.approx({"jpeg": needed / 1000, "pixels": needed / 25000}, abs=0.005)
   assert train["input_images_per_sec_per_core"] == {"jpeg": 1000.0, "pixels": 25000.0}
   assert train["input_rates_source"]["jpeg"] == "--jpeg_images_per_sec_per_core"
-  assert "15,588" in train["input_rates_source"]["pixels"]
+  assert "26,480" in train["input_rates_source"]["pixels"]
 
 
 @pytest.mark.slow

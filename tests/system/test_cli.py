@@ -105,6 +105,11 @@ def test_unknown_config_key_on_the_command_line(tmp_path):
     ("alexnet_jax.main", ["--config=configs/synthetic.py"], "--workdir must have a value"),
     ("alexnet_jax.main", ["--config=configs/nope.py", "--workdir=W"], "No such file or directory: 'configs/nope.py'"),
     ("alexnet_jax.main", ["--config=configs/synthetic.py", "--workdir=W", "stray"], "unexpected arguments: ['stray']"),
+    (  # a config file's get_config raised: its own message, not ml_collections' traceback around it
+      "alexnet_jax.main",
+      ["--config=configs/large_batch.py:128k", "--workdir=W"],
+      "ValueError: configs/large_batch.py:128k: the variants are 8k, 16k, 32k, 64k, paper_net",
+    ),
     ("alexnet_jax.evaluate", ["--workdir=W", "--crops=3"], "--crops must be 1 or 10"),
     ("alexnet_jax.prepare", ["--input_dir=S", "--output_dir=D", "--image_size=big"], "--image_size=big"),
   ],

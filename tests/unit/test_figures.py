@@ -42,6 +42,15 @@ def test_the_predictor_is_the_runs_own_evaluation(run):
   np.testing.assert_allclose(got[2], probabilities[2], rtol=1e-4, atol=1e-6)  # floats: the same image
   with pytest.raises(ValueError, match="no layer 'fc9'"):
     p.features(images[:1], "fc9")
+  # One image alone, as an array or a PIL image, is a batch of one (not one greyscale image per row); the same for
+  # a greyscale one; features too. An array of another rank is refused.
+  for one in (images[4], Image.fromarray(images[4])):
+    np.testing.assert_allclose(p.predict(one), probabilities[4:5], rtol=1e-4, atol=1e-6)
+  grey = np.asarray(Image.fromarray(images[5]).convert("L"))
+  np.testing.assert_allclose(p.predict(grey), p.predict([grey]), rtol=1e-5)
+  assert p.features(images[6], "fc7").shape == (1, 512)
+  with pytest.raises(ValueError, match=r"images of shape \(2, 2, 76, 76, 3\)"):
+    p.predict(images[:4].reshape(2, 2, 76, 76, 3))
 
 
 def test_nearest_neighbours_by_euclidean_distance():

@@ -285,7 +285,9 @@ def test_large_batch_variants_are_the_literatures_recipes(variant, batch, peak, 
 
 
 def test_batch_that_does_not_divide_the_devices(tmp_path):
-  with pytest.raises(ValueError, match=r"batch_size=12 does not divide the 8 data-parallel devices.*e\.g\. 8 or 16"):
+  with pytest.raises(
+    ValueError, match=r"batch_size=12 is not a multiple of the 8 data-parallel devices.*e\.g\. 8 or 16"
+  ):
     train.train_and_evaluate(tiny_config(batch_size=12), tmp_path)
 
 
@@ -497,6 +499,36 @@ def test_alexnet_bn_with_lars_on_eight_devices_equals_one_device():
   assert float(states1[-1]["batch_stats"]["conv1"]["average_weight"]) == pytest.approx(1.999)
   for part in ("params", "batch_stats"):
     for a, b in zip(jax.tree.leaves(states8[-1][part]), jax.tree.leaves(states1[-1][part]), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_alexnet_bn_under_accumulation_updates_running_statistics_per_micro_batch_and_8_devices_equal_1():
+  """Batch norm with 2 micro-batches: each micro-batch normalised with its own statistics and the running averages
+  updated once per micro-batch (after one step: weight 1 + 0.999, as two plain steps give), the same on 8 devices
+  as on 1 (each micro-batch is spread over the devices, its statistics over all of it)."""
+  config = bn_lars_config(**{"optimizer.accumulation_steps": 2})
+
+  def one_step(devices):
+    mesh = parallel.create_mesh(1, devices)
+    source = sources.create_source(config)
+    plan = train.plan_state(config, mesh)
+    state = jax.jit(plan.init, out_shardings=plan.shardings)()
+    step = jax.jit(
+      steps.make_train_step(
+        plan.graphdef, plan.tx, train.make_lr_schedule(config, 10, 10), source.preprocess, accumulation_steps=2
+      ),
+      in_shardings=(plan.shardings, parallel.batch_sharding(mesh)),
+    )
+    batch = next(source.train_batches(0, config.batch_size))
+    state, out = step(state, parallel.to_global(batch, parallel.batch_sharding(mesh)))
+    return jax.device_get(state), jax.device_get(out["loss"])
+
+  state8, loss8 = one_step(jax.devices())
+  state1, loss1 = one_step(jax.devices()[:1])
+  assert float(state1["batch_stats"]["conv1"]["average_weight"]) == pytest.approx(1.999)
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  for part in ("params", "batch_stats"):
+    for a, b in zip(jax.tree.leaves(state8[part]), jax.tree.leaves(state1[part]), strict=True):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
