@@ -356,6 +356,20 @@ def gradient_all_reduce_bytes(row: dict, param_bytes: int) -> tuple[float, str]:
   return float(total), "compiled HLO: all-reduce result bytes + reduce-scatter result bytes x data devices"
 
 
+def train_step_estimate(row: dict, chip: Chip, flops_per_image: int, mfu: float, **communication):
+  """``step_time.train_step_time`` for a compiled train row: its reported costs (TPU) or ``flops_per_image`` x the
+  batch per device at ``mfu`` (GPU); ``communication``: the all-reduce's bytes and bandwidth, when counted."""
+  return step_time.train_step_time(
+    chip.peaks,
+    row["dtype"],
+    own_flops_per_device=flops_per_image * row["batch_size"] / row["num_devices"],
+    mfu=mfu,
+    reported_flops_per_device=row["flops_per_device"],
+    reported_bytes_per_device=row["bytes_accessed_per_device"],
+    **communication,
+  )
+
+
 def time_to_train(
   row: dict, chip: Chip, flops_per_image: int, param_bytes: int, mfu: float, epochs: float
 ) -> dict[str, Any]:
@@ -367,15 +381,8 @@ def time_to_train(
   buffer, buffer_source = gradient_all_reduce_bytes(row, param_bytes)
   sent = step_time.ring_all_reduce_bytes(buffer, data)
   bandwidth = step_time.all_reduce_bandwidth(chip.interconnect, hosts, row["num_devices"] // hosts)
-  step = step_time.train_step_time(
-    chip.peaks,
-    row["dtype"],
-    own_flops_per_device=flops_per_image * row["batch_size"] / row["num_devices"],
-    mfu=mfu,
-    reported_flops_per_device=row["flops_per_device"],
-    reported_bytes_per_device=row["bytes_accessed_per_device"],
-    all_reduce_bytes_per_device=sent,
-    interconnect_bytes_per_second=bandwidth,
+  step = train_step_estimate(
+    row, chip, flops_per_image, mfu, all_reduce_bytes_per_device=sent, interconnect_bytes_per_second=bandwidth
   )
   total = step_time.time_to_train(step, row["batch_size"], epochs)
   compute = (
@@ -419,14 +426,7 @@ def needs(row: dict, chip: Chip, flops_per_image: int, mfu: float, rates: dict[s
   rate that keeps the devices busy (``images_per_sec_needed``, all hosts together) and the host cores that feed it
   at ``rates``' per-core rates (``input_rates.load``): ``host_cores_needed`` per host, ``host_cores_needed_total``
   over all hosts, with the rates and where they came from."""
-  step = step_time.train_step_time(
-    chip.peaks,
-    row["dtype"],
-    own_flops_per_device=flops_per_image * row["batch_size"] / row["num_devices"],
-    mfu=mfu,
-    reported_flops_per_device=row["flops_per_device"],
-    reported_bytes_per_device=row["bytes_accessed_per_device"],
-  )
+  step = train_step_estimate(row, chip, flops_per_image, mfu)
   rate = step_time.images_per_sec_needed(row["batch_size"], step)
   per_host = input_rates.cores_needed(rate, rates, row["num_hosts"])
   total = input_rates.cores_needed(rate, rates)

@@ -175,12 +175,11 @@ def left_chance(steps: list[int], losses: list[float], chance: float, margin: fl
   return None
 
 
-def summary(out: str, num_classes: int = 10) -> str:
+def finished_runs(out: str):
+  """(workdir, meta, train rows, eval rows) of every run under ``out`` that finished (has its ``done`` file: the
+  variant, seed and exit code ``run`` wrote), in name order; the rows from its metrics.jsonl."""
   from alexnet_jax import figures
 
-  chance = math.log(num_classes)
-  rows = ["| variant | seed | loss, first 10 steps | left ln 10 at step | train loss at end | val top-1 error | "
-          "collapse warning |", "|---|---|---|---|---|---|---|"]  # fmt: skip
   for entry in sorted(os.listdir(out)):
     done = os.path.join(out, entry, "done")
     if not os.path.exists(done):
@@ -190,7 +189,15 @@ def summary(out: str, num_classes: int = 10) -> str:
     records = figures.read_metrics(os.path.join(out, entry, "metrics.jsonl"))
     train = [r for r in records if "train_loss" in r]
     evals = [r for r in records if "eval_top1_error" in r]
-    with open(os.path.join(out, entry, "stdout.txt")) as f:
+    yield os.path.join(out, entry), meta, train, evals
+
+
+def summary(out: str, num_classes: int = 10) -> str:
+  chance = math.log(num_classes)
+  rows = ["| variant | seed | loss, first 10 steps | left ln 10 at step | train loss at end | val top-1 error | "
+          "collapse warning |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+  for workdir, meta, train, evals in finished_runs(out):
+    with open(os.path.join(workdir, "stdout.txt")) as f:
       log = f.read()
     first = train[0]["train_loss"] if train else float("nan")
     failed = "" if meta["rc"] == 0 else f" (exit {meta['rc']})"

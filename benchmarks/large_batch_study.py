@@ -30,7 +30,6 @@ differences of SGD's mean.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -77,18 +76,8 @@ def commands(data: str, out: str, epochs: float, seeds: list[int], width: float,
 
 def results(out: str) -> list[dict]:
   """One row per finished run: its recipe, seed, exit code, batch, steps, epochs and final validation top-1 error."""
-  from alexnet_jax import figures
-
   rows = []
-  for entry in sorted(os.listdir(out)):
-    done = os.path.join(out, entry, "done")
-    if not os.path.exists(done):
-      continue
-    with open(done) as f:
-      meta = json.load(f)
-    records = figures.read_metrics(os.path.join(out, entry, "metrics.jsonl"))
-    train = [r for r in records if "train_loss" in r]
-    evals = [r for r in records if "eval_top1_error" in r]
+  for _, meta, train, evals in early_dynamics.finished_runs(out):
     rows.append({
       "recipe": meta["variant"], "seed": meta["seed"], "rc": meta["rc"],
       "batch": RECIPES[meta["variant"]][2], "micro": RECIPES[meta["variant"]][3],
