@@ -74,7 +74,11 @@ $(VENV)/.installed-package: pyproject.toml
 # finishes a level; test-unit/-system/-docs run one level. The full-size CLI tests (~10 GB each) share one worker
 # (--dist loadgroup), so two never run at once. A run that collects no test fails (pytest's exit 5), saying so.
 # JAX's compilation cache for the tests lives in .cache/jax-tests (tests/conftest.py), the JUnit reports beside it.
-PYTEST = XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n 2 --dist loadgroup -q
+# One test worker per core, at least 2, and at most one per 8 GB of memory (a full-size test takes ~10 GB with 8 fake
+# devices; those share one worker): 2 on a 2-core, 24 GB machine. TEST_WORKERS=N sets it.
+TEST_WORKERS ?= $(shell python3 -c 'import os; m = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30; \
+  print(max(2, min(os.cpu_count() or 2, int(m // 8))))' 2>/dev/null || echo 2)
+PYTEST = XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -q
 define run_tests
 	@mkdir -p .cache
 	$(PYTEST) $(2) --junitxml=.cache/junit-$(1).xml $(3) || { rc=$$?; [ $$rc != 5 ] || echo "error: pytest collected no test in $(3)" >&2; exit $$rc; }
@@ -96,16 +100,16 @@ test-docs: install install-colab
 durations:
 	$(BIN)/python -m tests.support.durations .cache/junit-all.xml
 
-# The newest allowed versions (.venv-latest, Python 3.12): the unit level, then a run through the command line that
-# prepares, trains, resumes and evaluates. The first line says which versions ran.
-LATEST_TESTS := tests/unit tests/system/test_cli.py::test_train_then_resume_then_resume_on_one_device \
-  tests/system/test_cli.py::test_demo_recipe_learns_through_the_command_line
+# The newest allowed versions (.venv-latest, Python 3.12): the unit level (preparing and reading data through tf.data
+# included), then a run through the command line that trains, resumes twice (once onto another device count) and
+# evaluates with 10 crops. The first line says which versions ran.
+LATEST_TESTS := tests/unit tests/system/test_cli.py::test_train_then_resume_then_resume_on_one_device_then_evaluate
 test-latest: install-latest
 	@$(LATEST_VENV)/bin/python -c 'import sys; print("newest allowed on Python", sys.version.split()[0] + ":", \
 	  *[l.strip() for l in open("$(LATEST_VENV)/versions.txt") if l.split("==")[0].lower().replace("_", "-") in \
 	  ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-cpu", "tensorflow-datasets", "numpy")])'
 	@mkdir -p .cache
-	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(LATEST_VENV)/bin/python -m pytest -n 2 --dist loadgroup -q --durations=10 \
+	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(LATEST_VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -q --durations=10 \
 	  --junitxml=.cache/junit-latest.xml $(LATEST_TESTS)
 
 # Each deliberate one-line break of tests/support/breaks.py applied in a scratch copy: the test named for it must fail

@@ -254,22 +254,23 @@ def _floor(images: np.ndarray, batch_size: int, steps: int) -> tuple[float, floa
   return _time_batches(batches(), batch_size, steps)
 
 
-def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]:
+def bench_input(data_dir: str | None, batch_size: int, steps: int, num_images: int = 2000) -> list[dict]:
   """The training input's paths side by side, one JSON row each (``pipeline``: "jpeg", "pixels", "pixels_tfrecord",
   "service_1", "service_2", "floor", "pixels device part"; ``threads``; ``images_per_sec``;
   ``images_per_sec_per_core``): the paper's full augmentation from a JPEG set (decode and crop on the host) and from
   the same images as a pixel set (the host reads and batches whole images; crop, flip, mean and lighting on the
   device, timed apart on the local device), each on one thread and on every core; the JPEG set through the tf.data
   service with 1 and 2 local workers (``_bench_service``); and the floor: a NumPy copy of the same pixels from
-  memory."""
+  memory. Without ``data_dir``, a JPEG set of ``num_images`` generated photographs (256 px) is made and used.
+  The pixel paths and the floor read (at most) ``num_images`` of its images, at least 4 batches."""
   import jax
 
   from alexnet_jax.data.prepared import prepared_source
 
   tmp = tempfile.TemporaryDirectory(prefix="alexnet_input_bench_")
   if not data_dir:
-    data_dir = _make_benchmark_data(tmp.name)
-  pixels_dir = _pixel_sample(data_dir, tempfile.mkdtemp(dir=tmp.name), max_images=max(2000, 4 * batch_size))
+    data_dir = _make_benchmark_data(tmp.name, num_images)
+  pixels_dir = _pixel_sample(data_dir, tempfile.mkdtemp(dir=tmp.name), max_images=max(num_images, 4 * batch_size))
   cores = os.cpu_count() or 1
   rows, sources = [], {}
   paths = (("jpeg", data_dir, "mmap"), ("pixels", pixels_dir, "mmap"), ("pixels_tfrecord", pixels_dir, "tfrecord"))
@@ -284,7 +285,7 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]
   rows += _bench_service(data_dir, batch_size, steps)
   src = sources["pixels"]
   batches = src.train_batches(0, batch_size)
-  images = np.concatenate([next(batches)["image"] for _ in range(max(1, 2000 // batch_size))])
+  images = np.concatenate([next(batches)["image"] for _ in range(max(4, num_images // batch_size))])
   rate, used = _floor(images, batch_size, steps)
   rows.append(_input_row("floor", 1, rate, cpu_cores_used=used, stored_size=images.shape[1]))
   batch = jax.device_put(next(batches))
@@ -314,21 +315,25 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int) -> list[dict]
 
 def _bench_service(data_dir: str, batch_size: int, steps: int) -> list[dict]:
   """The JPEG set through the tf.data service: a dispatcher and 1, then 2, worker processes on this machine
-  (``service.LocalService``), each worker's pipeline on one thread; the trainer's side (receiving, re-batching)
-  runs in this process. Rows ``service_1`` and ``service_2``: ``threads`` 1 (per worker), ``workers``,
-  ``images_per_sec`` of them all, ``images_per_sec_per_core`` per worker."""
+  (``service.LocalService``: the dispatcher in this process, a second worker added for the second job), each
+  worker's pipeline on one thread; the trainer's side (receiving, re-batching) runs in this process. Rows
+  ``service_1`` and ``service_2``: ``threads`` 1 (per worker), ``workers``, ``images_per_sec`` of them all,
+  ``images_per_sec_per_core`` per worker."""
   from alexnet_jax.data.prepared import prepared_source
   from alexnet_jax.data.service import LocalService
 
   rows = []
-  for workers in (1, 2):
-    with LocalService(workers) as address:
+  service = LocalService(1)
+  with service as address:
+    for workers in (1, 2):
+      if workers == 2:
+        service.add_workers(1)  # the same dispatcher: the next job is served by both
       src = prepared_source(
         data_dir, "tfrecord", image_size=227, seed=0, shuffle_buffer=1, num_threads=1, service=address
       )
       rate, _ = _time_batches(src.train_batches(0, batch_size), batch_size, steps)
-    row = _input_row(f"service_{workers}", 1, rate, data_dir=data_dir, workers=workers)
-    rows.append({**row, "images_per_sec_per_core": rate / workers})
+      row = _input_row(f"service_{workers}", 1, rate, data_dir=data_dir, workers=workers)
+      rows.append({**row, "images_per_sec_per_core": rate / workers})
   return rows
 
 
@@ -361,7 +366,13 @@ def define_flags() -> None:
   flags.DEFINE_float("peak_tflops", None, "The device's peak, for MFU where it is not known.")
   flags.DEFINE_bool("layers", False, "Also print the forward FLOPs of every layer.")
   flags.DEFINE_bool("input_only", False, "Benchmark the training input instead of the train step.")
-  flags.DEFINE_string("data_dir", None, "Prepared data for --input_only (default: generate some).")
+  flags.DEFINE_string("data_dir", None, "Prepared data for --input_only (default: generate --input_images).")
+  flags.DEFINE_integer(
+    "input_images",
+    2000,
+    "--input_only without --data_dir: how many photographs are generated (256 px JPEGs) and timed.",
+    lower_bound=100,
+  )
 
 
 def main(argv: list[str]) -> int:
@@ -378,7 +389,7 @@ def run_benchmark(f) -> None:
   if f.input_only:
     from alexnet_jax import input_rates
 
-    rows = bench_input(f.data_dir, f.batch_size, max(f.steps, 10))
+    rows = bench_input(f.data_dir, f.batch_size, max(f.steps, 10), f.input_images)
     for row in rows:
       emit(row)
     # what `python -m alexnet_jax.aot` reads for host_cores_needed

@@ -12,6 +12,7 @@ texture do.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -19,6 +20,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
+MARKER = "shapes.json"  # the arguments of a finished set, written last
 CLASSES = ("disc", "square", "triangle", "cross", "ring", "star", "hstripes", "vstripes", "checker", "dstripes")
 
 
@@ -115,9 +117,20 @@ def generate(
   seed: int = 0,
   quality: int = 92,
 ) -> dict[str, int]:
-  """Write ``output_dir/{train,val}/<class>/<n>.jpg``; returns the number of images per split."""
+  """Write ``output_dir/{train,val}/<class>/<n>.jpg``; returns the number of images per split. The arguments are
+  recorded last in ``output_dir/MARKER``: a folder that holds a finished set of the same arguments is left as it is
+  (its files and their times unchanged, so that a prepared copy of it stays current)."""
   from PIL import Image
 
+  args = {"train_per_class": train_per_class, "val_per_class": val_per_class, "size": size, "seed": seed}
+  args["quality"] = quality
+  marker = os.path.join(output_dir, MARKER)
+  if os.path.exists(marker):
+    with open(marker) as f:
+      done = json.load(f)
+    if done.get("arguments") == args:
+      return done["counts"]
+    os.remove(marker)
   counts = {}
   for split, per_class, split_id in (("train", train_per_class, 0), ("val", val_per_class, 1)):
     for label, name in enumerate(CLASSES):
@@ -127,6 +140,8 @@ def generate(
         rng = np.random.default_rng([seed, split_id, label, i])
         Image.fromarray(draw(label, rng, size)).save(os.path.join(folder, f"{i:05d}.jpg"), quality=quality)
     counts[split] = per_class * len(CLASSES)
+  with open(marker, "w") as f:
+    json.dump({"arguments": args, "counts": counts}, f)
   return counts
 
 
@@ -145,7 +160,7 @@ def main(argv: list[str]) -> None:
   counts = generate(
     f.output_dir, train_per_class=f.train_per_class, val_per_class=f.val_per_class, size=f.size, seed=f.seed
   )
-  print(f"wrote {counts} images of {len(CLASSES)} classes to {f.output_dir}", file=sys.stderr)
+  print(f"{f.output_dir} holds {counts} images of {len(CLASSES)} classes", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ and TensorFlow only (no JAX; GPUs stay hidden from them).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -96,44 +95,53 @@ def distribute(dataset, address: str):
 
 
 class LocalService:
-  """A dispatcher and ``workers`` worker processes on 127.0.0.1 (``python -m alexnet_jax.data_service``), for the
-  tests and the input benchmark: ``with LocalService(2) as address: ...``; the processes are ended on exit."""
+  """A dispatcher in this process and ``workers`` worker processes (``python -m alexnet_jax.data_service``) on
+  127.0.0.1, for the tests and the input benchmark: ``with LocalService(2) as address: ...``; ``add_workers(n)``
+  registers more with the same dispatcher (jobs started after it use them all). The workers start together (each
+  imports TensorFlow: ~10 s of a core) and are ended on exit, the dispatcher stopped."""
 
   def __init__(self, workers: int, timeout: float = 120.0):
     self.workers, self.timeout = workers, timeout
     self.processes: list[subprocess.Popen] = []
+    self.dispatcher = None
     self.address = ""
 
-  def _start(self, *flags: str) -> str:
+  def add_workers(self, count: int) -> None:
+    """Start ``count`` more worker processes and return once each serves. Raises RuntimeError for one that exits
+    or does not start within the timeout."""
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)  # this alexnet_jax
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": path}
-    p = subprocess.Popen(
-      [sys.executable, "-m", "alexnet_jax.data_service", *flags],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.DEVNULL,
-      text=True,
-      env=env,
-    )
-    self.processes.append(p)
+    flags = ("--role=worker", f"--dispatcher={self.address}", "--port=0", "--host=127.0.0.1")
+    started = [
+      subprocess.Popen(
+        [sys.executable, "-m", "alexnet_jax.data_service", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+      )
+      for _ in range(count)
+    ]
+    self.processes += started
     deadline = time.monotonic() + self.timeout
-    line = p.stdout.readline()  # the one JSON line each server prints once it serves
-    if not line or time.monotonic() > deadline:
-      raise RuntimeError(f"`python -m alexnet_jax.data_service {' '.join(flags)}` did not start (exit {p.poll()})")
-    return json.loads(line)["address"]
+    for p in started:
+      line = p.stdout.readline()  # the one JSON line each server prints once it serves
+      if not line or time.monotonic() > deadline:
+        raise RuntimeError(f"`python -m alexnet_jax.data_service {' '.join(flags)}` did not start (exit {p.poll()})")
 
   def __enter__(self) -> str:
     try:
-      self.address = self._start("--role=dispatcher", "--port=0", "--host=127.0.0.1")
-      for _ in range(self.workers):
-        self._start("--role=worker", f"--dispatcher={self.address}", "--port=0", "--host=127.0.0.1")
+      self.dispatcher = serve_dispatcher(0)
+      self.address = f"127.0.0.1:{self.dispatcher._address.rsplit(':', 1)[1]}"
+      self.add_workers(self.workers)
     except BaseException:
       self.__exit__()
       raise
     return self.address
 
   def __exit__(self, *exc) -> None:
-    for p in reversed(self.processes):
+    for p in self.processes:
       if p.poll() is None:
         p.terminate()
     for p in self.processes:
@@ -142,3 +150,6 @@ class LocalService:
       except subprocess.TimeoutExpired:
         p.kill()
         p.wait()
+    if self.dispatcher is not None:
+      self.dispatcher._stop()
+      self.dispatcher = None

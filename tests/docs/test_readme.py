@@ -2,7 +2,8 @@
 PAGES) and every command in a config's docstring, in a fresh user directory, with the project's environment on PATH
 (as after `source .venv/bin/activate`).
 
-Only small sizes are added (step counts, batch sizes, benchmark windows) where a command does not give them; a block
+Only small sizes are added (step counts, batch sizes, benchmark windows) where a command does not give them, and a
+measurement repeated once only (FEWER); a block
 that needs hardware or data CI lacks carries ``<!-- not run in CI: REASON -->`` on the line above it, and at most
 MAX_SKIPPED blocks of all the pages together do. What the docs promise about a command's result is checked after it
 ran.
@@ -36,14 +37,22 @@ SMALL = {
     "--config.batch_size=8",
     "--config.log_every_steps=1",
     "--config.eval_batch_size=16",  # configs/large_batch.py: 1,024 (a pod's), ~4 GB of conv1 patches at full size
+    "--config.data.num_eval_examples=16",  # synthetic data's evaluation set (200 in configs/synthetic.py)
   ],
-  "alexnet_jax.benchmark": ["--steps=1", "--windows=1"],
+  "alexnet_jax.benchmark": ["--steps=1", "--windows=1", "--input_images=200"],
   # The paper's eval batch of 128 x 10 crops is ~12 GB at full size on one CPU device (conv1's patch matrix): too
   # much beside the other test worker on a 24 GB machine.
   "alexnet_jax.evaluate": ["--batch_size=16"],
   "benchmarks/torch_reference.py": ["--steps=1", "--windows=1", "--repeats=1", "--variants=eager"],
 }
 
+# Set even where the command sets it: how often a measurement is repeated (each repeat is the same command again).
+FEWER = {"benchmarks/torch_reference.py": {"--repeats": "1"}}
+
+# Folders of data that the documented commands make and later only read: the config docstrings' commands make them
+# in a user directory shared by all of them (made by the first, found complete by the next: `prepare` and `shapes`
+# keep a finished set), the runs in a directory of each config's own.
+SHARED_DATA = ("DST", "demo_data")
 
 # The pages whose ```sh blocks run, in this order, all in one user directory: a block may use what an earlier one
 # made (the README's DIR, training.md's W, evaluation.md's runs/mine for its figures, scaling.md's two). Every
@@ -116,6 +125,10 @@ def small(command: str) -> str:
   for program, extra in SMALL.items():
     if program in words:
       command += "".join(f" {e}" for e in extra if e.split("=")[0] not in given)
+  for program, values in FEWER.items():
+    if program in words:
+      for key, value in values.items():
+        command = re.sub(rf"(?<=\s){key}=\S+", f"{key}={value}", command)
   return command
 
 
@@ -189,11 +202,13 @@ def test_readme_commands_run_as_written(user_dir):
 def test_config_docstring_commands_run_as_written(config, user_dir, tmp_path):
   commands = docstring_commands(os.path.join(ROOT, "configs", f"{config}.py"))
   assert commands, f"configs/{config}.py's docstring gives no command"
-  # Each config in a directory of its own (they share workdir names), with the same fixtures.
+  # Each config in a directory of its own (they share workdir names), with the same fixtures and data folders.
   cwd = tmp_path / "user"
   cwd.mkdir()
+  for name in SHARED_DATA:
+    (user_dir / name).mkdir(exist_ok=True)
   for name in os.listdir(user_dir):
-    if name in ("configs", "launch", "benchmarks", "SRC", "my_images"):
+    if name in ("configs", "launch", "benchmarks", "SRC", "my_images", *SHARED_DATA):
       os.symlink(user_dir / name, cwd / name)
   run_commands(commands, cwd)
   if config == "synthetic":  # the docstring's promise: the tiny variant learns

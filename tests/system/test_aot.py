@@ -302,7 +302,7 @@ def test_a_tpu_pod_slice_of_four_hosts_all_reduces_every_gradient():
     "--config.data.source=synthetic",
     "--config.model.width=0.25",
     "--config.batch_size=64",
-    "--config.eval_batch_size=64",
+    "--programs=train",
   )
   assert out.returncode == 0, out.stderr[-3000:]
   train = programs(out)["train"]

@@ -21,7 +21,7 @@ def train_cli(workdir, *args, devices=8):
   return subprocess.run(cmd, cwd=ROOT, env=cli_env(devices), capture_output=True, text=True, timeout=600)
 
 
-def test_train_then_resume_then_resume_on_one_device(tmp_path):
+def test_train_then_resume_then_resume_on_one_device_then_evaluate(tmp_path):
   first = train_cli(tmp_path, *TINY, "--config.num_train_steps=2")
   assert first.returncode == 0, first.stderr[-3000:]
   second = train_cli(tmp_path, *TINY, "--config.num_train_steps=4")
@@ -33,6 +33,13 @@ def test_train_then_resume_then_resume_on_one_device(tmp_path):
   assert "Mesh {'data': 1, 'model': 1}" in third.stderr
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
+  out = subprocess.run(
+    [sys.executable, "-m", "alexnet_jax.evaluate", f"--workdir={tmp_path}", "--crops=10"],
+    cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads((tmp_path / "eval" / "step6_10crop.json").read_text())
+  assert (result["step"], result["crops"], result["num_examples"]) == (6, 10, 20)
   assert "/orbax/" not in second.stderr and "checkpoint_manager.py" not in second.stderr  # orbax chatter filtered
   for banner in ("oneDNN custom operations", "absl::InitializeLog", "This TensorFlow binary is optimized"):
     assert banner not in first.stderr, first.stderr[
