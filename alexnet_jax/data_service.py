@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
   except Exception as e:  # TensorFlow's errors for a port in use, a work_dir it cannot write
     print(f"error: the {f.role} could not start: {type(e).__name__}: {str(e).strip().splitlines()[0]}", file=sys.stderr)
     return cli.EXIT_ERROR
-  bound = int(server._address.rsplit(":", 1)[1])  # the port bound (the one asked, or a free one for 0)
+  bound = service.bound_port(server)  # the one asked, or a free one for 0
   address = f"{f.host or socket.gethostname()}:{bound}"
   print(json.dumps({"role": f.role, "address": address, **({"dispatcher": f.dispatcher} if f.dispatcher else {})}))
   sys.stdout.flush()

@@ -7,6 +7,8 @@ anything imports JAX."""
 
 import os
 
+from tests.support import FAST_COMPILE_FLAGS  # nothing that imports JAX
+
 os.environ["XLA_FLAGS"] = " ".join(
   [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
   + [
@@ -14,6 +16,7 @@ os.environ["XLA_FLAGS"] = " ".join(
     # 8 fake devices on 2 busy cores: a straggler at a CPU collective is a false alarm, not a hang.
     "--xla_cpu_collective_call_terminate_timeout_seconds=600",
     "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120",
+    *FAST_COMPILE_FLAGS,  # in this process (tests/support/__init__.py): compile fast, run slower
   ]
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -122,8 +122,7 @@ def generate(
   (its files and their times unchanged, so that a prepared copy of it stays current)."""
   from PIL import Image
 
-  args = {"train_per_class": train_per_class, "val_per_class": val_per_class, "size": size, "seed": seed}
-  args["quality"] = quality
+  args = dict(train_per_class=train_per_class, val_per_class=val_per_class, size=size, seed=seed, quality=quality)
   marker = os.path.join(output_dir, MARKER)
   if os.path.exists(marker):
     with open(marker) as f:

@@ -634,25 +634,25 @@ def convert(input_dir: str, output_dir: str, *, encoding: str, num_workers: int 
       old = json.load(f)
     if (old.get("converted_from"), format.encoding_of(old)) != (os.path.abspath(input_dir), encoding):
       raise PrepareError(f"{output_dir} already holds another prepared set: choose another --output_dir")
-  jobs = []
+  jobs = []  # (source shard, target shard, its marker's [name, mtime] of the source, number of examples)
   for m in meta["splits"].values():
-    for source in m["files"]:
+    for source, length in zip(m["files"], m["shard_lengths"]):
       where = [storage.basename(source), storage.mtime(source)]
-      jobs.append((source, storage.join(output_dir, storage.basename(source)), where))
+      jobs.append((source, storage.join(output_dir, storage.basename(source)), where, length))
   parsed = {format.parse_shard_filename(storage.basename(j[1])) for j in jobs}
   _remove_stale_shards(output_dir, parsed)
 
   todo = [j for j in jobs if not _shard_done(j[1], j[2])]
   logging.info("converting %s to %s: %d shards, %d already done", input_dir, encoding, len(jobs), len(jobs) - len(todo))
-  lengths = {storage.basename(f): n for m in meta["splits"].values() for f, n in zip(m["files"], m["shard_lengths"])}
-  workers = min(auto_workers(num_workers, sum(lengths[storage.basename(s)] for s, _, _ in todo)), max(1, len(todo)))
+  workers = min(auto_workers(num_workers, sum(j[3] for j in todo)), max(1, len(todo)))
   if workers == 1:
-    for source, path, where in todo:
+    for source, path, where, _ in todo:
       convert_shard(source, path, size, where)
   elif todo:
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has TensorFlow or JAX loaded
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-      for future in concurrent.futures.as_completed([pool.submit(convert_shard, s, p, size, w) for s, p, w in todo]):
+      futures = [pool.submit(convert_shard, s, p, size, w) for s, p, w, _ in todo]
+      for future in concurrent.futures.as_completed(futures):
         future.result()
   for name in (format.STATS, format.BAD_FILES):  # the same statistics: both sets subtract the same mean
     if storage.exists(storage.join(input_dir, name)):

@@ -82,6 +82,12 @@ def serve_worker(dispatcher: str, port: int = 0, host: str = ""):
   return service.WorkerServer(config, start=True)
 
 
+def bound_port(server) -> int:
+  """The port a started DispatchServer or WorkerServer listens on (the one asked, or the free one it took for 0).
+  TensorFlow offers no public accessor: this reads the server's ``_address`` (HOST:PORT)."""
+  return int(server._address.rsplit(":", 1)[1])
+
+
 def distribute(dataset, address: str):
   """``dataset`` run by the service at ``address`` (HOST:PORT) as one new job in dynamic sharding: each of its
   splits (the elements of its source ``from_tensor_slices``) read by exactly one worker; uncompressed (images
@@ -133,7 +139,7 @@ class LocalService:
   def __enter__(self) -> str:
     try:
       self.dispatcher = serve_dispatcher(0)
-      self.address = f"127.0.0.1:{self.dispatcher._address.rsplit(':', 1)[1]}"
+      self.address = f"127.0.0.1:{bound_port(self.dispatcher)}"
       self.add_workers(self.workers)
     except BaseException:
       self.__exit__()

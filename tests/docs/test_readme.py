@@ -16,9 +16,11 @@ import json
 import os
 import pathlib
 import re
+import resource
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -72,6 +74,8 @@ PAGES = (
   "docs/colab.md",
   "docs/DEVIATIONS.md",
 )
+# Each command's wall and CPU seconds (tab-separated, appended): what to cut when this test grows slow.
+TIMES = os.path.join(ROOT, ".cache", "tests", "documented_commands.tsv")
 MAX_SKIPPED = 3  # blocks marked "not run in CI", over all PAGES together: most of the documentation runs
 
 
@@ -146,15 +150,35 @@ def user_dir(tmp_path_factory):
   return home
 
 
+# (directory, command) of every command run so far in this session: a later test that gives the same command in the
+# same directory finds its result there and does not run it again (configs/paper.py's docstring begins with the
+# README's first three commands, and runs in the README's directory: IN_README_DIR).
+RAN: set[tuple[str, str]] = set()
+IN_README_DIR = ("paper",)
+
+
 def run_commands(commands: list[str], cwd) -> None:
+  earlier = set(RAN)  # a command given twice by one test runs twice
   env = cli_env()  # a user's machine: one CPU device, unless a command asks for more
   env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # the activated environment
   env.pop("PYTHONPATH", None)
   env.pop("JAX_PLATFORMS", None)  # a user's shell does not set it (with it set, aot's GPU targets once hid a failure)
+  os.makedirs(os.path.dirname(TIMES), exist_ok=True)
   for command in commands:
     command = small(command)
+    if (str(cwd), command) in earlier:
+      continue
+    RAN.add((str(cwd), command))
+    started, cpu = time.time(), _children_cpu()
     out = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    with open(TIMES, "a") as f:  # where the docs tests' time goes: wall and CPU seconds of each command
+      f.write(f"{time.time() - started:.1f}\t{_children_cpu() - cpu:.1f}\t{command}\n")
     assert out.returncode == 0, f"$ {command}\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+
+
+def _children_cpu() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
 
 
 def test_every_readme_block_is_run_or_says_why_not():
@@ -202,14 +226,16 @@ def test_readme_commands_run_as_written(user_dir):
 def test_config_docstring_commands_run_as_written(config, user_dir, tmp_path):
   commands = docstring_commands(os.path.join(ROOT, "configs", f"{config}.py"))
   assert commands, f"configs/{config}.py's docstring gives no command"
-  # Each config in a directory of its own (they share workdir names), with the same fixtures and data folders.
-  cwd = tmp_path / "user"
-  cwd.mkdir()
-  for name in SHARED_DATA:
-    (user_dir / name).mkdir(exist_ok=True)
-  for name in os.listdir(user_dir):
-    if name in ("configs", "launch", "benchmarks", "SRC", "my_images", *SHARED_DATA):
-      os.symlink(user_dir / name, cwd / name)
+  # Each config in a directory of its own (they share workdir names), with the same fixtures and data folders; the
+  # paper's in the README's.
+  cwd = user_dir if config in IN_README_DIR else tmp_path / "user"
+  if cwd != user_dir:
+    cwd.mkdir()
+    for name in SHARED_DATA:
+      (user_dir / name).mkdir(exist_ok=True)
+    for name in os.listdir(user_dir):
+      if name in ("configs", "launch", "benchmarks", "SRC", "my_images", *SHARED_DATA):
+        os.symlink(user_dir / name, cwd / name)
   run_commands(commands, cwd)
   if config == "synthetic":  # the docstring's promise: the tiny variant learns
     rows = [json.loads(line) for line in (cwd / "runs" / "synthetic_tiny" / "metrics.jsonl").read_text().splitlines()]

@@ -4,7 +4,7 @@ command line (``TINY_FLAGS`` in a subprocess with ``cli_env``, or ``colab_env`` 
 import os
 
 from alexnet_jax import config_lib
-from tests.support import ROOT
+from tests.support import FAST_COMPILE_FLAGS, ROOT
 
 # The same tiny run on the command line (the CLI, multi-process and sweep tests); each adds its own step counts.
 TINY_FLAGS = [
@@ -18,19 +18,25 @@ TINY_FLAGS = [
 ]
 
 
-def cli_env(devices=None):
+def cli_env(devices=None, *, fast_compile=False):
   """The environment for a subprocess that runs JAX on the CPU: ``devices`` fake devices (default: one), this
-  session's other XLA flags kept (the collective timeouts), output unbuffered."""
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  session's other XLA flags kept (the collective timeouts), FAST_COMPILE_FLAGS only if ``fast_compile`` (a command
+  that compiles much and runs little), output unbuffered."""
+  drop = lambda f: "device_count" in f or (f in FAST_COMPILE_FLAGS and not fast_compile)
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not drop(f)]
+  if fast_compile:
+    flags += [f for f in FAST_COMPILE_FLAGS if f not in flags]
   if devices:
     flags.append(f"--xla_force_host_platform_device_count={devices}")
   return {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
 
 
-def colab_env(devices: int) -> dict[str, str]:
-  """``cli_env`` for jaxlib 0.7.2, which aborts on XLA flags it does not know (the CPU collective timeouts)."""
+def colab_env(devices: int, *, fast_compile=False) -> dict[str, str]:
+  """``cli_env`` for jaxlib 0.7.2, which aborts on XLA flags it does not know (the CPU collective timeouts; it knows
+  FAST_COMPILE_FLAGS)."""
   env = {**cli_env(devices), "PYTHONPATH": ROOT}
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  flags = [f"--xla_force_host_platform_device_count={devices}", *(FAST_COMPILE_FLAGS if fast_compile else [])]
+  env["XLA_FLAGS"] = " ".join(flags)
   return env
 
 

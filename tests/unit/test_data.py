@@ -39,6 +39,8 @@ def raw_tree(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared_dir(raw_tree, tmp_path_factory):
+  """The module's prepared set, written by 2 worker processes (the multi-process path; the other tests that prepare
+  use one, in-process: a spawned worker costs ~14 s of CPU to import TensorFlow, and the shards are the same)."""
   out = tmp_path_factory.mktemp("prepared")
   prepare.prepare(
     str(raw_tree), str(out), image_size=STORED, jpeg_quality=95, examples_per_shard=16, num_workers=2, max_bad=2
@@ -120,7 +122,7 @@ def test_prepare_keeps_the_central_square_of_any_picture(tmp_path):
 
 def test_too_many_bad_files_is_a_clear_error(raw_tree, tmp_path):
   with pytest.raises(prepare.PrepareError, match=r"2 images could not be read \(more than --max_bad=1\)"):
-    prepare.prepare(str(raw_tree), str(tmp_path), image_size=STORED, examples_per_shard=64, num_workers=2, max_bad=1)
+    prepare.prepare(str(raw_tree), str(tmp_path), image_size=STORED, examples_per_shard=64, num_workers=1, max_bad=1)
   # Training on what that run left says why it is not a dataset yet, not "run prepare first".
   config = config_lib.base_config()
   config.data.dir = str(tmp_path)
@@ -254,7 +256,7 @@ def test_not_enough_disk_space_is_refused(raw_tree, tmp_path, monkeypatch):
 
 
 def test_rerun_keeps_finished_shards(raw_tree, tmp_path):
-  kw = dict(image_size=STORED, examples_per_shard=64, num_workers=2, max_bad=2)
+  kw = dict(image_size=STORED, examples_per_shard=64, num_workers=1, max_bad=2)
   prepare.prepare(str(raw_tree), str(tmp_path), **kw)
   shards = sorted(p for p in tmp_path.iterdir() if p.name.endswith(tuple(f"{i:05d}" for i in range(10))))
   mtimes = {p.name: p.stat().st_mtime_ns for p in shards}
@@ -416,7 +418,7 @@ def test_processes_share_examples_not_shards(layout, tree_of_120, prepared_dir, 
   else:  # the default --examples_per_shard (1,024): one shard; 48: shards of 48, 48, 24
     per_shard = 1024 if layout == "1 shard" else 48
     folder = tmp_path / "prepared"
-    prepare.prepare(str(tree_of_120), str(folder), image_size=STORED, examples_per_shard=per_shard, num_workers=2)
+    prepare.prepare(str(tree_of_120), str(folder), image_size=STORED, examples_per_shard=per_shard, num_workers=1)
   meta = json.loads((folder / format.METADATA).read_text())
   assert len(meta["splits"]["train"]["files"]) == {"1 shard": 1, "3 unequal shards": 3}.get(layout, 8)
   train_all, val_all = stored_indices(folder, "train"), stored_indices(folder, "val")
@@ -454,7 +456,7 @@ def test_tfds_source_shares_examples_between_processes(tree_of_120, tmp_path, mo
   index: a hash of their bytes identifies them); the oracle is one process reading the whole epoch."""
 
   folder = tmp_path / "prepared"  # a prepared set is also a TFDS dataset folder
-  prepare.prepare(str(tree_of_120), str(folder), image_size=STORED, num_workers=2)
+  prepare.prepare(str(tree_of_120), str(folder), image_size=STORED, num_workers=1)
   make = lambda: tfds_source("", str(folder), image_size=CROP, crop_fraction=CROP / STORED, seed=0, shuffle_buffer=64)
   whole = np.concatenate([b["index"] for b in first_batches(make(), 10, batch=12)]).tolist()
   assert len(set(whole)) == 120
@@ -469,7 +471,7 @@ def test_tfds_source_shares_examples_between_processes(tree_of_120, tmp_path, mo
 
 def test_a_batch_larger_than_the_set_says_which_batch_fits(tree_of_120, tmp_path, monkeypatch):
   folder = tmp_path / "prepared"
-  prepare.prepare(str(tree_of_120), str(folder), image_size=STORED, num_workers=2)
+  prepare.prepare(str(tree_of_120), str(folder), image_size=STORED, num_workers=1)
   as_process(monkeypatch, 0, 3)
   with pytest.raises(
     ValueError,

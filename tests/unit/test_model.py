@@ -276,7 +276,7 @@ def test_image_too_small_is_a_clear_error():
 # The CPU fast paths compute the plain path's function and gradient (benchmarks/RESULTS.md has what they buy).
 # ---------------------------------------------------------------------------------------------------------------
 def value_and_grad_of(f, x):
-  w = jax.random.normal(jax.random.key(9), f(x).shape)  # a random linear readout: every output matters
+  w = jax.random.normal(jax.random.key(9), jax.eval_shape(f, x).shape)  # a random linear readout: all outputs matter
   return jax.jit(jax.value_and_grad(lambda x: jnp.sum(f(x) * w)))(x)
 
 
