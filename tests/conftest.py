@@ -40,10 +40,34 @@ os.environ.setdefault(
 )
 
 import jax
+import pytest
 
 from tests.support import durations
 
+try:
+  import xdist
+
+  XDIST_VERSION = tuple(int(part) for part in xdist.__version__.split(".")[:3])
+except (ImportError, ValueError):
+  XDIST_VERSION = None
+
 assert jax.device_count() == 8, "tests need 8 fake CPU devices (XLA_FLAGS was set too late?)"
+
+
+def pytest_configure(config):
+  """The full-size tests share one worker only through their ``xdist_group``: refuse `--dist loadgroup` where
+  pytest-xdist silently stops grouping (its issue #1386: pytest >= 9.2 with pytest-xdist <= 3.8.0; pyproject.toml's
+  dev extra keeps pytest below 9.2). tests/unit/test_conftest.py checks the grouping itself."""
+  if config.getoption("dist", "no") == "loadgroup" and xdist_loadgroup_broken():
+    raise pytest.UsageError(
+      f"pytest {pytest.__version__} with pytest-xdist {XDIST_VERSION} does not group `xdist_group` tests under "
+      "--dist loadgroup (pytest-xdist issue #1386): the full-size tests would run at once. Install what "
+      "pyproject.toml's dev extra allows (pip install -e '.[dev,tf]': pytest < 9.2), or run without -n."
+    )
+
+
+def xdist_loadgroup_broken() -> bool:
+  return XDIST_VERSION is not None and pytest.version_tuple[:2] >= (9, 2) and XDIST_VERSION <= (3, 8, 0)
 
 
 def pytest_collection_modifyitems(config, items):
