@@ -166,9 +166,10 @@ def run_commands(commands: list[str], cwd) -> None:
   os.makedirs(os.path.dirname(TIMES), exist_ok=True)
   for command in commands:
     command = small(command)
-    if (str(cwd), command) in earlier:
+    said = " ".join(command.replace("\\\n", " ").split())  # the words, whatever the indentation and line breaks
+    if (str(cwd), said) in earlier:
       continue
-    RAN.add((str(cwd), command))
+    RAN.add((str(cwd), said))
     started, cpu = time.time(), _children_cpu()
     out = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     with open(TIMES, "a") as f:  # where the docs tests' time goes: wall and CPU seconds of each command
