@@ -22,10 +22,8 @@ def cli_env(devices=None, *, fast_compile=False):
   """The environment for a subprocess that runs JAX on the CPU: ``devices`` fake devices (default: one), this
   session's other XLA flags kept (the collective timeouts), FAST_COMPILE_FLAGS only if ``fast_compile`` (a command
   that compiles much and runs little), output unbuffered."""
-  drop = lambda f: "device_count" in f or (f in FAST_COMPILE_FLAGS and not fast_compile)
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not drop(f)]
-  if fast_compile:
-    flags += [f for f in FAST_COMPILE_FLAGS if f not in flags]
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f and f not in FAST_COMPILE_FLAGS]
+  flags = kept + (FAST_COMPILE_FLAGS if fast_compile else [])
   if devices:
     flags.append(f"--xla_force_host_platform_device_count={devices}")
   return {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
