@@ -1,6 +1,10 @@
 # The way in: `make demo` and `make test`. Everything installs into .venv (created on first use).
 # pip installs with --no-compile: Python byte-compiles a module when it is first imported, and most installed modules
 # never are (measured on a busy 2-core machine: .venv-latest's install 369 s -> 195 s, 84 -> 47 CPU seconds).
+# That holds only where Python may write what it compiled: with PYTHONDONTWRITEBYTECODE set (this project's machines
+# set it) every process compiled TensorFlow's and JAX's sources again, ~12 s of CPU each (a tiny 8-device training
+# run 42 -> 27 CPU seconds without it; importing TensorFlow 15 -> 6 s). make's commands run without it.
+unexport PYTHONDONTWRITEBYTECODE
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

@@ -14,7 +14,7 @@ def test_command_line_prints_json(tmp_path):
     [sys.executable, "-m", "alexnet_jax.benchmark", "--model=owt", "--width=0.125", "--batch_size=4", "--steps=1"]
     + ["--windows=1", "--dtype=bfloat16", "--layers"],
     cwd=ROOT,
-    env=cli_env(),
+    env=cli_env(fast_compile=True),
     capture_output=True,
     text=True,
     timeout=600,

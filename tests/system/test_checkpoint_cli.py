@@ -16,12 +16,12 @@ def test_the_issue_command_line_refuses_a_changed_width_and_keeps_the_run(tmp_pa
   --allow_config_change: exit 1, one error line naming model.width, every checkpoint where it was."""
   base = [sys.executable, "-m", "alexnet_jax.main", "--config=configs/synthetic.py", f"--workdir={tmp_path}"]
   base += [*TINY_FLAGS, "--config.checkpoint_every_steps=3"]
-  first = subprocess.run([*base, "--config.num_train_steps=9"], env=cli_env(), cwd=ROOT, capture_output=True, text=True)
+  first = subprocess.run([*base, "--config.num_train_steps=9"], env=cli_env(fast_compile=True), cwd=ROOT, capture_output=True, text=True)
   assert first.returncode == 0, first.stderr[-2000:]
   before = tree_digest(tmp_path / "checkpoints")
   again = [*base, "--config.num_train_steps=12", "--config.model.width=0.25"]
   for extra in ([], ["--allow_config_change"]):
-    out = subprocess.run([*again, *extra], env=cli_env(), cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([*again, *extra], env=cli_env(fast_compile=True), cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1, out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and ("model.width: 0.125 -> 0.25" if not extra else "does not fit") in errors[0]

@@ -37,7 +37,7 @@ def test_train_then_resume_then_resume_on_one_device_then_evaluate(tmp_path):
   assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
   out = subprocess.run(
     [sys.executable, "-m", "alexnet_jax.evaluate", f"--workdir={tmp_path}", "--crops=10"],
-    cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600,
+    cwd=ROOT, env=cli_env(fast_compile=True), capture_output=True, text=True, timeout=600,
   )  # fmt: skip
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads((tmp_path / "eval" / "step6_10crop.json").read_text())
@@ -190,7 +190,7 @@ def signalled_run(workdir, *args, when: list[str]):
     *TINY,
     *args,
   ]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(8), stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(8, fast_compile=True), stderr=subprocess.PIPE, text=True)
   log, triggers = [], list(when)
   for line in proc.stderr:
     log.append(line)

@@ -110,7 +110,7 @@ def _train(data, service, workdir, steps):
     capture_output=True,
     text=True,
     timeout=300,
-    env=cli_env(),
+    env=cli_env(fast_compile=True),
   )
 
 
@@ -154,6 +154,6 @@ def test_the_command_line_reports_bad_flags_as_one_error_line():
     capture_output=True,
     text=True,
     timeout=120,
-    env=cli_env(),
+    env=cli_env(fast_compile=True),
   )
   assert out.returncode == 2 and "error: --role=worker needs --dispatcher=HOST:PORT" in out.stderr

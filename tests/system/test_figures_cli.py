@@ -21,7 +21,7 @@ def test_figures_command_writes_the_papers_figures(run):
   out = subprocess.run(
     [sys.executable, "-m", "alexnet_jax.figures", f"--workdir={run / 'run'}", f"--out={run / 'png'}"],
     cwd=ROOT,
-    env=cli_env(1),
+    env=cli_env(1, fast_compile=True),
     capture_output=True,
     text=True,
   )

@@ -450,7 +450,7 @@ def test_sweep_runs_locally_and_summarises(tmp_path):
     ' "eval_batch_size": 16, "num_train_steps": 2, "data.num_eval_examples": 20}\n'
     'grid = {"optimizer.learning_rate": [0.01, 0.001]}\n',
   )
-  out = sh(sys.executable, "launch/sweep.py", path, "run", env=cli_env(), timeout=900)
+  out = sh(sys.executable, "launch/sweep.py", path, "run", env=cli_env(fast_compile=True), timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   table = sh(sys.executable, "launch/sweep.py", path, "summary").stdout.splitlines()
   assert table[0].split() == ["run", "optimizer.learning_rate", "step", "top1_error", "top5_error", "eval_loss"]
@@ -713,7 +713,7 @@ def test_an_unreachable_coordinator_is_one_error_line_and_75_in_bounded_time(tmp
   start = time.monotonic()
   argv = ["--config=configs/synthetic.py", f"--workdir={tmp_path}/w", f"--coordinator_address=127.0.0.1:{_free_port()}",
           "--num_processes=2", "--process_id=1", "--initialization_timeout_seconds=3"]  # fmt: skip
-  out = sh(sys.executable, "-m", "alexnet_jax.main", *argv, env=cli_env(), timeout=240)
+  out = sh(sys.executable, "-m", "alexnet_jax.main", *argv, env=cli_env(fast_compile=True), timeout=240)
   assert out.returncode == 75, out.stderr[-2000:]
   assert out.stderr.count("error: ") == 1 and "did not answer within 3 s" in out.stderr, out.stderr[-2000:]
   assert time.monotonic() - start < 120
@@ -744,7 +744,7 @@ def test_exit_codes_a_supervisor_can_act_on(tmp_path, error, code):
   """0 done, 1 error, 2 bad command line, 75 retry (sysexits.h EX_TEMPFAIL): an uncaught I/O or lost-peer error
   exited 1 before, which restart.sh, SLURM's requeue and the GKE policy all treat as final."""
   argv = ["--config=configs/synthetic.py", f"--workdir={tmp_path}/w"]
-  out = sh(sys.executable, "-c", FAIL_WITH, *argv, env={**cli_env(), "FAIL_WITH": error})
+  out = sh(sys.executable, "-c", FAIL_WITH, *argv, env={**cli_env(fast_compile=True), "FAIL_WITH": error})
   assert out.returncode == code, out.stderr[-2000:]
   assert out.stderr.count("error: ") == 1, out.stderr[-2000:]
   if code == 75:
@@ -765,7 +765,7 @@ def fake_gcloud_env(tmp_path, **extra) -> dict:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
   return {
-    **cli_env(),
+    **cli_env(fast_compile=True),
     "PATH": f"{bin_dir}:{os.environ['PATH']}",
     "FAKE_GCLOUD_DIR": str(tmp_path / "gcloud"),
     "FAKE_TPU_WORKERS": "2",
@@ -970,7 +970,7 @@ def sbatch_tiny_run(slurm_cluster, tmp_path, workdir, *, python, **env_extra):
   log = tmp_path / "job.out"
   # the tasks' exit statuses in tmp_path (by default they go next to the job's output: the repository, which the
   # tpu_pod tests copy with tar at the same time)
-  env = {**slurm_cluster, **cli_env(4), "PYTHON": python, "STATUS_DIR": str(tmp_path / "status"), **env_extra}
+  env = {**slurm_cluster, **cli_env(4, fast_compile=True), "PYTHON": python, "STATUS_DIR": str(tmp_path / "status"), **env_extra}
   sbatch = ["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
             f"--output={log}", "launch/slurm.sbatch", "configs/synthetic.py", str(workdir), *TINY_FLAGS,
             "--config.num_train_steps=2"]  # fmt: skip

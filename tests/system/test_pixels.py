@@ -28,7 +28,7 @@ def _prepare(*args, timeout=600):
     capture_output=True,
     text=True,
     timeout=timeout,
-    env=cli_env(),
+    env=cli_env(fast_compile=True),
   )
   return out
 
@@ -153,7 +153,7 @@ def _train(data_dir, workdir):
     capture_output=True,
     text=True,
     timeout=600,
-    env=cli_env(),
+    env=cli_env(fast_compile=True),
   )
   assert out.returncode == 0, out.stderr[-3000:]
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

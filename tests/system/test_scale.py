@@ -107,7 +107,7 @@ def test_a_lost_process_ends_the_other_and_the_job_resumes(tmp_path):
   proc = subprocess.Popen(
     _launch_cmd(*_train_cmd(workdir, *args)),
     cwd=ROOT,
-    env=cli_env(),
+    env=cli_env(fast_compile=True),
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
@@ -148,7 +148,7 @@ def test_a_one_shard_set_trains_in_two_processes(tmp_path):
   share of a process (0 images)"). Now each reads half of the shard: 40 images in batches of 8 are 5 steps an epoch,
   and the final evaluation counts all 20 validation images once."""
   run = lambda *cmd: subprocess.run(
-    [sys.executable, "-m", *cmd], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600
+    [sys.executable, "-m", *cmd], cwd=ROOT, env=cli_env(fast_compile=True), capture_output=True, text=True, timeout=600
   )
   out = run(
     "alexnet_jax.shapes", f"--output_dir={tmp_path}/raw", "--train_per_class=4", "--val_per_class=2", "--size=80"
@@ -165,7 +165,7 @@ def test_a_one_shard_set_trains_in_two_processes(tmp_path):
     *("--config.model.width=0.125", "--config.num_train_steps=6", "--config.log_every_steps=1"),
   ]
   out = subprocess.run(
-    _launch_cmd(*train_cmd, devices=1), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=900
+    _launch_cmd(*train_cmd, devices=1), cwd=ROOT, env=cli_env(fast_compile=True), capture_output=True, text=True, timeout=900
   )
   assert out.returncode == 0, out.stdout[-4000:]
   assert "[launch] exit statuses: process 0: status 0, process 1: status 0" in out.stdout
@@ -174,7 +174,7 @@ def test_a_one_shard_set_trains_in_two_processes(tmp_path):
   # evaluate runs under the same launcher (it had no --coordinator_address: exit 2), every image counted once.
   evaluate_cmd = [sys.executable, "-m", "alexnet_jax.evaluate", f"--workdir={workdir}", "--crops=10", "--batch_size=8"]
   out = subprocess.run(
-    _launch_cmd(*evaluate_cmd, devices=1), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=900
+    _launch_cmd(*evaluate_cmd, devices=1), cwd=ROOT, env=cli_env(fast_compile=True), capture_output=True, text=True, timeout=900
   )
   assert out.returncode == 0, out.stdout[-4000:]
   with open(os.path.join(workdir, "eval", "step6_10crop.json")) as f:

@@ -69,7 +69,7 @@ def run_python(code: str, env: dict, devices=None) -> subprocess.CompletedProces
   return subprocess.run(
     [sys.executable, "-c", textwrap.dedent(code)],
     cwd=ROOT,
-    env={**cli_env(devices), **env},
+    env={**cli_env(devices, fast_compile=True), **env},
     capture_output=True,
     text=True,
     timeout=600,
@@ -134,7 +134,7 @@ def test_a_run_in_a_gcs_workdir_trains_resumes_and_evaluates(gcs):
   workdir = f"gs://{BUCKET}/runs/tiny"
   base = [sys.executable, "-m", "alexnet_jax.main", "--config=configs/synthetic.py", f"--workdir={workdir}"]
   flags = [*TINY_FLAGS, "--config.checkpoint_every_steps=2", "--config.tensorboard=False"]
-  env = {**cli_env(8), **gcs}
+  env = {**cli_env(8, fast_compile=True), **gcs}
 
   def run(cmd):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -192,7 +192,7 @@ def test_a_live_lease_in_a_gcs_workdir_refuses_a_second_run(gcs):
   out = subprocess.run(
     [*cmd, *TINY_FLAGS, "--config.num_train_steps=2"],
     cwd=ROOT,
-    env={**cli_env(8), **gcs},
+    env={**cli_env(8, fast_compile=True), **gcs},
     capture_output=True,
     text=True,
     timeout=600,
