@@ -81,16 +81,18 @@ print("TensorFlow (tf.data):", "installed" if compat.has_tensorflow() else "miss
 from alexnet_jax import config_lib, prepare, shapes
 
 config = config_lib.load_config_file("../configs/demo.py")
+per_class = (8, 2) if TEST_MODE else (600, 100)  # training and validation images of each of the 10 shapes
 if compat.has_tensorflow():
   raw, prepared = f"{DATA_ROOT}/shapes", f"{DATA_ROOT}/shapes_prepared"
   if not os.path.exists(f"{prepared}/{prepare.METADATA}"):
-    per_class = (8, 2) if TEST_MODE else (600, 100)
     shapes.generate(raw, train_per_class=per_class[0], val_per_class=per_class[1])
     prepare.prepare(raw, prepared, image_size=76)
   config.data.dir = prepared
 else:
   print("No TensorFlow: training on synthetic images. For the real pipeline: pip install tensorflow-cpu")
   config.data.source, config.data.dir = "synthetic", ""  # (a data.dir that the source would not read is an error)
+  # as many images as the shapes set has (the synthetic source's default is ImageNet's: 50,000 to evaluate)
+  config.data.num_train_examples, config.data.num_eval_examples = 10 * per_class[0], 10 * per_class[1]
 config.num_epochs = NUM_EPOCHS
 if TEST_MODE:
   config.num_epochs, config.num_train_steps, config.batch_size, config.eval_batch_size = 0, 4, 16, 16
