@@ -44,13 +44,17 @@ def final_params(workdir):
 
 
 def test_random_kills_during_training_and_saves_then_resume_end_bitwise_like_an_unbroken_run(tmp_path):
-  unbroken = subprocess.run(command(tmp_path / "unbroken", *FLAGS), cwd=ROOT, env=cli_env(8, fast_compile=True), capture_output=True)
+  unbroken = subprocess.run(
+    command(tmp_path / "unbroken", *FLAGS), cwd=ROOT, env=cli_env(8, fast_compile=True), capture_output=True
+  )
   assert unbroken.returncode == 0, unbroken.stderr.decode()[-3000:]
 
   rng, workdir = random.Random(0), tmp_path / "chaos"
   kills, mid_save = 0, 0
   while kills < 4:
-    proc = subprocess.Popen(command(workdir, *FLAGS), cwd=ROOT, env=cli_env(8, fast_compile=True), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+      command(workdir, *FLAGS), cwd=ROOT, env=cli_env(8, fast_compile=True), stderr=subprocess.PIPE, text=True
+    )
     for line in proc.stderr:  # wait until it trains, then kill at a random moment (a save runs at every step)
       if "] [" in line and "epoch=" in line:
         break
@@ -97,7 +101,11 @@ def small_disk(tmp_path):
 def test_a_full_disk_stops_with_one_clear_error_and_keeps_the_committed_steps(small_disk, tmp_path):
   workdir = small_disk / "run"
   out = subprocess.run(
-    command(workdir, *FLAGS, "--config.keep_checkpoints=100"), cwd=ROOT, env=cli_env(8, fast_compile=True), capture_output=True, text=True
+    command(workdir, *FLAGS, "--config.keep_checkpoints=100"),
+    cwd=ROOT,
+    env=cli_env(8, fast_compile=True),
+    capture_output=True,
+    text=True,
   )
   assert out.returncode == 1, out.stderr[-3000:]
   # orbax's threads print tracebacks around it, and may leave their indentation before it on the same line
@@ -108,7 +116,8 @@ def test_a_full_disk_stops_with_one_clear_error_and_keeps_the_committed_steps(sm
   # Moved to a disk with room, the run resumes from that step (its fingerprints verified) and finishes.
   moved = tmp_path / "moved"
   shutil.copytree(workdir, moved, ignore=shutil.ignore_patterns("*.orbax-checkpoint-tmp*", "lock.json"))
-  resumed = subprocess.run(command(moved, *FLAGS, "--config.keep_checkpoints=100"), cwd=ROOT, env=cli_env(8, fast_compile=True),
+  env = cli_env(8, fast_compile=True)
+  resumed = subprocess.run(command(moved, *FLAGS, "--config.keep_checkpoints=100"), cwd=ROOT, env=env,
                            capture_output=True, text=True)  # fmt: skip
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"Resuming from the checkpoint at step {committed[-1]}" in resumed.stderr

@@ -16,7 +16,9 @@ def test_the_issue_command_line_refuses_a_changed_width_and_keeps_the_run(tmp_pa
   --allow_config_change: exit 1, one error line naming model.width, every checkpoint where it was."""
   base = [sys.executable, "-m", "alexnet_jax.main", "--config=configs/synthetic.py", f"--workdir={tmp_path}"]
   base += [*TINY_FLAGS, "--config.checkpoint_every_steps=3"]
-  first = subprocess.run([*base, "--config.num_train_steps=9"], env=cli_env(fast_compile=True), cwd=ROOT, capture_output=True, text=True)
+  first = subprocess.run(
+    [*base, "--config.num_train_steps=9"], env=cli_env(fast_compile=True), cwd=ROOT, capture_output=True, text=True
+  )
   assert first.returncode == 0, first.stderr[-2000:]
   before = tree_digest(tmp_path / "checkpoints")
   again = [*base, "--config.num_train_steps=12", "--config.model.width=0.25"]

@@ -970,7 +970,13 @@ def sbatch_tiny_run(slurm_cluster, tmp_path, workdir, *, python, **env_extra):
   log = tmp_path / "job.out"
   # the tasks' exit statuses in tmp_path (by default they go next to the job's output: the repository, which the
   # tpu_pod tests copy with tar at the same time)
-  env = {**slurm_cluster, **cli_env(4, fast_compile=True), "PYTHON": python, "STATUS_DIR": str(tmp_path / "status"), **env_extra}
+  env = {
+    **slurm_cluster,
+    **cli_env(4, fast_compile=True),
+    "PYTHON": python,
+    "STATUS_DIR": str(tmp_path / "status"),
+    **env_extra,
+  }
   sbatch = ["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
             f"--output={log}", "launch/slurm.sbatch", "configs/synthetic.py", str(workdir), *TINY_FLAGS,
             "--config.num_train_steps=2"]  # fmt: skip

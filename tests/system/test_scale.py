@@ -165,7 +165,12 @@ def test_a_one_shard_set_trains_in_two_processes(tmp_path):
     *("--config.model.width=0.125", "--config.num_train_steps=6", "--config.log_every_steps=1"),
   ]
   out = subprocess.run(
-    _launch_cmd(*train_cmd, devices=1), cwd=ROOT, env=cli_env(fast_compile=True), capture_output=True, text=True, timeout=900
+    _launch_cmd(*train_cmd, devices=1),
+    cwd=ROOT,
+    env=cli_env(fast_compile=True),
+    capture_output=True,
+    text=True,
+    timeout=900,
   )
   assert out.returncode == 0, out.stdout[-4000:]
   assert "[launch] exit statuses: process 0: status 0, process 1: status 0" in out.stdout
@@ -174,7 +179,12 @@ def test_a_one_shard_set_trains_in_two_processes(tmp_path):
   # evaluate runs under the same launcher (it had no --coordinator_address: exit 2), every image counted once.
   evaluate_cmd = [sys.executable, "-m", "alexnet_jax.evaluate", f"--workdir={workdir}", "--crops=10", "--batch_size=8"]
   out = subprocess.run(
-    _launch_cmd(*evaluate_cmd, devices=1), cwd=ROOT, env=cli_env(fast_compile=True), capture_output=True, text=True, timeout=900
+    _launch_cmd(*evaluate_cmd, devices=1),
+    cwd=ROOT,
+    env=cli_env(fast_compile=True),
+    capture_output=True,
+    text=True,
+    timeout=900,
   )
   assert out.returncode == 0, out.stdout[-4000:]
   with open(os.path.join(workdir, "eval", "step6_10crop.json")) as f:
