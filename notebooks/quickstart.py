@@ -91,8 +91,10 @@ if compat.has_tensorflow():
 else:
   print("No TensorFlow: training on synthetic images. For the real pipeline: pip install tensorflow-cpu")
   config.data.source, config.data.dir = "synthetic", ""  # (a data.dir that the source would not read is an error)
-  # as many images as the shapes set has (the synthetic source's default is ImageNet's: 50,000 to evaluate)
-  config.data.num_train_examples, config.data.num_eval_examples = 10 * per_class[0], 10 * per_class[1]
+  # as many images as the shapes set has (the synthetic source's defaults are ImageNet's: 1,281,167 to train on, so
+  # an epoch of ~10,000 steps, and 50,000 to evaluate)
+  num_classes = len(shapes.CLASSES)
+  config.data.num_train_examples, config.data.num_eval_examples = num_classes * per_class[0], num_classes * per_class[1]
 config.num_epochs = NUM_EPOCHS
 if TEST_MODE:
   config.num_epochs, config.num_train_steps, config.batch_size, config.eval_batch_size = 0, 4, 16, 16

@@ -86,7 +86,7 @@ def test_a_second_run_on_a_live_workdir_exits_at_once_and_the_first_is_undisturb
          "--config.num_train_steps=300", "--config.checkpoint_every_steps=100",
          "--config.log_every_steps=100"]  # fmt: skip
   first = subprocess.Popen(
-    [*cmd, f"--workdir={tmp_path / 'w'}"], cwd=ROOT, env=cli_env(fast_compile=True), stderr=subprocess.PIPE, text=True
+    [*cmd, f"--workdir={tmp_path / 'w'}"], cwd=ROOT, env=cli_env(), stderr=subprocess.PIPE, text=True
   )
   log = []
   for line in first.stderr:
@@ -99,12 +99,7 @@ def test_a_second_run_on_a_live_workdir_exits_at_once_and_the_first_is_undisturb
   try:
     t0 = time.time()
     second = subprocess.run(
-      [*cmd, f"--workdir={tmp_path / 'w'}"],
-      cwd=ROOT,
-      env=cli_env(fast_compile=True),
-      capture_output=True,
-      text=True,
-      timeout=300,
+      [*cmd, f"--workdir={tmp_path / 'w'}"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300
     )
   finally:
     first.send_signal(signal.SIGCONT)
@@ -114,12 +109,7 @@ def test_a_second_run_on_a_live_workdir_exits_at_once_and_the_first_is_undisturb
   log += first.stderr.readlines()
   assert first.wait(timeout=900) == 0, "".join(log[-30:])
   unbroken = subprocess.run(
-    [*cmd, f"--workdir={tmp_path / 'u'}"],
-    cwd=ROOT,
-    env=cli_env(fast_compile=True),
-    capture_output=True,
-    text=True,
-    timeout=900,
+    [*cmd, f"--workdir={tmp_path / 'u'}"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=900
   )
   assert unbroken.returncode == 0, unbroken.stderr[-2000:]
   a, b = final_state(tmp_path / "w"), final_state(tmp_path / "u")
