@@ -40,9 +40,10 @@ def one_process(workdir, *args):
   return out.stderr
 
 
-def two_processes(workdir, *args):
+def launched(cmd, *, devices=4):
+  """``cmd`` in 2 processes of ``devices`` devices each (launch/local.py): their output, once both exited 0."""
   out = subprocess.run(
-    _launch_cmd(*_train_cmd(workdir, *args)),
+    _launch_cmd(*cmd, devices=devices),
     cwd=ROOT,
     env=cli_env(fast_compile=True),
     capture_output=True,
@@ -51,6 +52,10 @@ def two_processes(workdir, *args):
   )
   assert out.returncode == 0, out.stdout[-4000:]
   return out.stdout
+
+
+def two_processes(workdir, *args):
+  return launched(_train_cmd(workdir, *args))
 
 
 def rows(workdir):
@@ -164,29 +169,12 @@ def test_a_one_shard_set_trains_in_two_processes(tmp_path):
     *(f"--config.data.dir={tmp_path}/data", "--config.batch_size=8", "--config.eval_batch_size=8"),
     *("--config.model.width=0.125", "--config.num_train_steps=6", "--config.log_every_steps=1"),
   ]
-  out = subprocess.run(
-    _launch_cmd(*train_cmd, devices=1),
-    cwd=ROOT,
-    env=cli_env(fast_compile=True),
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert out.returncode == 0, out.stdout[-4000:]
-  assert "[launch] exit statuses: process 0: status 0, process 1: status 0" in out.stdout
+  assert "[launch] exit statuses: process 0: status 0, process 1: status 0" in launched(train_cmd, devices=1)
   assert logged(workdir, "epoch") == {s: s / 5 for s in range(1, 7)}  # floor(40 / 8) steps an epoch
   assert [r["eval_num_examples"] for r in rows(workdir) if "eval_num_examples" in r] == [20]
   # evaluate runs under the same launcher (it had no --coordinator_address: exit 2), every image counted once.
   evaluate_cmd = [sys.executable, "-m", "alexnet_jax.evaluate", f"--workdir={workdir}", "--crops=10", "--batch_size=8"]
-  out = subprocess.run(
-    _launch_cmd(*evaluate_cmd, devices=1),
-    cwd=ROOT,
-    env=cli_env(fast_compile=True),
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert out.returncode == 0, out.stdout[-4000:]
+  launched(evaluate_cmd, devices=1)
   with open(os.path.join(workdir, "eval", "step6_10crop.json")) as f:
     assert json.load(f)["num_examples"] == 20
 
