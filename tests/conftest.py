@@ -39,6 +39,8 @@ os.environ.setdefault(
   os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "tests", "input_rates.json"),
 )
 
+import resource
+
 import jax
 import pytest
 
@@ -79,3 +81,27 @@ def pytest_collection_modifyitems(config, items):
   for i, item in enumerate(items):
     first.setdefault(item.nodeid.split("::")[0], i)
   items.sort(key=lambda item: (-seconds.get(item.nodeid.split("::")[0], 0.0), first[item.nodeid.split("::")[0]]))
+
+
+# Each test's CPU seconds (this worker's and its finished subprocesses', setup to teardown) beside its wall time in the
+# JUnit report (a property ``cpu_s``): a test whose CPU time is far below its wall time waits, and a test that waits
+# leaves a core idle (`make durations` sums both per level).
+def _cpu_seconds() -> float:
+  own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+  item.stash[_CPU_AT_SETUP] = _cpu_seconds()
+  yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+  yield
+  if _CPU_AT_SETUP in item.stash:
+    item.user_properties.append(("cpu_s", round(_cpu_seconds() - item.stash[_CPU_AT_SETUP], 1)))
+
+
+_CPU_AT_SETUP = pytest.StashKey[float]()

@@ -22,16 +22,28 @@ def module_seconds(path: pathlib.Path = FILE) -> dict[str, float]:
   return {module.strip(): float(seconds) for seconds, module in rows}
 
 
-def from_junit(paths: list[str]) -> dict[str, float]:
-  """Seconds per module from pytest's JUnit XML reports (a testcase's ``file`` or, failing that, its classname)."""
+def from_junit(paths: list[str], measure: str = "time") -> dict[str, float]:
+  """Seconds per module from pytest's JUnit XML reports (a testcase's ``file`` or, failing that, its classname):
+  wall seconds (``measure="time"``) or CPU seconds (``"cpu_s"``, the property tests/conftest.py records)."""
   seconds = collections.Counter()
   for path in paths:
     for case in ET.parse(path).getroot().iter("testcase"):
       parts = case.get("classname", "").split(".")  # tests.unit.test_train[.TestClass]
       while parts and not (ROOT / ("/".join(parts) + ".py")).exists():
         parts.pop()
-      seconds[case.get("file") or "/".join(parts) + ".py"] += float(case.get("time", 0.0))
+      if measure == "time":
+        value = case.get("time", 0.0)
+      else:
+        value = next((p.get("value") for p in case.iter("property") if p.get("name") == measure), 0.0)
+      seconds[case.get("file") or "/".join(parts) + ".py"] += float(value)
   return dict(seconds)
+
+
+def per_level(seconds: dict[str, float]) -> dict[str, float]:
+  levels = collections.Counter()
+  for module, s in seconds.items():
+    levels["/".join(module.split("/")[:2])] += s
+  return dict(sorted(levels.items()))
 
 
 def main(argv: list[str]) -> None:
@@ -44,12 +56,11 @@ def main(argv: list[str]) -> None:
     + "\n".join(lines)
     + "\n"
   )
-  levels = collections.Counter()
-  for module, s in seconds.items():
-    levels["/".join(module.split("/")[:2])] += s
+  cpu = per_level(from_junit(argv[1:], "cpu_s"))
   print(
-    f"wrote {FILE} ({len(lines)} modules); test time per level (both workers together):",
-    ", ".join(f"{level} {s:.0f} s" for level, s in sorted(levels.items())),
+    f"wrote {FILE} ({len(lines)} modules); per level, the tests' wall seconds (both workers together) and their CPU "
+    "seconds (with their subprocesses'):",
+    ", ".join(f"{level} {s:.0f} s wall, {cpu.get(level, 0):.0f} s CPU" for level, s in per_level(seconds).items()),
   )
 
 
