@@ -5,7 +5,9 @@ PAGES) and every command in a config's docstring, in a fresh user directory, wit
 Only small sizes are added (step counts, batch sizes, benchmark windows) where a command does not give them, and a
 measurement repeated once only (FEWER); a block
 that needs hardware or data CI lacks carries ``<!-- not run in CI: REASON -->`` on the line above it, and at most
-MAX_SKIPPED blocks of all the pages together do. What the docs promise about a command's result is checked after it
+MAX_SKIPPED blocks of all the pages together do; a block that another test runs as written and checks more closely
+(docs/aot.md's compiles: tests/system/test_aot.py) carries ``<!-- run by tests/PATH.py -->`` instead, and is not run
+twice. What the docs promise about a command's result is checked after it
 ran.
 """
 
@@ -24,13 +26,12 @@ import time
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, documented
 from tests.support.fake_ilsvrc import make_fake_imagenet_tree
 from tests.support.tiny import cli_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("full_size")]  # see tests/system/test_rehearsal.py
 
-SKIP = re.compile(r"<!-- not run in CI: (.+?) -->")
 
 # Added to a command when it does not set the key itself: the documented command, made small enough for CI.
 SMALL = {
@@ -79,21 +80,9 @@ TIMES = os.path.join(ROOT, ".cache", "tests", "documented_commands.tsv")
 MAX_SKIPPED = 3  # blocks marked "not run in CI", over all PAGES together: most of the documentation runs
 
 
-def readme_blocks() -> list[tuple[str, str | None]]:
-  """(commands, reason it is not run or None) for every ```sh block of PAGES, page after page."""
-  blocks = []
-  for page in PAGES:
-    lines = pathlib.Path(ROOT, page).read_text().splitlines()
-    i = 0
-    while i < len(lines):
-      if lines[i].strip() == "```sh":
-        j = lines.index("```", i + 1)
-        above = next((lines[k] for k in range(i - 1, -1, -1) if lines[k].strip()), "")
-        skip = SKIP.search(above)
-        blocks.append(("\n".join(lines[i + 1 : j]), skip.group(1) if skip else None))
-        i = j
-      i += 1
-  return blocks
+def readme_blocks() -> list[documented.Block]:
+  """Every ```sh block of PAGES, page after page."""
+  return [block for page in PAGES for block in documented.shell_blocks(page)]
 
 
 def docstring_commands(path: str) -> list[str]:
@@ -112,12 +101,6 @@ def docstring_commands(path: str) -> list[str]:
       else:
         commands.append(line)
   return commands
-
-
-def commands_of(block: str) -> list[str]:
-  """One string per command (continuation lines joined), comments dropped."""
-  joined = re.sub(r"\\\n\s*", " ", block)
-  return [c.strip() for c in joined.splitlines() if c.strip() and not c.strip().startswith("#")]
 
 
 def small(command: str) -> str:
@@ -160,9 +143,11 @@ IN_README_DIR = ("paper",)
 def run_commands(commands: list[str], cwd) -> None:
   earlier = set(RAN)  # a command given twice by one test runs twice
   env = cli_env()  # a user's machine: one CPU device, unless a command asks for more
-  env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # the activated environment
-  env.pop("PYTHONPATH", None)
-  env.pop("JAX_PLATFORMS", None)  # a user's shell does not set it (with it set, aot's GPU targets once hid a failure)
+  fast_env = cli_env(fast_compile=True)
+  for e in (env, fast_env):
+    e["PATH"] = os.path.dirname(sys.executable) + os.pathsep + e["PATH"]  # the activated environment
+    e.pop("PYTHONPATH", None)
+    e.pop("JAX_PLATFORMS", None)  # a user's shell does not set it (with it set, aot's GPU targets once hid a failure)
   os.makedirs(os.path.dirname(TIMES), exist_ok=True)
   for command in commands:
     command = small(command)
@@ -171,10 +156,30 @@ def run_commands(commands: list[str], cwd) -> None:
       continue
     RAN.add((str(cwd), said))
     started, cpu = time.time(), _children_cpu()
-    out = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+      ["bash", "-c", command],
+      cwd=cwd,
+      env=fast_env if compiles_more_than_it_runs(command) else env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+    )
     with open(TIMES, "a") as f:  # where the docs tests' time goes: wall and CPU seconds of each command
       f.write(f"{time.time() - started:.1f}\t{_children_cpu() - cpu:.1f}\t{command}\n")
     assert out.returncode == 0, f"$ {command}\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+
+
+def compiles_more_than_it_runs(command: str) -> bool:
+  """Whether ``command`` gets XLA's fast-compile flags (tests/support FAST_COMPILE_FLAGS: the test environment's,
+  not the command's): a run of a few steps, an evaluation, figures. Measured on this 2-core machine (2026-12-01): a
+  2-step full-size run on one device 57 -> 45 CPU seconds, a 10-crop evaluation 26 -> 17. Not for a measurement
+  (benchmarks), a command that sets XLA_FLAGS itself (the 8-device run), the multi-process launch, or a run of more
+  than 10 steps (the tiny runs that show learning), where the slower steps cost more than the compiles save (an
+  8-device full-size run: 92 -> 116 s)."""
+  if any(word in command for word in ("benchmark", "XLA_FLAGS=", "launch/local.py")):
+    return False
+  steps = re.search(r"--config\.num_train_steps=(\d+)", command)
+  return steps is None or int(steps.group(1)) <= 10
 
 
 def _children_cpu() -> float:
@@ -188,9 +193,14 @@ def test_every_readme_block_is_run_or_says_why_not():
   assert pages == listed, f"docs pages missing from PAGES, or listed but gone: {sorted(pages ^ listed)}"
   blocks = readme_blocks()
   assert len(blocks) >= 6
-  skipped = [reason for _, reason in blocks if reason]
+  skipped = [block.skipped for block in blocks if block.skipped]
   assert all(len(reason) > 10 for reason in skipped)
   assert len(skipped) <= MAX_SKIPPED, skipped
+  # A block run by another test file instead: that file exists and reads this page's blocks (documented.run_by).
+  for block in blocks:
+    if block.run_by:
+      source = pathlib.Path(ROOT, block.run_by).read_text()
+      assert f'documented.run_by("{block.run_by}")' in source, f"{block.page}: {block.run_by} does not run its block"
 
 
 def torch_available() -> bool:
@@ -203,10 +213,10 @@ def torch_available() -> bool:
 
 def test_readme_commands_run_as_written(user_dir):
   ran = 0
-  for block, reason in readme_blocks():
-    if reason:
+  for block in readme_blocks():
+    if block.skipped or block.run_by:
       continue
-    commands = commands_of(block)
+    commands = documented.commands_of(block.text)
     if not torch_available():
       commands = [c for c in commands if "torch_reference" not in c]
     run_commands(commands, user_dir)

@@ -10,12 +10,13 @@ parameter count for its bytes.
 import json
 import os
 import re
+import shlex
 import subprocess
 
 import pytest
 
 from alexnet_jax import aot, config_lib
-from tests.support import ROOT
+from tests.support import ROOT, documented
 
 AOT_PYTHON = os.path.join(ROOT, ".venv-aot", "bin", "python")
 PAPER_PARAMS = 60_965_224  # the paper net's parameter count (model.count_params; tests/unit/test_model.py)
@@ -231,41 +232,49 @@ def test_paper_net_on_two_h100s_with_the_model_split(tmp_path):
   assert_paper_layout(text, train, model=2, data=1, batch=128)
 
 
+# docs/aot.md's commands, run here as written (the documentation tests leave them to this file: one compile each).
+DOCUMENTED = [c for block in documented.run_by("tests/system/test_aot.py") for c in documented.commands_of(block.text)]
+AOT_COMMAND = ".venv-aot/bin/python -m alexnet_jax.aot "
+
+
+def test_the_documented_compiles_are_here():
+  assert len(DOCUMENTED) == 3 and all(c.startswith(AOT_COMMAND) for c in DOCUMENTED), DOCUMENTED
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-  "config,target,model,data",
+  "args",
   [
-    ("configs/paper.py:text", "v5e:2x2", 2, 2),
-    ("configs/paper.py", "h100:8", 1, 8),
-    ("configs/paper.py", "v5e:2x4", 1, 8),
+    *[shlex.split(c.removeprefix(AOT_COMMAND)) for c in DOCUMENTED],  # docs/aot.md's: h100:8, v5e:2x4, v5e:2x2 split
+    # The text's LRN across the split (a halo exchange), on a TPU slice of data 2 x model 2.
+    ["--config=configs/paper.py:text", "--target=v5e:2x2", "--config.mesh.model=2", "--config.model.dtype=bfloat16",
+     "--config.eval_batch_size=64"],
   ],
-)
-def test_the_paper_layout_in_what_the_compiler_produced(tmp_path, config, target, model, data):
-  """The model split on a TPU slice (data 2 x model 2; the text's LRN across the split), and data parallelism on 8
-  GPUs and 8 TPU chips; and the input each train step needs (no per-core rates recorded: the pixel default; the JPEG
-  rate given as a flag)."""
+  ids=lambda args: "-".join(a.split("=", 1)[1] for a in args if a.startswith(("--config=", "--target=", "--config.m"))),
+)  # fmt: skip
+def test_the_paper_layout_in_what_the_compiler_produced(tmp_path, args):
+  """The model split on a TPU slice (per column, the authors' code; and the text's LRN across the split), and data
+  parallelism on 8 GPUs and 8 TPU chips; and the input each train step needs (no per-core rates recorded: the pixel
+  default; the JPEG rate given as a flag)."""
   hlo = tmp_path / "train.hlo"
-  out = aot_run(
-    f"--config={config}",
-    f"--target={target}",
-    f"--config.mesh.model={model}",
-    "--config.model.dtype=bfloat16",
-    "--config.eval_batch_size=64",
-    f"--hlo_out={hlo}",
-    "--jpeg_images_per_sec_per_core=1000",
-    input_rates=tmp_path / "no_rates_recorded.json",
-  )
+  args = [a for a in args if not a.startswith("--hlo_out=")] + [f"--hlo_out={hlo}"]
+  out = aot_run(*args, "--jpeg_images_per_sec_per_core=1000", input_rates=tmp_path / "no_rates_recorded.json")
   assert out.returncode == 0, out.stderr[-3000:]
+  flags = dict(a.removeprefix("--").split("=", 1) for a in args)
+  model = int(flags.get("config.mesh.model", 1))
   train = programs(out)["train"]
+  data = train["num_devices"] // model
   assert train["mesh"] == {"data": data, "model": model} and train["fits"]
+  assert train["num_devices"] == {"h100:8": 8, "v5e:2x4": 8, "v5e:2x2": 4}[flags["target"]]
+  assert programs(out)["eval"]["fits"]
   text = hlo.read_text()
   assert aot.collectives(text) == train["collectives"]
-  assert_paper_layout(text, train, model=model, data=data, batch=128, halo=config.endswith(":text"))
+  assert_paper_layout(text, train, model=model, data=data, batch=128, halo=flags["config"].endswith(":text"))
   if data > 1:  # the gradient all-reduce carries every parameter this device holds (bf16 at least)
     assert train["collectives"]["all-reduce"]["bytes"] >= 2 * PAPER_PARAMS // model
-  if target.startswith("v5e"):  # libtpu's cost analysis gives the roofline estimate
+  if flags["target"].startswith("v5e"):  # libtpu's cost analysis gives the roofline estimate
     assert train["roofline_seconds"] > 0 and train["roofline_bound"] in ("compute", "memory")
-  assert_input_needs(train, gpu=target.startswith("h100"))
+  assert_input_needs(train, gpu=flags["target"].startswith("h100"))
 
 
 def assert_input_needs(train: dict, *, gpu: bool):
