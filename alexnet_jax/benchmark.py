@@ -228,10 +228,13 @@ def _pixel_sample(data_dir: str, root: str, max_images: int) -> str:
   return root
 
 
+_WARMUP_BATCHES = 3  # read before each timed stretch of batches
+
+
 def _time_batches(batches, batch_size: int, steps: int) -> tuple[float, float]:
   """(images/s, CPU cores this process kept busy meanwhile: its CPU time over the wall time) of ``steps`` batches
-  from the iterator ``batches``, after 3 batches of warm-up."""
-  for _ in range(3):
+  from the iterator ``batches``, after _WARMUP_BATCHES batches of warm-up."""
+  for _ in range(_WARMUP_BATCHES):
     next(batches)
   t0, c0 = time.perf_counter(), time.process_time()
   for _ in range(steps):
@@ -318,10 +321,24 @@ def _bench_service(data_dir: str, batch_size: int, steps: int) -> list[dict]:
   (``service.LocalService``: the dispatcher in this process, a second worker added for the second job), each
   worker's pipeline on one thread; the trainer's side (receiving, re-batching) runs in this process. Rows
   ``service_1`` and ``service_2``: ``threads`` 1 (per worker), ``workers``, ``images_per_sec`` of them all,
-  ``images_per_sec_per_core`` per worker."""
+  ``images_per_sec_per_core`` per worker, ``batches_per_epoch`` and ``within_one_epoch``: whether the warm-up and
+  timed batches fit in one epoch. Each epoch is a job of the service (``service.distribute``), so batches timed
+  across an epoch's end time a job's start with them (measured on 2 cores: 2 workers 0.6-1.0x of one across three
+  jobs, 1.2-1.4x within one epoch); a warning on stderr then says how many images would fit them."""
+  from alexnet_jax.data import format
   from alexnet_jax.data.prepared import prepared_source
   from alexnet_jax.data.service import LocalService
 
+  num_train = format.read_metadata(data_dir)["splits"]["train"]["num_examples"]
+  batches_per_epoch, timed = num_train // batch_size, _WARMUP_BATCHES + steps
+  if timed > batches_per_epoch:
+    print(
+      f"warning: the service rows time {timed} batches of {batch_size} ({_WARMUP_BATCHES} of warm-up) across "
+      f"{-(-timed // max(batches_per_epoch, 1))} epochs of {batches_per_epoch} batches ({num_train} training images), "
+      f"each epoch a new job of the service: their rates include the jobs' starts. For a rate within one epoch give "
+      f"at least {timed * batch_size} training images (--input_images, or a larger --data_dir) or fewer --steps.",
+      file=sys.stderr,
+    )
   rows = []
   service = LocalService(1)
   with service as address:
@@ -333,7 +350,8 @@ def _bench_service(data_dir: str, batch_size: int, steps: int) -> list[dict]:
       )
       rate, _ = _time_batches(src.train_batches(0, batch_size), batch_size, steps)
       row = _input_row(f"service_{workers}", 1, rate, data_dir=data_dir, workers=workers)
-      rows.append({**row, "images_per_sec_per_core": rate / workers})
+      within = {"batches_per_epoch": batches_per_epoch, "within_one_epoch": timed <= batches_per_epoch}
+      rows.append({**row, "images_per_sec_per_core": rate / workers, **within})
   return rows
 
 

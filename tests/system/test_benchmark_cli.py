@@ -1,6 +1,8 @@
-"""`python -m alexnet_jax.benchmark` prints one JSON row (the arithmetic: tests/unit/test_benchmark.py)."""
+"""`python -m alexnet_jax.benchmark` prints one JSON row (the arithmetic: tests/unit/test_benchmark.py), and with
+`--input_only` one per input path."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -24,3 +26,38 @@ def test_command_line_prints_json(tmp_path):
   assert (
     row["model"] == "owt" and row["dtype"] == "bfloat16" and set(row["forward_flops_per_layer"]) == set(M.LAYER_NAMES)
   )
+
+
+def test_input_only_prints_every_path_side_by_side(tmp_path):
+  """`benchmark --input_only`: one row per path and thread count, the ratios made of those rows, the rates recorded
+  for `aot`; the service rows say whether their batches fit in one epoch (here 13 batches of 16 against 200 images:
+  12 a epoch), and a warning says how many images would."""
+  rates = tmp_path / "input_rates.json"
+  out = subprocess.run(
+    [sys.executable, "-m", "alexnet_jax.benchmark", "--input_only", "--input_images=200", "--batch_size=16"],
+    cwd=ROOT,
+    env={**cli_env(fast_compile=True), "ALEXNET_JAX_INPUT_RATES": str(rates)},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  inputs = {(r["pipeline"], r["threads"]): r for r in rows if r["what"] == "input"}
+  cores = os.cpu_count()
+  expected = {(p, t) for p in ("jpeg", "pixels", "pixels_tfrecord") for t in {1, cores}}
+  expected |= {("service_1", 1), ("service_2", 1), ("floor", 1), ("pixels device part", 0)}
+  assert set(inputs) == expected
+  assert all(r["images_per_sec"] > 0 for r in inputs.values())
+  ratios = next(r for r in rows if r["what"] == "input_ratios")
+  per_core = lambda key: inputs[key]["images_per_sec_per_core"]
+  assert ratios["pixels_to_floor"] == per_core(("pixels", 1)) / per_core(("floor", 1))
+  assert ratios["pixels_to_jpeg_per_core"] == per_core(("pixels", 1)) / per_core(("jpeg", 1))
+  assert ratios["service_2_to_service_1"] == inputs["service_2", 1]["images_per_sec"] / per_core(("service_1", 1))
+  for workers in (1, 2):
+    row = inputs[f"service_{workers}", 1]
+    assert row["workers"] == workers and row["batches_per_epoch"] == 200 // 16 and row["within_one_epoch"] is False
+  assert "warning: the service rows time 13 batches of 16" in out.stderr
+  assert "give at least 208 training images" in out.stderr
+  recorded = next(r for r in rows if r["what"] == "input_rates_recorded")
+  assert recorded["path"] == str(rates) and rates.exists()
