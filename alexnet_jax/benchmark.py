@@ -14,7 +14,8 @@ The training input's paths side by side in one run (``bench_input``):
 
 one JSON line per path (``pipeline``: ``jpeg``, ``pixels`` (memory-mapped), ``pixels_tfrecord`` (the records through
 tf.data), ``service_1`` and ``service_2`` (the JPEG set through the tf.data service: 1 and 2 local worker processes
-of one thread each, ``workers``; per core: per worker), ``floor``, ``pixels device part``; ``threads``;
+of one thread each, ``workers``; per core: per worker; ``batches_per_epoch`` and ``within_one_epoch``: whether the
+timed batches stayed in one epoch, one job of the service), ``floor``, ``pixels device part``; ``threads``;
 ``images_per_sec``; ``images_per_sec_per_core``: over ``threads``; ``cpu_cores_used``: this process's CPU time over
 the wall time, which counts the thread that takes the batches too: the memory-mapped pixel path copies the pixels
 there), the first two on one thread and on every core, over the same
@@ -229,6 +230,7 @@ def _pixel_sample(data_dir: str, root: str, max_images: int) -> str:
 
 
 _WARMUP_BATCHES = 3  # read before each timed stretch of batches
+_MIN_INPUT_STEPS = 10  # --input_only times at least this many batches (--steps, if more)
 
 
 def _time_batches(batches, batch_size: int, steps: int) -> tuple[float, float]:
@@ -263,7 +265,8 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int, num_images: i
   ``images_per_sec_per_core``): the paper's full augmentation from a JPEG set (decode and crop on the host) and from
   the same images as a pixel set (the host reads and batches whole images; crop, flip, mean and lighting on the
   device, timed apart on the local device), each on one thread and on every core; the JPEG set through the tf.data
-  service with 1 and 2 local workers (``_bench_service``); and the floor: a NumPy copy of the same pixels from
+  service with 1 and 2 local workers (``_bench_service``: with ``batches_per_epoch`` and ``within_one_epoch``); and
+  the floor: a NumPy copy of the same pixels from
   memory. Without ``data_dir``, a JPEG set of ``num_images`` generated photographs (256 px) is made and used.
   The pixel paths and the floor read (at most) ``num_images`` of its images, at least 4 batches."""
   import jax
@@ -271,8 +274,11 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int, num_images: i
   from alexnet_jax.data.prepared import prepared_source
 
   tmp = tempfile.TemporaryDirectory(prefix="alexnet_input_bench_")
+  generated_classes = None
   if not data_dir:
-    data_dir = _make_benchmark_data(tmp.name, num_images)
+    from alexnet_jax.data import embedded
+
+    data_dir, generated_classes = _make_benchmark_data(tmp.name, num_images), len(embedded.CLASSES)
   pixels_dir = _pixel_sample(data_dir, tempfile.mkdtemp(dir=tmp.name), max_images=max(num_images, 4 * batch_size))
   cores = os.cpu_count() or 1
   rows, sources = [], {}
@@ -285,7 +291,7 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int, num_images: i
         _input_row(pipeline, threads, rate, cpu_cores_used=used, data_dir=folder, device_crop=src.device_crop)
       )
       sources[pipeline] = src
-  rows += _bench_service(data_dir, batch_size, steps)
+  rows += _bench_service(data_dir, batch_size, steps, generated_classes)
   src = sources["pixels"]
   batches = src.train_batches(0, batch_size)
   images = np.concatenate([next(batches)["image"] for _ in range(max(4, num_images // batch_size))])
@@ -316,7 +322,7 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int, num_images: i
   return rows
 
 
-def _bench_service(data_dir: str, batch_size: int, steps: int) -> list[dict]:
+def _bench_service(data_dir: str, batch_size: int, steps: int, generated_classes: int | None = None) -> list[dict]:
   """The JPEG set through the tf.data service: a dispatcher and 1, then 2, worker processes on this machine
   (``service.LocalService``: the dispatcher in this process, a second worker added for the second job), each
   worker's pipeline on one thread; the trainer's side (receiving, re-batching) runs in this process. Rows
@@ -324,21 +330,11 @@ def _bench_service(data_dir: str, batch_size: int, steps: int) -> list[dict]:
   ``images_per_sec_per_core`` per worker, ``batches_per_epoch`` and ``within_one_epoch``: whether the warm-up and
   timed batches fit in one epoch. Each epoch is a job of the service (``service.distribute``), so batches timed
   across an epoch's end time a job's start with them (measured on 2 cores: 2 workers 0.6-1.0x of one across three
-  jobs, 1.2-1.4x within one epoch); a warning on stderr then says how many images would fit them."""
-  from alexnet_jax.data import format
+  jobs, 1.2-1.4x within one epoch); a warning on stderr then says how many images would fit them
+  (``service_epochs_warning``; ``generated_classes``: the classes of a set the benchmark generated)."""
   from alexnet_jax.data.prepared import prepared_source
   from alexnet_jax.data.service import LocalService
 
-  num_train = format.read_metadata(data_dir)["splits"]["train"]["num_examples"]
-  batches_per_epoch, timed = num_train // batch_size, _WARMUP_BATCHES + steps
-  if timed > batches_per_epoch:
-    print(
-      f"warning: the service rows time {timed} batches of {batch_size} ({_WARMUP_BATCHES} of warm-up) across "
-      f"{-(-timed // max(batches_per_epoch, 1))} epochs of {batches_per_epoch} batches ({num_train} training images), "
-      f"each epoch a new job of the service: their rates include the jobs' starts. For a rate within one epoch give "
-      f"at least {timed * batch_size} training images (--input_images, or a larger --data_dir) or fewer --steps.",
-      file=sys.stderr,
-    )
   rows = []
   service = LocalService(1)
   with service as address:
@@ -348,11 +344,42 @@ def _bench_service(data_dir: str, batch_size: int, steps: int) -> list[dict]:
       src = prepared_source(
         data_dir, "tfrecord", image_size=227, seed=0, shuffle_buffer=1, num_threads=1, service=address
       )
+      batches_per_epoch = src.steps_per_epoch(batch_size)
+      if workers == 1 and (warning := service_epochs_warning(batches_per_epoch, batch_size, steps, generated_classes)):
+        print(warning, file=sys.stderr)
       rate, _ = _time_batches(src.train_batches(0, batch_size), batch_size, steps)
       row = _input_row(f"service_{workers}", 1, rate, data_dir=data_dir, workers=workers)
-      within = {"batches_per_epoch": batches_per_epoch, "within_one_epoch": timed <= batches_per_epoch}
+      within = {
+        "batches_per_epoch": batches_per_epoch,
+        "within_one_epoch": service_epochs_warning(batches_per_epoch, batch_size, steps) is None,
+      }
       rows.append({**row, "images_per_sec_per_core": rate / workers, **within})
   return rows
+
+
+def service_epochs_warning(
+  batches_per_epoch: int, batch_size: int, steps: int, generated_classes: int | None = None
+) -> str | None:
+  """None where the warm-up and the ``steps`` timed batches fit in one epoch of ``batches_per_epoch``; otherwise
+  the warning line: how many epochs (service jobs) they span, and what would make them fit: the training images
+  (for a generated set, ``generated_classes`` given, the ``--input_images`` that makes them: it generates
+  ``input_images // classes`` images per class) or, where one epoch holds at least _MIN_INPUT_STEPS timed batches,
+  fewer ``--steps``."""
+  timed = _WARMUP_BATCHES + steps
+  if timed <= batches_per_epoch:
+    return None
+  need = timed * batch_size
+  if generated_classes:
+    give = f"--input_images={-(-need // generated_classes) * generated_classes}"
+  else:
+    give = f"a --data_dir of at least {need} training images"
+  fewer = batches_per_epoch - _WARMUP_BATCHES
+  or_fewer = f", or --steps={fewer}" if fewer >= _MIN_INPUT_STEPS else ""
+  return (
+    f"warning: the service rows time {timed} batches of {batch_size} ({_WARMUP_BATCHES} of warm-up) across "
+    f"{-(-timed // max(batches_per_epoch, 1))} epochs of {batches_per_epoch} batches, each epoch a new job of the "
+    f"service: their rates include the jobs' starts. For a rate within one epoch give {give}{or_fewer}."
+  )
 
 
 def _input_row(pipeline: str, threads: int, rate: float, **extra) -> dict:
@@ -407,7 +434,7 @@ def run_benchmark(f) -> None:
   if f.input_only:
     from alexnet_jax import input_rates
 
-    rows = bench_input(f.data_dir, f.batch_size, max(f.steps, 10), f.input_images)
+    rows = bench_input(f.data_dir, f.batch_size, max(f.steps, _MIN_INPUT_STEPS), f.input_images)
     for row in rows:
       emit(row)
     # what `python -m alexnet_jax.aot` reads for host_cores_needed

@@ -83,9 +83,10 @@ def pytest_collection_modifyitems(config, items):
   items.sort(key=lambda item: (-seconds.get(item.nodeid.split("::")[0], 0.0), first[item.nodeid.split("::")[0]]))
 
 
-# Each test's CPU seconds (this worker's and its finished subprocesses', setup to teardown) beside its wall time in the
-# JUnit report (a property ``cpu_s``): a test whose CPU time is far below its wall time waits, and a test that waits
-# leaves a core idle (`make durations` sums both per level).
+# Each test's CPU seconds beside its wall time in the JUnit report (a property ``cpu_s``), setup to teardown: this
+# worker's, and its subprocesses' once reaped (charged to the test that reaps them: a server a module fixture started
+# goes to the module's last test; daemons, such as SLURM's, are not counted). A test whose CPU time is far below its
+# wall time waits, and a test that waits leaves a core idle (`make durations` sums both per level).
 def _cpu_seconds() -> float:
   own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
   return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

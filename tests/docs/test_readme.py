@@ -75,7 +75,7 @@ PAGES = (
   "docs/colab.md",
   "docs/DEVIATIONS.md",
 )
-# Each command's wall and CPU seconds (tab-separated, appended): what to cut when this test grows slow.
+# Each command's wall and CPU seconds and XLA flags (tab-separated, appended): what to cut when this test grows slow.
 TIMES = os.path.join(ROOT, ".cache", "tests", "documented_commands.tsv")
 MAX_SKIPPED = 3  # blocks marked "not run in CI", over all PAGES together: most of the documentation runs
 
@@ -126,7 +126,9 @@ def user_dir(tmp_path_factory):
   from alexnet_jax.data import embedded
 
   home = tmp_path_factory.mktemp("user")
-  for name in ("configs", "launch", "benchmarks", ".venv-aot"):  # .venv-aot: the compilers `make install-aot` installs
+  # .venv-aot: the compilers `make install-aot` installs, for an aot command a page may give (docs/aot.md's own run in
+  # tests/system/test_aot.py)
+  for name in ("configs", "launch", "benchmarks", ".venv-aot"):
     os.symlink(os.path.join(ROOT, name), home / name)
   make_fake_imagenet_tree(str(home / "SRC"), per_class=2, num_val=20)
   embedded.generate(str(home / "my_images"), train_per_class=30, val_per_class=5, size=96, seed=3)
@@ -147,7 +149,7 @@ def run_commands(commands: list[str], cwd) -> None:
   for e in (env, fast_env):
     e["PATH"] = os.path.dirname(sys.executable) + os.pathsep + e["PATH"]  # the activated environment
     e.pop("PYTHONPATH", None)
-    e.pop("JAX_PLATFORMS", None)  # a user's shell does not set it (with it set, aot's GPU targets once hid a failure)
+    e.pop("JAX_PLATFORMS", None)  # a user's shell does not set it
   os.makedirs(os.path.dirname(TIMES), exist_ok=True)
   for command in commands:
     command = small(command)
@@ -155,17 +157,19 @@ def run_commands(commands: list[str], cwd) -> None:
     if (str(cwd), said) in earlier:
       continue
     RAN.add((str(cwd), said))
+    fast = compiles_more_than_it_runs(command)
     started, cpu = time.time(), _children_cpu()
     out = subprocess.run(
       ["bash", "-c", command],
       cwd=cwd,
-      env=fast_env if compiles_more_than_it_runs(command) else env,
+      env=fast_env if fast else env,
       capture_output=True,
       text=True,
       timeout=900,
     )
-    with open(TIMES, "a") as f:  # where the docs tests' time goes: wall and CPU seconds of each command
-      f.write(f"{time.time() - started:.1f}\t{_children_cpu() - cpu:.1f}\t{command}\n")
+    with open(TIMES, "a") as f:  # where the docs tests' time goes: wall and CPU seconds, XLA's flags, the command
+      flags = "fast-compile" if fast else "default"
+      f.write(f"{time.time() - started:.1f}\t{_children_cpu() - cpu:.1f}\t{flags}\t{command}\n")
     assert out.returncode == 0, f"$ {command}\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
 
 
@@ -196,11 +200,16 @@ def test_every_readme_block_is_run_or_says_why_not():
   skipped = [block.skipped for block in blocks if block.skipped]
   assert all(len(reason) > 10 for reason in skipped)
   assert len(skipped) <= MAX_SKIPPED, skipped
-  # A block run by another test file instead: that file exists and reads this page's blocks (documented.run_by).
+  # A block run by another test file instead: that file exists and calls documented.run_by with its own path.
   for block in blocks:
     if block.run_by:
-      source = pathlib.Path(ROOT, block.run_by).read_text()
-      assert f'documented.run_by("{block.run_by}")' in source, f"{block.page}: {block.run_by} does not run its block"
+      calls = [
+        node
+        for node in ast.walk(ast.parse(pathlib.Path(ROOT, block.run_by).read_text()))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "documented.run_by"
+      ]
+      run = any(ast.literal_eval(c.args[0]) == block.run_by for c in calls)
+      assert run, f"{block.page}: its block says it is run by {block.run_by}, which does not read it"
 
 
 def torch_available() -> bool:

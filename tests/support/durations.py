@@ -56,11 +56,14 @@ def main(argv: list[str]) -> None:
     + "\n".join(lines)
     + "\n"
   )
-  cpu = per_level(from_junit(argv[1:], "cpu_s"))
+  cpu = per_level(from_junit(argv[1:], "cpu_s"))  # 0 for a report written before tests/conftest.py recorded it
   print(
-    f"wrote {FILE} ({len(lines)} modules); per level, the tests' wall seconds (both workers together) and their CPU "
+    f"wrote {FILE} ({len(lines)} modules); per level, the tests' wall seconds (all workers together) and their CPU "
     "seconds (with their subprocesses'):",
-    ", ".join(f"{level} {s:.0f} s wall, {cpu.get(level, 0):.0f} s CPU" for level, s in per_level(seconds).items()),
+    ", ".join(
+      f"{level} {s:.0f} s wall, " + (f"{cpu[level]:.0f} s CPU" if cpu.get(level) else "CPU not recorded")
+      for level, s in per_level(seconds).items()
+    ),
   )
 
 

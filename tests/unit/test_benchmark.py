@@ -89,3 +89,17 @@ def test_the_large_batch_study_runs_valid_commands_and_judges_them_right():
   assert "IS within 0.100" in study.verdict(rows([0.50, 0.60], [0.52, 0.55]))  # means 0.55 vs 0.535
   assert "NOT within 0.030" in study.verdict(rows([0.80, 0.81], [0.55, 0.58]))
   assert study.verdict(rows([0.8], [0.5, 0.6])).startswith("no verdict")
+
+
+def test_the_service_rows_warning_says_what_fits_the_timed_batches_in_one_epoch():
+  """3 warm-up batches and the timed ones in one epoch (one job of the service): no warning; otherwise how many
+  epochs they span and what fits them: for a generated set the --input_images that makes enough images (it makes
+  input_images // classes per class, so rounded up to whole classes), for the user's own set its size, and fewer
+  --steps only where an epoch holds the 10 batches --input_only times at least."""
+  assert benchmark.service_epochs_warning(13, 16, 10) is None  # 3 + 10 batches of an epoch of 13
+  warning = benchmark.service_epochs_warning(12, 16, 10, generated_classes=10)  # 200 images: 12 batches of 16
+  assert warning.startswith("warning: the service rows time 13 batches of 16 (3 of warm-up) across 2 epochs of 12")
+  assert "give --input_images=210." in warning  # 13 x 16 = 208 -> 21 a class; 208 would make 200 again
+  assert "a --data_dir of at least 4224 training images" in benchmark.service_epochs_warning(15, 128, 30)
+  assert "across 3 epochs of 15 batches" in benchmark.service_epochs_warning(15, 128, 30)  # docs/data.md's first run
+  assert benchmark.service_epochs_warning(40, 128, 60).endswith("training images, or --steps=37.")
