@@ -229,6 +229,7 @@ def _pixel_sample(data_dir: str, root: str, max_images: int) -> str:
   return root
 
 
+_CROP = 227  # --input_only's crops: the paper's
 _WARMUP_BATCHES = 3  # read before each timed stretch of batches
 _MIN_INPUT_STEPS = 10  # --input_only times at least this many batches (--steps, if more)
 
@@ -271,21 +272,34 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int, num_images: i
   The pixel paths and the floor read (at most) ``num_images`` of its images, at least 4 batches."""
   import jax
 
+  from alexnet_jax.data import embedded, format
   from alexnet_jax.data.prepared import prepared_source
 
+  generated_classes = None if data_dir else len(embedded.CLASSES)
+  made = num_images // len(embedded.CLASSES) * len(embedded.CLASSES)  # _make_benchmark_data: whole classes
+  if generated_classes and made < batch_size:
+    raise ValueError(f"--batch_size={batch_size} is more than the {made} images --input_images={num_images} makes")
   tmp = tempfile.TemporaryDirectory(prefix="alexnet_input_bench_")
-  generated_classes = None
   if not data_dir:
-    from alexnet_jax.data import embedded
-
-    data_dir, generated_classes = _make_benchmark_data(tmp.name, num_images), len(embedded.CLASSES)
+    data_dir = _make_benchmark_data(tmp.name, num_images)
+  meta = format.read_metadata(data_dir)
+  if meta["image_size"] < _CROP:
+    raise ValueError(
+      f"--data_dir={data_dir} stores {meta['image_size']}x{meta['image_size']} images; --input_only times the "
+      f"paper's {_CROP}x{_CROP} crops: prepare the set with --image_size=256 (the paper's)"
+    )
+  if meta["splits"]["train"]["num_examples"] < batch_size:
+    raise ValueError(
+      f"--batch_size={batch_size} is more than the {meta['splits']['train']['num_examples']} training images of "
+      f"--data_dir={data_dir}: give a smaller --batch_size or a larger set"
+    )
   pixels_dir = _pixel_sample(data_dir, tempfile.mkdtemp(dir=tmp.name), max_images=max(num_images, 4 * batch_size))
   cores = os.cpu_count() or 1
   rows, sources = [], {}
   paths = (("jpeg", data_dir, "mmap"), ("pixels", pixels_dir, "mmap"), ("pixels_tfrecord", pixels_dir, "tfrecord"))
   for pipeline, folder, reader in paths:
     for threads in sorted({1, cores}):
-      src = prepared_source(folder, reader, image_size=227, seed=0, shuffle_buffer=1, num_threads=threads)
+      src = prepared_source(folder, reader, image_size=_CROP, seed=0, shuffle_buffer=1, num_threads=threads)
       rate, used = _time_batches(src.train_batches(0, batch_size), batch_size, steps)
       rows.append(
         _input_row(pipeline, threads, rate, cpu_cores_used=used, data_dir=folder, device_crop=src.device_crop)
@@ -342,7 +356,7 @@ def _bench_service(data_dir: str, batch_size: int, steps: int, generated_classes
       if workers == 2:
         service.add_workers(1)  # the same dispatcher: the next job is served by both
       src = prepared_source(
-        data_dir, "tfrecord", image_size=227, seed=0, shuffle_buffer=1, num_threads=1, service=address
+        data_dir, "tfrecord", image_size=_CROP, seed=0, shuffle_buffer=1, num_threads=1, service=address
       )
       batches_per_epoch = src.steps_per_epoch(batch_size)
       if workers == 1 and (warning := service_epochs_warning(batches_per_epoch, batch_size, steps, generated_classes)):
@@ -397,7 +411,9 @@ def define_flags() -> None:
   flags.DEFINE_enum("model", "paper", ["paper", "owt"], "Which network.")
   flags.DEFINE_integer("batch_size", 32, "Global batch.")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (parameters stay float32).")
-  flags.DEFINE_integer("steps", 5, "Steps per timed window (input: batches timed).")
+  flags.DEFINE_integer(
+    "steps", 5, f"Steps per timed window (--input_only: batches timed, at least {_MIN_INPUT_STEPS}, after 3 warm-up)."
+  )
   flags.DEFINE_integer("windows", 3, "Timed windows; the median is reported.")
   flags.DEFINE_float("width", 1.0, "Network width multiplier (1.0 = the paper).")
   flags.DEFINE_enum(
@@ -431,6 +447,8 @@ def main(argv: list[str]) -> int:
 
 
 def run_benchmark(f) -> None:
+  if f.batch_size < 1:
+    raise ValueError(f"--batch_size must be positive, got {f.batch_size}")
   if f.input_only:
     from alexnet_jax import input_rates
 

@@ -108,10 +108,9 @@ def check_batch_size(global_batch: int, mesh: Mesh, what: str = "batch_size") ->
   """The per-process batch; a clear error when the global batch is not a multiple of the data-parallel devices."""
   data = mesh.shape["data"]
   if global_batch % data:
-    lower, upper = (global_batch // data) * data, -(-global_batch // data) * data
     raise ValueError(
       f"{what}={global_batch} is not a multiple of the {data} data-parallel devices (mesh 'data' axis); "
-      f"use a multiple of {data}, e.g. {lower or upper} or {upper}."
+      f"use a multiple of {data}, {_nearest_multiples(global_batch, data)}."
     )
   return global_batch // jax.process_count()
 
@@ -121,12 +120,18 @@ def check_micro_batches(global_batch: int, accumulation_steps: int, mesh: Mesh) 
   over the data-parallel devices (``steps.split_micro_batches``: every device holds its slice of every one)."""
   data, k = mesh.shape["data"], accumulation_steps
   if global_batch % (k * data):
-    lower, upper = (global_batch // (k * data)) * k * data, -(-global_batch // (k * data)) * k * data
     raise ValueError(
       f"batch_size={global_batch} does not split into optimizer.accumulation_steps={k} micro-batches over the {data} "
-      f"data-parallel devices: it must be a multiple of {k} x {data} = {k * data}, e.g. {lower or upper} or {upper} "
+      f"data-parallel devices: it must be a multiple of {k} x {data} = {k * data}, "
+      f"{_nearest_multiples(global_batch, k * data)} "
       "(or choose an accumulation_steps that divides batch_size / devices)."
     )
+
+
+def _nearest_multiples(value: int, multiple: int) -> str:
+  """ "e.g. 8 or 16": the positive multiples of ``multiple`` nearest ``value`` (one where only one is positive)."""
+  lower, upper = (value // multiple) * multiple, -(-value // multiple) * multiple
+  return f"e.g. {lower} or {upper}" if lower > 0 else f"e.g. {upper}"
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

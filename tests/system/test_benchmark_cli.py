@@ -61,3 +61,32 @@ def test_input_only_prints_every_path_side_by_side(tmp_path):
   assert "give --input_images=210." in out.stderr  # the arithmetic: tests/unit/test_benchmark.py
   recorded = next(r for r in rows if r["what"] == "input_rates_recorded")
   assert recorded["path"] == str(rates) and rates.exists()
+
+
+def test_bad_input_is_one_error_line_naming_the_benchmarks_own_flags(tmp_path):
+  """A batch of 0, a batch larger than the generated set, and a set stored smaller than the paper's 227x227 crops:
+  one `error:` line each (exit 1, no traceback), naming the benchmark's flags rather than a training config's."""
+  from alexnet_jax.data import embedded, prepare
+
+  embedded.generate(str(tmp_path / "raw"), train_per_class=2, val_per_class=1, size=96, seed=1)
+  prepare.prepare(str(tmp_path / "raw"), str(tmp_path / "small"), image_size=76)
+  cases = {
+    "--batch_size=0": "error: --batch_size must be positive, got 0",
+    "--input_only --batch_size=0": "error: --batch_size must be positive, got 0",
+    "--input_only --input_images=105 --batch_size=128": "error: --batch_size=128 is more than the 100 images "
+    "--input_images=105 makes",
+    f"--input_only --data_dir={tmp_path / 'small'}": "stores 76x76 images; --input_only times the paper's 227x227 "
+    "crops: prepare the set with --image_size=256",
+  }
+  for args, said in cases.items():
+    out = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.benchmark", *args.split()],
+      cwd=ROOT,
+      env=cli_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 1 and len(errors) == 1 and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
+    assert said in errors[0], (args, errors)

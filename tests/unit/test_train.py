@@ -289,6 +289,8 @@ def test_batch_that_does_not_divide_the_devices(tmp_path):
     ValueError, match=r"batch_size=12 is not a multiple of the 8 data-parallel devices.*e\.g\. 8 or 16"
   ):
     train.train_and_evaluate(tiny_config(batch_size=12), tmp_path)
+  with pytest.raises(ValueError, match=r"batch_size=7 .* use a multiple of 8, e\.g\. 8\.$"):  # not "e.g. 8 or 8"
+    train.train_and_evaluate(tiny_config(batch_size=7), tmp_path)
 
 
 def test_model_axis_that_does_not_divide_the_devices(tmp_path):
