@@ -276,9 +276,10 @@ def bench_input(data_dir: str | None, batch_size: int, steps: int, num_images: i
   from alexnet_jax.data.prepared import prepared_source
 
   generated_classes = None if data_dir else len(embedded.CLASSES)
-  made = num_images // len(embedded.CLASSES) * len(embedded.CLASSES)  # _make_benchmark_data: whole classes
-  if generated_classes and made < batch_size:
-    raise ValueError(f"--batch_size={batch_size} is more than the {made} images --input_images={num_images} makes")
+  if generated_classes:  # before making them: _make_benchmark_data makes num_images // classes a class
+    made = num_images // generated_classes * generated_classes
+    if made < batch_size:
+      raise ValueError(f"--batch_size={batch_size} is more than the {made} images --input_images={num_images} makes")
   tmp = tempfile.TemporaryDirectory(prefix="alexnet_input_bench_")
   if not data_dir:
     data_dir = _make_benchmark_data(tmp.name, num_images)
@@ -358,15 +359,14 @@ def _bench_service(data_dir: str, batch_size: int, steps: int, generated_classes
       src = prepared_source(
         data_dir, "tfrecord", image_size=_CROP, seed=0, shuffle_buffer=1, num_threads=1, service=address
       )
-      batches_per_epoch = src.steps_per_epoch(batch_size)
-      if workers == 1 and (warning := service_epochs_warning(batches_per_epoch, batch_size, steps, generated_classes)):
-        print(warning, file=sys.stderr)
+      if workers == 1:  # the same set and batches for both rows
+        batches_per_epoch = src.steps_per_epoch(batch_size)
+        warning = service_epochs_warning(batches_per_epoch, batch_size, steps, generated_classes)
+        if warning:
+          print(warning, file=sys.stderr)
       rate, _ = _time_batches(src.train_batches(0, batch_size), batch_size, steps)
       row = _input_row(f"service_{workers}", 1, rate, data_dir=data_dir, workers=workers)
-      within = {
-        "batches_per_epoch": batches_per_epoch,
-        "within_one_epoch": service_epochs_warning(batches_per_epoch, batch_size, steps) is None,
-      }
+      within = {"batches_per_epoch": batches_per_epoch, "within_one_epoch": warning is None}
       rows.append({**row, "images_per_sec_per_core": rate / workers, **within})
   return rows
 

@@ -235,7 +235,12 @@ def test_paper_net_on_two_h100s_with_the_model_split(tmp_path):
 # docs/aot.md's commands, run here as written (the documentation tests leave them to this file: one compile each).
 DOCUMENTED = [c for block in documented.run_by("tests/system/test_aot.py") for c in documented.commands_of(block.text)]
 AOT_COMMAND = ".venv-aot/bin/python -m alexnet_jax.aot "
-ID_FLAGS = ("--config", "--target", "--config.mesh.model")  # what names a case
+ID_FLAGS = ("config", "target", "config.mesh.model")  # what names a case
+
+
+def key_values(args: list[str]) -> dict[str, str]:
+  """{"target": "v5e:2x4", ...} of the ``--key=value`` arguments in ``args``."""
+  return dict(a.removeprefix("--").split("=", 1) for a in args if a.startswith("--") and "=" in a)
 
 
 def test_the_documented_compiles_are_here():
@@ -251,7 +256,7 @@ def test_the_documented_compiles_are_here():
     ["--config=configs/paper.py:text", "--target=v5e:2x2", "--config.mesh.model=2", "--config.model.dtype=bfloat16",
      "--config.eval_batch_size=64"],
   ],
-  ids=lambda args: "-".join(a.split("=", 1)[1] for a in args if a.split("=")[0] in ID_FLAGS),
+  ids=lambda args: "-".join(v for k, v in key_values(args).items() if k in ID_FLAGS),
 )  # fmt: skip
 def test_the_paper_layout_in_what_the_compiler_produced(tmp_path, args):
   """The model split on a TPU slice (per column, the authors' code; and the text's LRN across the split), and data
@@ -261,7 +266,7 @@ def test_the_paper_layout_in_what_the_compiler_produced(tmp_path, args):
   args = [a for a in args if not a.startswith("--hlo_out=")] + [f"--hlo_out={hlo}"]
   out = aot_run(*args, "--jpeg_images_per_sec_per_core=1000", input_rates=tmp_path / "no_rates_recorded.json")
   assert out.returncode == 0, out.stderr[-3000:]
-  flags = dict(a.removeprefix("--").split("=", 1) for a in args if a.startswith("--") and "=" in a)
+  flags = key_values(args)
   train = programs(out)["train"]
   model = train["mesh"]["model"]
   assert model == int(flags.get("config.mesh.model", 1))  # configs/paper.py leaves the mesh to the flag
