@@ -24,11 +24,15 @@ EXIT_PREEMPTED = cli.EXIT_RETRY  # stopped by SIGTERM after saving; rerun to res
 def main(argv: list[str]) -> int:
   """Exit codes (cli.py): 0 done, 1 a clear error, 2 a bad command line, 75 preempted or a transient error."""
   del argv  # cli.parse_flags refused any leftover
-  from alexnet_jax import train
+  from alexnet_jax import config_lib, train
   from alexnet_jax.native import library_logs
 
   library_logs.quiet_library_logs()  # before the backends start (JAX logs the ones it does not find)
   f = flags.FLAGS
+  try:  # before joining the other processes: a bad value ends this one at once, not after their shutdown barrier
+    config_lib.validate(f.config)
+  except ValueError as e:
+    return cli.exit_code_for(e)
   exit_code = cli.start_processes()
   if exit_code is not None:
     return exit_code
