@@ -277,7 +277,8 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
   """Train (resuming from ``workdir`` if it holds a checkpoint) and evaluate; returns the final metrics.
 
-  The returned dict has ``step``, ``status`` ('completed' or 'preempted') and the last ``eval_*`` values. A second
+  The returned dict has ``step`` (the last), ``start_step`` (where this call began: 0, or the step it resumed from),
+  ``status`` ('completed' or 'preempted') and the last ``eval_*`` values (none when nothing was left to train). A second
   run on a workdir that a live run holds stops at once (``workdir_lock.WorkdirLockedError``, naming the holder).
   """
   # ---- Config and workdir: one writer per workdir --------------------------------------------------------------
@@ -341,7 +342,7 @@ def _run(
     logging.info("Already trained to step %d >= num_train_steps=%d: nothing to do.", step, schedule.num_train_steps)
     ckpt.close()
     writer.close()
-    return {"step": step, "status": "completed"}
+    return {"step": step, "start_step": step, "status": "completed"}
   loop = _Loop(config, config_json, schedule, source, mesh, plan.shardings, state, train_step, eval_step, ckpt, writer)
   return loop.run(hooks, preemption)
 
@@ -446,7 +447,7 @@ class _Loop:
 
   def run(self, hooks: list[Any], preemption: PreemptionFlag) -> dict[str, Any]:
     config, num_train_steps = self.config, self.schedule.num_train_steps
-    result: dict[str, Any] = {"step": self.step, "status": "completed"}
+    result: dict[str, Any] = {"step": self.step, "start_step": self.step, "status": "completed"}
     batches = prefetch(
       self.source.train_batches(self.step, config.batch_size), config.data.prefetch, self.batch_sharding
     )

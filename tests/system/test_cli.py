@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -177,6 +178,27 @@ def test_demo_recipe_learns_through_the_command_line(tmp_path):
   # 0.71 / 10-crop on 2026-11-30 (pillow 13.0, numpy 2.4.6, jax 0.10.2: the same bits before and after that day's
   # changes; an earlier stack measured below 0.7): the bound says "learns", not how well.
   assert result["top1_error"] < 0.8 and result["top5_error"] < 0.25, result
+
+
+def test_make_demo_runs_whole_then_a_second_time_reuses_its_data_and_run(tmp_path):
+  """`make demo`'s own command (alexnet_jax.demo: generate, prepare, train, 10-crop evaluation, the summary), with 2
+  training steps; the README promises that a second `make demo` reuses the data and the finished run, and says so."""
+  cmd = [sys.executable, "-m", "alexnet_jax.demo", f"--workdir={tmp_path}/run", f"--data_root={tmp_path}/data"]
+  env = cli_env(fast_compile=True)
+  first = subprocess.run([*cmd, "--num_train_steps=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert re.search(r"\(10 classes, generated and prepared in \d+ s\)", first.stdout), first.stdout
+  assert re.search(r"trained: +step 2 of the paper's network at width 0\.25, 67x67 crops \(\d+ s\)", first.stdout)
+  ten = re.search(r"10-crop: +top-1 error ([\d.]+)%.*, (\d+) validation images", first.stdout)
+  assert ten and int(ten.group(2)) == 1000, first.stdout
+  eval_json = tmp_path / "run" / "eval" / "step2_10crop.json"
+  assert json.loads(eval_json.read_text())["crops"] == 10 and str(eval_json) in first.stdout
+  second = subprocess.run([*cmd, "--num_train_steps=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "made by an earlier `make demo`, reused" in second.stdout, second.stdout
+  assert "step 2 of the paper's network" in second.stdout and "(by an earlier `make demo`" in second.stdout
+  assert "generating" not in second.stderr and "preparing" not in second.stderr
+  assert f"top-1 error {ten.group(1)}%" in second.stdout  # the same finished run evaluated again
 
 
 def signalled_run(workdir, *args, when: list[str]):

@@ -101,9 +101,11 @@ def test_resume_is_bitwise_identical_to_an_unbroken_run(tmp_path):
 
   straight = train.train_and_evaluate(config(6), tmp_path / "straight")
   first = train.train_and_evaluate(config(3), tmp_path / "resumed")
-  assert first["step"] == 3
+  assert first["step"] == 3 and first["start_step"] == 0
   resumed = train.train_and_evaluate(config(6), tmp_path / "resumed")
-  assert straight["step"] == resumed["step"] == 6
+  assert straight["step"] == resumed["step"] == 6 and resumed["start_step"] == 3
+  again = train.train_and_evaluate(config(6), tmp_path / "resumed")  # nothing left to train: said, not redone
+  assert again == {"step": 6, "start_step": 6, "status": "completed"}
   step_a, state_a, _ = train.load_checkpoint(config(6), tmp_path / "straight")
   step_b, state_b, _ = train.load_checkpoint(config(6), tmp_path / "resumed")
   assert step_a == step_b == 6 and int(state_a["step"]) == 6
