@@ -33,9 +33,9 @@ import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from alexnet_jax import step_time
+from alexnet_jax import cli, step_time
 
 # Dense matrix-unit peaks per device, for MFU: bf16 (and TF32 for float32 on NVIDIA), TFLOP/s by a substring of jax's
 # device_kind; read from the one table of device peaks, step_time.PEAKS.
@@ -478,4 +478,4 @@ def run_benchmark(f) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)  # a bad flag value: one `error:` line, exit 2

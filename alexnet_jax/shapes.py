@@ -10,7 +10,7 @@ __doc__ = _embedded.__doc__  # what --help prints
 __all__ = ["CLASSES", "define_flags", "draw", "generate", "main"]
 
 if __name__ == "__main__":
-  from absl import app
+  from alexnet_jax import cli
 
   define_flags()
-  app.run(main)
+  cli.run(main)  # a bad flag value: one `error:` line, exit 2

@@ -18,7 +18,7 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 MARKER = "shapes.json"  # the arguments of a finished set, written last
 CLASSES = ("disc", "square", "triangle", "cross", "ring", "star", "hstripes", "vstripes", "checker", "dstripes")
@@ -163,5 +163,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  from alexnet_jax import cli
+
   define_flags()
-  app.run(main)
+  cli.run(main)  # a bad flag value: one `error:` line, exit 2

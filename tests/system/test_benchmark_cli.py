@@ -65,7 +65,8 @@ def test_input_only_prints_every_path_side_by_side(tmp_path):
 
 def test_bad_input_is_one_error_line_naming_the_benchmarks_own_flags(tmp_path):
   """A batch of 0, a batch larger than the generated set, and a set stored smaller than the paper's 227x227 crops:
-  one `error:` line each (exit 1, no traceback), naming the benchmark's flags rather than a training config's."""
+  one `error:` line each (exit 1, no traceback), naming the benchmark's flags rather than a training config's; a
+  flag below its bound is a bad command line (exit 2, one line, not absl's FATAL and usage text)."""
   from alexnet_jax.data import embedded, prepare
 
   embedded.generate(str(tmp_path / "raw"), train_per_class=2, val_per_class=1, size=96, seed=1)
@@ -73,6 +74,7 @@ def test_bad_input_is_one_error_line_naming_the_benchmarks_own_flags(tmp_path):
   cases = {
     "--batch_size=0": "error: --batch_size must be positive, got 0",
     "--input_only --batch_size=0": "error: --batch_size must be positive, got 0",
+    "--input_only --input_images=5": "error: flag --input_images=5: 5 is not integer >= 100",  # absl's, exit 2
     "--input_only --input_images=105 --batch_size=128": "error: --batch_size=128 is more than the 100 images "
     "--input_images=105 makes",
     f"--input_only --data_dir={tmp_path / 'small'}": "stores 76x76 images; --input_only times the paper's 227x227 "
@@ -88,5 +90,6 @@ def test_bad_input_is_one_error_line_naming_the_benchmarks_own_flags(tmp_path):
       timeout=300,
     )
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert out.returncode == 1 and len(errors) == 1 and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
+    code = 2 if "flag --" in said else 1  # a flag's own bound: a bad command line
+    assert out.returncode == code and len(errors) == 1 and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
     assert said in errors[0], (args, errors)
