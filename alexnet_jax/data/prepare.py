@@ -252,7 +252,10 @@ def _find_images(
   root: str, allow_partial_val: bool, skipped: dict[str, list[str]]
 ) -> tuple[str, list[str], dict[str, list[Record]]]:
   if not os.path.isdir(root):
-    raise PrepareError(f"--input_dir={root} does not exist or is not a directory")
+    raise PrepareError(
+      f"--input_dir={root} does not exist or is not a directory: give the folder that holds the official "
+      f"ILSVRC2012 tars ({TRAIN_TAR}, {VAL_TAR}) or a tree train/<class>/<image> (val/ beside it)"
+    )
   if os.path.exists(os.path.join(root, TRAIN_TAR)) or os.path.exists(os.path.join(root, VAL_TAR)):
     missing = [t for t in (TRAIN_TAR, VAL_TAR) if not os.path.exists(os.path.join(root, t))]
     if missing:

@@ -177,7 +177,8 @@ def test_image_arrays_are_read_in_their_own_range_or_refused():
 
 
 def test_bad_input_layouts(tmp_path):
-  with pytest.raises(prepare.PrepareError, match=r"does not exist"):
+  what_to_give = r"give the folder that holds the official ILSVRC2012 tars .*or a tree train/<class>/<image>"
+  with pytest.raises(prepare.PrepareError, match=r"does not exist or is not a directory: " + what_to_give):
     prepare.find_images(str(tmp_path / "nope"))
   (tmp_path / "junk").mkdir()
   with pytest.raises(prepare.PrepareError, match="neither of the two layouts"):
