@@ -32,15 +32,18 @@ $(AOT_VENV)/.installed: pyproject.toml
 
 # Google Colab's runtime (constraints/colab.txt: Python 3.13, jax 0.7.2, flax 0.11.2, ...) in a venv of its own, and
 # this package installed into it with those versions held (tests/docs/test_colab.py checks that none of them changed).
+# colab-before.txt is Colab's stack alone, frozen once when the venv is made: a reinstall after pyproject.toml changes
+# keeps it (frozen again then, it would list this package as Colab's own); a changed constraints/colab.txt remakes all.
 COLAB_VENV ?= .venv-colab
 COLAB_PYTHON ?= $(shell PYENV_VERSION=3.13.0 pyenv which python 2>/dev/null || command -v python3.13)
 install-colab: $(COLAB_VENV)/.installed
 $(COLAB_VENV)/.installed: pyproject.toml constraints/colab.txt
 	@test -n "$(COLAB_PYTHON)" || { echo "error: no Python 3.13 (Colab's): install it or set COLAB_PYTHON=" >&2; exit 1; }
+	@if [ -f $(COLAB_VENV)/colab-before.txt ] && [ constraints/colab.txt -nt $(COLAB_VENV)/colab-before.txt ]; then rm -rf $(COLAB_VENV); fi
 	@test -x $(COLAB_VENV)/bin/python || $(COLAB_PYTHON) -m venv $(COLAB_VENV)
 	$(COLAB_VENV)/bin/python -m pip install -q --upgrade pip
 	$(COLAB_VENV)/bin/python -m pip install -q --no-compile -r constraints/colab.txt
-	$(COLAB_VENV)/bin/python -m pip freeze > $(COLAB_VENV)/colab-before.txt
+	@test -f $(COLAB_VENV)/colab-before.txt || $(COLAB_VENV)/bin/python -m pip freeze > $(COLAB_VENV)/colab-before.txt
 	$(COLAB_VENV)/bin/python -m pip install -q --no-compile -c constraints/colab.txt .
 	@touch $@
 
