@@ -15,7 +15,9 @@ from absl import flags
 
 flags.DEFINE_string("workdir", "workdirs/demo", "Where the demo's checkpoints, metrics and TensorBoard logs go.")
 flags.DEFINE_string("data_root", "demo_data", "Where the generated and the prepared dataset go.")
-flags.DEFINE_integer("num_train_steps", 0, "Train this many steps (0: configs/demo.py's own, ~4 min on 2 cores).")
+flags.DEFINE_integer(
+  "num_train_steps", 0, "Train this many steps (0: configs/demo.py's own, ~4 min on 2 cores).", lower_bound=0
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,9 +58,9 @@ def main(argv: list[str]) -> None:
   t3 = time.time()
 
   chance = 1 - 1 / config.model.num_classes
-  data_note = f"generated and prepared in {t1 - t0:.0f} s" if made else "made by an earlier `make demo`, reused"
+  data_note = f"generated and prepared in {t1 - t0:.0f} s" if made else "made by an earlier run, reused"
   if result["start_step"] >= result["step"]:
-    trained_note = "by an earlier `make demo`; `make clean` to start again"
+    trained_note = f"by an earlier run; delete {workdir} to train again"
   elif result["start_step"]:
     trained_note = f"resumed from step {result['start_step']}, {t2 - t1:.0f} s"
   else:

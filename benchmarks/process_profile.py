@@ -2,7 +2,7 @@ r"""Where the test suite's CPU goes, process by process: every Python process a 
 command line, CPU seconds, XLA compile seconds (JAX's ``backend_compile_duration`` events) and whether it imported
 TensorFlow; ``summary`` groups them by kind of command.
 
-  python benchmarks/process_profile.py install .venv .venv-aot .venv-colab   # a .pth hook in each venv
+  python benchmarks/process_profile.py install .venv .venv-aot .venv-colab   # a .pth hook in each (from make test)
   PROCESS_PROFILE=/tmp/processes.jsonl make test
   python benchmarks/process_profile.py uninstall .venv .venv-aot .venv-colab
   python benchmarks/process_profile.py summary /tmp/processes.jsonl
@@ -97,8 +97,7 @@ def site_packages(venv: str) -> str:
 
 
 def install(venvs: list[str]) -> None:
-  for venv in venvs:
-    where = site_packages(venv)
+  for where in [site_packages(venv) for venv in venvs]:  # every venv checked before any is changed
     with open(os.path.join(where, f"{HOOK}.py"), "w") as f:
       f.write(_HOOK_SOURCE)
     with open(os.path.join(where, f"zz_{HOOK}.pth"), "w") as f:
@@ -107,13 +106,13 @@ def install(venvs: list[str]) -> None:
 
 
 def uninstall(venvs: list[str]) -> None:
-  for venv in venvs:
-    where = site_packages(venv)
+  for where in [site_packages(venv) for venv in venvs]:
     for name in (f"{HOOK}.py", f"zz_{HOOK}.pth"):
       if os.path.exists(os.path.join(where, name)):
         os.remove(os.path.join(where, name))
     for compiled in glob.glob(os.path.join(where, "__pycache__", f"{HOOK}.*.pyc")):
       os.remove(compiled)
+    print(f"removed from {where}")
 
 
 def kind(argv: list[str]) -> str:
@@ -127,8 +126,11 @@ def kind(argv: list[str]) -> str:
 
 
 def summary(path: str) -> None:
-  with open(path) as f:
-    rows = [json.loads(line) for line in f]
+  try:
+    with open(path) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+  except (OSError, ValueError) as e:
+    raise SystemExit(f"error: {path}: {e}: give the file PROCESS_PROFILE named during the run") from None
   by_kind = collections.defaultdict(lambda: collections.Counter())
   for row in rows:
     k = by_kind[kind(row["argv"])]
@@ -151,4 +153,4 @@ if __name__ == "__main__":
   elif command == "summary" and len(args) == 1:
     summary(args[0])
   else:
-    raise SystemExit(__doc__)
+    raise SystemExit(f"error: unknown or incomplete command {sys.argv[1:]}; usage:\n{__doc__}")

@@ -195,8 +195,9 @@ def test_make_demo_runs_whole_then_a_second_time_reuses_its_data_and_run(tmp_pat
   assert json.loads(eval_json.read_text())["crops"] == 10 and str(eval_json) in first.stdout
   second = subprocess.run([*cmd, "--num_train_steps=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert second.returncode == 0, second.stderr[-3000:]
-  assert "made by an earlier `make demo`, reused" in second.stdout, second.stdout
-  assert "step 2 of the paper's network" in second.stdout and "(by an earlier `make demo`" in second.stdout
+  assert "made by an earlier run, reused" in second.stdout, second.stdout
+  assert "step 2 of the paper's network" in second.stdout
+  assert f"(by an earlier run; delete {tmp_path / 'run'} to train again)" in second.stdout
   assert "generating" not in second.stderr and "preparing" not in second.stderr
   assert f"top-1 error {ten.group(1)}%" in second.stdout  # the same finished run evaluated again
 
