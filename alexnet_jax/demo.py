@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
   if not os.path.isdir(os.path.join(raw, "val")):
     say(f"generating the shapes dataset into {raw}")
     embedded.generate(raw)
-  if not os.path.exists(os.path.join(prepared, format.METADATA)):
+  if made:
     say(f"preparing {raw} -> {prepared}")
     prepare.prepare(raw, prepared, image_size=76, examples_per_shard=500)
   t1 = time.time()

@@ -1,6 +1,6 @@
 r"""Where the test suite's CPU goes, process by process: every Python process a venv starts records, at exit, its
 command line, CPU seconds, XLA compile seconds (JAX's ``backend_compile_duration`` events) and whether it imported
-TensorFlow; ``summary`` groups them by kind of command.
+TensorFlow and JAX; ``summary`` groups them by kind of command.
 
   python benchmarks/process_profile.py install .venv .venv-aot .venv-colab   # a .pth hook in each (from make test)
   PROCESS_PROFILE=/tmp/processes.jsonl make test
@@ -134,14 +134,19 @@ def summary(path: str) -> None:
   by_kind = collections.defaultdict(lambda: collections.Counter())
   for row in rows:
     k = by_kind[kind(row["argv"])]
-    k.update(processes=1, cpu_s=row["cpu_s"], compile_s=row["compile_s"], tensorflow=int(row["tensorflow"]))
+    k.update(
+      processes=1,
+      cpu_s=row["cpu_s"],
+      compile_s=row["compile_s"],
+      tensorflow=int(row["tensorflow"]),
+      jax=int(row["jax"]),
+    )
   total = collections.Counter()
   for k in by_kind.values():
     total.update(k)
-  print(f"{'processes':>9} {'CPU s':>7} {'compile s':>9} {'import TF':>9}  kind")
-  for name, k in sorted(by_kind.items(), key=lambda item: -item[1]["cpu_s"]):
-    print(f"{k['processes']:9d} {k['cpu_s']:7.0f} {k['compile_s']:9.0f} {k['tensorflow']:9d}  {name}")
-  print(f"{total['processes']:9d} {total['cpu_s']:7.0f} {total['compile_s']:9.0f} {total['tensorflow']:9d}  all")
+  print(f"{'processes':>9} {'CPU s':>7} {'compile s':>9} {'import TF':>9} {'import JAX':>10}  kind")
+  for name, k in [*sorted(by_kind.items(), key=lambda item: -item[1]["cpu_s"]), ("all", total)]:
+    print(f"{k['processes']:9d} {k['cpu_s']:7.0f} {k['compile_s']:9.0f} {k['tensorflow']:9d} {k['jax']:10d}  {name}")
 
 
 if __name__ == "__main__":

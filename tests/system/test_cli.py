@@ -183,9 +183,16 @@ def test_demo_recipe_learns_through_the_command_line(tmp_path):
 def test_make_demo_runs_whole_then_a_second_time_reuses_its_data_and_run(tmp_path):
   """`make demo`'s own command (alexnet_jax.demo: generate, prepare, train, 10-crop evaluation, the summary), with 2
   training steps; the README promises that a second `make demo` reuses the data and the finished run, and says so."""
-  cmd = [sys.executable, "-m", "alexnet_jax.demo", f"--workdir={tmp_path}/run", f"--data_root={tmp_path}/data"]
-  env = cli_env(fast_compile=True)
-  first = subprocess.run([*cmd, "--num_train_steps=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  demo = lambda: subprocess.run(  # the same command both times
+    [sys.executable, "-m", "alexnet_jax.demo", f"--workdir={tmp_path}/run", f"--data_root={tmp_path}/data"]
+    + ["--num_train_steps=2"],
+    cwd=ROOT,
+    env=cli_env(fast_compile=True),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  first = demo()
   assert first.returncode == 0, first.stderr[-3000:]
   assert re.search(r"\(10 classes, generated and prepared in \d+ s\)", first.stdout), first.stdout
   assert re.search(r"trained: +step 2 of the paper's network at width 0\.25, 67x67 crops \(\d+ s\)", first.stdout)
@@ -193,7 +200,7 @@ def test_make_demo_runs_whole_then_a_second_time_reuses_its_data_and_run(tmp_pat
   assert ten and int(ten.group(2)) == 1000, first.stdout
   eval_json = tmp_path / "run" / "eval" / "step2_10crop.json"
   assert json.loads(eval_json.read_text())["crops"] == 10 and str(eval_json) in first.stdout
-  second = subprocess.run([*cmd, "--num_train_steps=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  second = demo()
   assert second.returncode == 0, second.stderr[-3000:]
   assert "made by an earlier run, reused" in second.stdout, second.stdout
   assert "step 2 of the paper's network" in second.stdout
